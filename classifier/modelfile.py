@@ -1,0 +1,106 @@
+"""The model file: safetensors weights with the metadata needed to use them in the header.
+
+One file carries everything a predictor needs (architecture, input size, normalisation,
+threshold, version), so a model is data: loading it never unpickles code.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+FORMAT = "skinweb-classifier/1"
+METADATA_KEY = "skinweb"
+
+
+class ModelFileError(Exception):
+    """The file is missing, not a model file, or does not match what its metadata promises."""
+
+
+@dataclasses.dataclass
+class ModelMetadata:
+    version: str
+    arch: str = "vgg16"
+    input_size: int = 224
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    class_names: tuple = ("benign", "malignant")
+    threshold: float = 0.5
+    created: str = ""
+    training: dict = dataclasses.field(default_factory=dict)
+    metrics: dict = dataclasses.field(default_factory=dict)
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelMetadata":
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise ModelFileError(f"unsupported model format {data.get('format')!r}, expected {FORMAT!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        if not 0.0 < float(meta.threshold) < 1.0:
+            raise ModelFileError(f"threshold {meta.threshold!r} is not between 0 and 1")
+        if int(meta.input_size) < 32:
+            raise ModelFileError(f"input size {meta.input_size!r} is below 32 px")
+        return meta
+
+
+def weights_digest(state_dict: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_model_file(path, model: torch.nn.Module, metadata: ModelMetadata, half: bool = True) -> ModelMetadata:
+    """Write weights (fp16 by default, halving the file) and metadata to ``path``.
+
+    Fills in ``created`` and, when empty, a ``version`` derived from the date and the weights.
+    """
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    now = datetime.datetime.now(datetime.timezone.utc)
+    metadata = dataclasses.replace(metadata, created=metadata.created or now.isoformat(timespec="seconds"))
+    if not metadata.version:
+        metadata.version = f"{metadata.arch}-{now:%Y%m%d}-{weights_digest(state)[:8]}"
+    save_file(state, str(path), metadata={METADATA_KEY: metadata.to_json()})
+    return metadata
+
+
+def read_metadata(path) -> ModelMetadata:
+    """Read only the header: cheap, for listing or checking a file without loading weights."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except FileNotFoundError as exc:
+        raise ModelFileError(f"model file not found: {path}") from exc
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{Path(path).name} is not a safetensors model file ({exc})") from exc
+    if METADATA_KEY not in header:
+        raise ModelFileError(f"{Path(path).name} has no skinweb metadata")
+    try:
+        return ModelMetadata.from_json(header[METADATA_KEY])
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{Path(path).name} has unreadable metadata ({exc})") from exc
+
+
+def load_model_file(path) -> tuple[dict, ModelMetadata]:
+    """Return (state_dict, metadata). Tensors are read by safetensors; nothing is unpickled."""
+    metadata = read_metadata(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{Path(path).name}: cannot read weights ({exc})") from exc
+    return state, metadata

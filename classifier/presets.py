@@ -1,0 +1,50 @@
+"""Image transforms, as callables in the style of torchvision's references/classification/presets.py."""
+
+import torch
+from torchvision.transforms import v2 as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ClassificationPresetEval:
+    """Resize to a square without cropping, then normalise.
+
+    The training images (ISIC 2017, HAM10000 mirrors) were squashed to squares, not cropped, so
+    squashing at inference keeps the lesion's borders in view and matches what the model saw.
+    """
+
+    def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.transforms = T.Compose(
+            [
+                T.ToImage(),
+                T.Resize((image_size, image_size), antialias=True),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(mean=list(mean), std=list(std)),
+            ]
+        )
+
+    def __call__(self, img):
+        return self.transforms(img)
+
+
+class ClassificationPresetTrain:
+    """Augmentation suited to dermoscopy: lesions have no canonical orientation, so any flip or
+    rotation is a valid view; colour varies between dermatoscopes and lighting."""
+
+    def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.transforms = T.Compose(
+            [
+                T.ToImage(),
+                T.RandomResizedCrop(image_size, scale=(0.5, 1.0), ratio=(0.8, 1.25), antialias=True),
+                T.RandomHorizontalFlip(),
+                T.RandomVerticalFlip(),
+                T.RandomApply([T.RandomRotation(180)], p=0.5),
+                T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(mean=list(mean), std=list(std)),
+            ]
+        )
+
+    def __call__(self, img):
+        return self.transforms(img)

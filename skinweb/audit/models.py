@@ -1,0 +1,38 @@
+from django.conf import settings
+from django.db import models
+
+
+class AuditEvent(models.Model):
+    """Who did what to which record, when and from where. Append-only."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    clinic = models.ForeignKey("accounts.Clinic", null=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=50, db_index=True)
+    object_type = models.CharField(max_length=50)
+    object_id = models.CharField(max_length=50)
+    detail = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.object_type} {self.object_id}"
+
+
+def record(request, action: str, obj, **detail) -> AuditEvent:
+    """Record an event for ``obj``; ``request`` may be None for work done by a worker or command."""
+    user = getattr(request, "user", None) if request is not None else None
+    if user is not None and not user.is_authenticated:
+        user = None
+    return AuditEvent.objects.create(
+        user=user,
+        clinic=getattr(user, "clinic", None),
+        action=action,
+        object_type=obj._meta.model_name,
+        object_id=str(obj.pk),
+        detail=detail,
+        ip=request.META.get("REMOTE_ADDR") if request is not None else None,
+    )

@@ -1,0 +1,130 @@
+import datetime
+
+from django import forms
+
+from skinweb.clinic.models import Case, Feedback, Label, Lesion, Patient
+
+
+class PatientForm(forms.ModelForm):
+    class Meta:
+        model = Patient
+        fields = ["identifier", "birth_year", "sex"]
+
+    def __init__(self, *args, clinic, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clinic = clinic
+
+    def clean_identifier(self):
+        identifier = self.cleaned_data["identifier"].strip()
+        clash = Patient.objects.filter(clinic=self.clinic, identifier__iexact=identifier)
+        if self.instance.pk:
+            clash = clash.exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise forms.ValidationError("Your clinic already has a patient with this identifier.")
+        return identifier
+
+    def clean_birth_year(self):
+        year = self.cleaned_data["birth_year"]
+        if not 1900 <= year <= datetime.date.today().year:
+            raise forms.ValidationError(f"Enter a year between 1900 and {datetime.date.today().year}.")
+        return year
+
+
+class LesionForm(forms.ModelForm):
+    class Meta:
+        model = Lesion
+        fields = ["site", "label"]
+
+
+class MultipleImageInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleImageField(forms.FileField):
+    """Several files in one field; each is checked separately by the view (uploads.normalise_image)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("widget", MultipleImageInput(attrs={"accept": "image/jpeg,image/png", "multiple": True}))
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data, initial=None):
+        files = data if isinstance(data, (list, tuple)) else [data]
+        files = [f for f in files if f]
+        if not files:
+            raise forms.ValidationError("Choose one or more JPEG or PNG images.")
+        return files
+
+
+class UploadForm(forms.Form):
+    images = MultipleImageField(label="Dermoscopic images", help_text="JPEG or PNG; several at once are fine.")
+
+
+class FeedbackForm(forms.ModelForm):
+    agrees_with_ai = forms.TypedChoiceField(
+        label="Do you agree with the AI's decision?",
+        choices=[("yes", "Yes, I agree"), ("no", "No, I disagree")],
+        coerce=lambda v: v == "yes",
+        widget=forms.RadioSelect,
+    )
+
+    class Meta:
+        model = Feedback
+        fields = [
+            "agrees_with_ai",
+            "clinical_diagnosis",
+            "management",
+            "histopathology_result",
+            "histopathology_date",
+            "notes",
+        ]
+        widgets = {
+            "histopathology_date": forms.DateInput(attrs={"type": "date"}),
+            "notes": forms.Textarea(attrs={"rows": 3}),
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["agrees_with_ai"] = "yes" if self.instance.agrees_with_ai else "no"
+
+    def clean(self):
+        data = super().clean()
+        if data.get("histopathology_date") and not data.get("histopathology_result"):
+            self.add_error("histopathology_result", "Give the histopathology result for this date.")
+        if data.get("histopathology_date") and data["histopathology_date"] > datetime.date.today():
+            self.add_error("histopathology_date", "The date is in the future.")
+        return data
+
+
+class CaseFilterForm(forms.Form):
+    """The case history's filters, from the query string. Invalid values are ignored, not errors."""
+
+    q = forms.CharField(required=False, label="Patient identifier")
+    patient = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    status = forms.ChoiceField(required=False, choices=[("", "Any status")] + Case.Status.choices)
+    decision = forms.ChoiceField(required=False, label="AI decision", choices=[("", "Any AI decision")] + Label.choices)
+    feedback = forms.ChoiceField(
+        required=False,
+        choices=[("", "Feedback given or not"), ("given", "Feedback given"), ("missing", "Feedback missing")],
+    )
+    disagreement = forms.BooleanField(required=False, label="Only AI/clinician disagreements")
+
+    def filter(self, cases):
+        if not self.is_valid():
+            return cases
+        data = self.cleaned_data
+        if data["q"]:
+            cases = cases.filter(lesion__patient__identifier__icontains=data["q"].strip())
+        if data["patient"]:
+            cases = cases.filter(lesion__patient_id=data["patient"])
+        if data["status"]:
+            cases = cases.filter(status=data["status"])
+        if data["decision"]:
+            cases = cases.filter(prediction__decision=data["decision"])
+        if data["feedback"] == "given":
+            cases = cases.filter(feedback__isnull=False)
+        elif data["feedback"] == "missing":
+            cases = cases.filter(feedback__isnull=True)
+        if data["disagreement"]:
+            cases = cases.disagreements()
+        return cases

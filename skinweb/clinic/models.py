@@ -1,0 +1,300 @@
+import uuid
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+# ISIC Archive "anatom_site_general" vocabulary.
+ANATOMIC_SITES = [
+    ("anterior torso", "Anterior torso"),
+    ("posterior torso", "Posterior torso"),
+    ("lateral torso", "Lateral torso"),
+    ("head/neck", "Head / neck"),
+    ("upper extremity", "Upper extremity"),
+    ("lower extremity", "Lower extremity"),
+    ("palms/soles", "Palms / soles"),
+    ("oral/genital", "Oral / genital"),
+]
+
+DIAGNOSES = [
+    ("nevus", "Nevus"),
+    ("melanoma", "Melanoma"),
+    ("basal_cell_carcinoma", "Basal cell carcinoma"),
+    ("squamous_cell_carcinoma", "Squamous cell carcinoma"),
+    ("seborrheic_keratosis", "Seborrheic keratosis"),
+    ("actinic_keratosis", "Actinic keratosis"),
+    ("dermatofibroma", "Dermatofibroma"),
+    ("vascular_lesion", "Vascular lesion"),
+    ("other", "Other"),
+]
+MALIGNANT_DIAGNOSES = {"melanoma", "basal_cell_carcinoma", "squamous_cell_carcinoma"}
+
+
+class Label(models.TextChoices):
+    BENIGN = "benign"
+    MALIGNANT = "malignant"
+
+
+class ClinicQuerySet(models.QuerySet):
+    """Every clinical model's queryset narrows to what one user may see: their clinic's records."""
+
+    clinic_path = "clinic"
+
+    def visible_to(self, user):
+        clinic_id = getattr(user, "clinic_id", None)
+        if not user.is_authenticated or clinic_id is None:
+            return self.none()
+        return self.filter(**{f"{self.clinic_path}_id": clinic_id})
+
+
+class PatientQuerySet(ClinicQuerySet):
+    clinic_path = "clinic"
+
+
+class Patient(models.Model):
+    class Sex(models.TextChoices):
+        FEMALE = "female"
+        MALE = "male"
+        OTHER = "other"
+        UNKNOWN = "unknown"
+
+    clinic = models.ForeignKey("accounts.Clinic", on_delete=models.PROTECT, related_name="patients")
+    identifier = models.CharField(
+        max_length=64, help_text="Pseudonymous identifier, unique in your clinic. No names."
+    )
+    birth_year = models.PositiveSmallIntegerField()
+    sex = models.CharField(max_length=10, choices=Sex.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    objects = PatientQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["identifier"]
+        constraints = [models.UniqueConstraint(fields=["clinic", "identifier"], name="patient_identifier_per_clinic")]
+
+    def __str__(self):
+        return self.identifier
+
+
+class LesionQuerySet(ClinicQuerySet):
+    clinic_path = "patient__clinic"
+
+
+class Lesion(models.Model):
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="lesions")
+    site = models.CharField("anatomical site", max_length=30, choices=ANATOMIC_SITES)
+    label = models.CharField(max_length=100, blank=True, help_text="Optional, e.g. 'left scapula, 2 cm below mole'")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    objects = LesionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self):
+        return f"{self.get_site_display()}{' – ' + self.label if self.label else ''}"
+
+    def add_image(self, user, original_name: str, image) -> "Case":
+        """Store a normalised image (uploads.NormalisedImage) as a new case dated now.
+
+        The file is written first; if the row cannot be saved the file is removed again, so
+        there is never a row without a file, nor an orphan file.
+        """
+        case = Case(
+            lesion=self,
+            created_by=user,
+            original_name=original_name[:255],
+            sha256=image.sha256,
+            width=image.width,
+            height=image.height,
+        )
+        case.image.save(f"upload.{image.extension}", image.content, save=False)
+        try:
+            case.save()
+        except BaseException:
+            case.image.delete(save=False)
+            raise
+        return case
+
+
+def case_image_name(instance, filename):
+    """Server-generated name: nothing the user typed reaches the file system."""
+    ext = filename.rsplit(".", 1)[-1].lower()
+    return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{ext}"
+
+
+class CaseQuerySet(ClinicQuerySet):
+    clinic_path = "lesion__patient__clinic"
+
+    def with_related(self):
+        return self.select_related("lesion__patient", "prediction__model_version", "feedback")
+
+    def awaiting_review(self):
+        return self.filter(status=Case.Status.DONE, feedback__isnull=True)
+
+    def disagreements(self):
+        return self.filter(feedback__agrees_with_ai=False)
+
+
+class Case(models.Model):
+    """One dermoscopic image of a lesion at one visit, its classification and the clinician's review."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    class TruthSource(models.TextChoices):
+        HISTOPATHOLOGY = "histopathology"
+        CONSENSUS = "consensus"
+        FOLLOW_UP = "follow_up", "clinical follow-up"
+
+    lesion = models.ForeignKey(Lesion, on_delete=models.PROTECT, related_name="cases")
+    image = models.FileField(upload_to=case_image_name)
+    original_name = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    width = models.PositiveIntegerField(default=0)
+    height = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    failure_reason = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # The current prediction and feedback; earlier ones stay in their tables.
+    prediction = models.ForeignKey(
+        "Prediction", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    feedback = models.ForeignKey(
+        "Feedback", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    # Ground truth for retraining, set by an administrator.
+    truth_label = models.CharField("ground truth", max_length=10, choices=Label.choices, blank=True)
+    truth_source = models.CharField(max_length=20, choices=TruthSource.choices, blank=True)
+    truth_set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    truth_set_at = models.DateTimeField(null=True, blank=True, editable=False)
+    use_for_training = models.BooleanField(default=False)
+
+    objects = CaseQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"Case {self.pk}"
+
+    @property
+    def patient(self):
+        return self.lesion.patient
+
+    @property
+    def is_pending(self):
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def turnaround(self):
+        """Upload to result, including time in the queue."""
+        if self.finished_at:
+            return self.finished_at - self.created_at
+        return None
+
+    # State changes are single UPDATEs on the row so a web request and a worker never overwrite
+    # each other's fields.
+    def mark_running(self):
+        now = timezone.now()
+        Case.objects.filter(pk=self.pk).update(
+            status=self.Status.RUNNING, started_at=now, failure_reason="", attempts=models.F("attempts") + 1
+        )
+        self.status, self.started_at, self.failure_reason = self.Status.RUNNING, now, ""
+
+    def mark_done(self, prediction):
+        now = timezone.now()
+        Case.objects.filter(pk=self.pk).update(status=self.Status.DONE, prediction=prediction, finished_at=now)
+        self.status, self.prediction, self.finished_at = self.Status.DONE, prediction, now
+
+    def mark_failed(self, reason: str):
+        now = timezone.now()
+        Case.objects.filter(pk=self.pk).update(status=self.Status.FAILED, failure_reason=reason, finished_at=now)
+        self.status, self.failure_reason, self.finished_at = self.Status.FAILED, reason, now
+
+    def requeue(self):
+        Case.objects.filter(pk=self.pk).update(
+            status=self.Status.QUEUED, failure_reason="", started_at=None, finished_at=None
+        )
+        self.status, self.failure_reason = self.Status.QUEUED, ""
+
+    def record_feedback(self, user, **fields) -> "Feedback":
+        """Add a new revision of the clinician's feedback; earlier revisions are kept."""
+        with transaction.atomic():
+            # Lock the case row so two concurrent edits get distinct revision numbers.
+            case = Case.objects.select_for_update().get(pk=self.pk)
+            last = case.feedback_history.order_by("-revision").first()
+            feedback = Feedback.objects.create(
+                case=case, revision=(last.revision + 1 if last else 1), created_by=user, **fields
+            )
+            Case.objects.filter(pk=self.pk).update(feedback=feedback)
+        self.feedback = feedback
+        return feedback
+
+    def set_truth(self, label: str, source: str, user, use_for_training=None):
+        self.truth_label = label
+        self.truth_source = source
+        self.truth_set_by = user
+        self.truth_set_at = timezone.now()
+        if use_for_training is not None:
+            self.use_for_training = use_for_training
+        self.save(update_fields=["truth_label", "truth_source", "truth_set_by", "truth_set_at", "use_for_training"])
+
+
+class Prediction(models.Model):
+    """What one model version said about one case. Read-only once written."""
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.ForeignKey("models_registry.ModelVersion", on_delete=models.PROTECT, related_name="+")
+    probability = models.FloatField(help_text="Probability of malignancy")
+    threshold = models.FloatField(help_text="Decision threshold the model version used")
+    decision = models.CharField(max_length=10, choices=Label.choices)
+    elapsed_ms = models.FloatField(help_text="Model time: preprocessing and forward pass")
+    device = models.CharField(max_length=20)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["case", "model_version"], name="one_prediction_per_version")]
+
+    def __str__(self):
+        return f"{self.decision} ({self.probability:.2f}) by {self.model_version_id}"
+
+
+class Feedback(models.Model):
+    class Management(models.TextChoices):
+        REASSURE = "reassure"
+        MONITOR = "monitor"
+        EXCISE = "excise"
+        BIOPSY = "biopsy"
+        REFER = "refer"
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="feedback_history")
+    revision = models.PositiveIntegerField()
+    agrees_with_ai = models.BooleanField("agrees with the AI")
+    clinical_diagnosis = models.CharField(max_length=30, choices=DIAGNOSES)
+    management = models.CharField(max_length=10, choices=Management.choices)
+    histopathology_result = models.CharField(max_length=30, choices=DIAGNOSES, blank=True)
+    histopathology_date = models.DateField(null=True, blank=True)
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-revision"]
+        constraints = [models.UniqueConstraint(fields=["case", "revision"], name="feedback_revision_per_case")]
+
+    def __str__(self):
+        return f"Feedback r{self.revision} on case {self.case_id}"

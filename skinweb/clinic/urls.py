@@ -1,0 +1,20 @@
+from django.urls import path
+
+from skinweb.clinic import views
+
+app_name = "clinic"
+
+urlpatterns = [
+    path("", views.case_list, name="case_list"),
+    path("patients/", views.patient_list, name="patient_list"),
+    path("patients/new/", views.patient_create, name="patient_create"),
+    path("patients/<int:pk>/", views.patient_detail, name="patient_detail"),
+    path("patients/<int:pk>/lesions/new/", views.lesion_create, name="lesion_create"),
+    path("lesions/<int:pk>/", views.lesion_detail, name="lesion_detail"),
+    path("lesions/<int:pk>/upload/", views.lesion_upload, name="lesion_upload"),
+    path("cases/<int:pk>/", views.case_detail, name="case_detail"),
+    path("cases/<int:pk>/status/", views.case_status, name="case_status"),
+    path("cases/<int:pk>/feedback/", views.case_feedback, name="case_feedback"),
+    path("cases/<int:pk>/retry/", views.case_retry, name="case_retry"),
+    path("cases/<int:pk>/image/", views.case_image, name="case_image"),
+]

@@ -1,0 +1,210 @@
+import io
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.db.models import Count, Max
+from django.http import FileResponse, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from PIL import Image
+
+from skinweb.audit.models import record
+from skinweb.clinic import tasks
+from skinweb.clinic.access import get_for_user
+from skinweb.clinic.classification import NO_MODEL_MESSAGE
+from skinweb.clinic.forms import CaseFilterForm, FeedbackForm, LesionForm, PatientForm, UploadForm
+from skinweb.clinic.models import Case, Lesion, Patient
+from skinweb.clinic.uploads import normalise_image
+from skinweb.models_registry.models import ModelVersion
+
+PAGE_SIZE = 25
+THUMBNAIL_PX = 320
+
+
+def _no_model_warning(request):
+    if ModelVersion.objects.published() is None:
+        messages.warning(request, NO_MODEL_MESSAGE)
+
+
+@require_GET
+def case_list(request):
+    form = CaseFilterForm(request.GET)
+    cases = form.filter(Case.objects.visible_to(request.user).with_related())
+    page = Paginator(cases, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    patient = None
+    if form.is_valid() and form.cleaned_data["patient"]:
+        patient = Patient.objects.visible_to(request.user).filter(pk=form.cleaned_data["patient"]).first()
+    return render(
+        request,
+        "clinic/case_list.html",
+        {"form": form, "page": page, "query": query.urlencode(), "patient": patient},
+    )
+
+
+@require_GET
+def patient_list(request):
+    q = request.GET.get("q", "").strip()
+    patients = Patient.objects.visible_to(request.user).annotate(
+        n_lesions=Count("lesions", distinct=True),
+        n_cases=Count("lesions__cases"),
+        last_case=Max("lesions__cases__created_at"),
+    )
+    if q:
+        patients = patients.filter(identifier__icontains=q)
+    page = Paginator(patients, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "clinic/patient_list.html", {"page": page, "q": q})
+
+
+@require_http_methods(["GET", "POST"])
+def patient_create(request):
+    if request.user.clinic_id is None:
+        return render(request, "clinic/no_clinic.html", status=403)
+    form = PatientForm(request.POST or None, clinic=request.user.clinic)
+    if request.method == "POST" and form.is_valid():
+        patient = form.save(commit=False)
+        patient.clinic = request.user.clinic
+        patient.created_by = request.user
+        patient.save()
+        record(request, "create", patient)
+        messages.success(request, f"Patient {patient.identifier} created. Now add a lesion.")
+        return redirect("clinic:lesion_create", pk=patient.pk)
+    return render(request, "clinic/patient_form.html", {"form": form})
+
+
+@require_GET
+def patient_detail(request, pk):
+    patient = get_for_user(request.user, Patient, pk=pk)
+    lesions = patient.lesions.prefetch_related("cases__prediction")
+    record(request, "view", patient)
+    return render(request, "clinic/patient_detail.html", {"patient": patient, "lesions": lesions})
+
+
+@require_http_methods(["GET", "POST"])
+def lesion_create(request, pk):
+    patient = get_for_user(request.user, Patient, pk=pk)
+    form = LesionForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        lesion = form.save(commit=False)
+        lesion.patient = patient
+        lesion.created_by = request.user
+        lesion.save()
+        record(request, "create", lesion, patient=patient.pk)
+        messages.success(request, "Lesion recorded. Upload its dermoscopic images.")
+        return redirect("clinic:lesion_detail", pk=lesion.pk)
+    return render(request, "clinic/lesion_form.html", {"form": form, "patient": patient})
+
+
+@require_GET
+def lesion_detail(request, pk):
+    lesion = get_for_user(request.user, Lesion, pk=pk)
+    cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("created_at")
+    _no_model_warning(request)
+    return render(
+        request, "clinic/lesion_detail.html", {"lesion": lesion, "cases": cases, "form": UploadForm()}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def lesion_upload(request, pk):
+    """Each good image becomes a case queued for classification; each bad one gets a message."""
+    lesion = get_for_user(request.user, Lesion, pk=pk)
+    form = UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        accepted, rejected = [], []
+        for upload in form.cleaned_data["images"]:
+            try:
+                image = normalise_image(upload)
+            except ValidationError as exc:
+                rejected.append(f"{upload.name}: {exc.messages[0]}")
+                continue
+            with transaction.atomic():
+                case = lesion.add_image(request.user, upload.name, image)
+                record(request, "upload", case, lesion=lesion.pk, sha256=case.sha256)
+                tasks.classify_case.delay_on_commit(case.pk)
+            accepted.append(case)
+        if accepted:
+            names = ", ".join(c.original_name for c in accepted)
+            messages.success(request, f"{len(accepted)} image(s) uploaded and queued for classification: {names}.")
+            _no_model_warning(request)
+        if not rejected:
+            return redirect("clinic:case_detail", pk=accepted[0].pk) if len(accepted) == 1 else redirect(
+                "clinic:lesion_detail", pk=lesion.pk
+            )
+        for message in rejected:
+            form.add_error("images", message)
+    cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("created_at")
+    return render(request, "clinic/lesion_detail.html", {"lesion": lesion, "cases": cases, "form": form})
+
+
+@require_GET
+def case_detail(request, pk):
+    case = get_for_user(request.user, Case, pk=pk)
+    record(request, "view", case)
+    form = FeedbackForm(instance=case.feedback) if case.feedback else FeedbackForm()
+    history = case.feedback_history.select_related("created_by")
+    return render(
+        request,
+        "clinic/case_detail.html",
+        {"case": case, "form": form, "history": history, "predictions": case.predictions.select_related("model_version")},
+    )
+
+
+@require_GET
+@never_cache
+def case_status(request, pk):
+    """The result panel alone; the case page polls it while the case is queued or running."""
+    case = get_for_user(request.user, Case, pk=pk)
+    return render(request, "clinic/case_status.html", {"case": case})
+
+
+@require_http_methods(["GET", "POST"])
+def case_feedback(request, pk):
+    case = get_for_user(request.user, Case, pk=pk)
+    form = FeedbackForm(request.POST or None, instance=case.feedback)
+    if request.method == "POST" and form.is_valid():
+        fields = {name: form.cleaned_data[name] for name in FeedbackForm.Meta.fields}
+        feedback = case.record_feedback(request.user, **fields)
+        record(request, "feedback", case, revision=feedback.revision)
+        messages.success(request, f"Feedback saved (revision {feedback.revision}).")
+        return redirect("clinic:case_detail", pk=case.pk)
+    return render(request, "clinic/feedback_form.html", {"case": case, "form": form})
+
+
+@require_POST
+def case_retry(request, pk):
+    case = get_for_user(request.user, Case, pk=pk)
+    if case.status != Case.Status.FAILED:
+        messages.info(request, "Only a failed case can be retried.")
+        return redirect("clinic:case_detail", pk=case.pk)
+    with transaction.atomic():
+        case.requeue()
+        record(request, "retry", case)
+        tasks.classify_case.delay_on_commit(case.pk)
+    messages.success(request, "The case is queued for classification again.")
+    return redirect("clinic:case_detail", pk=case.pk)
+
+
+@require_GET
+def case_image(request, pk):
+    """Serve a case's image to users of its clinic; there is no public media URL."""
+    case = get_for_user(request.user, Case, pk=pk)
+    if request.GET.get("size") == "thumb":
+        with default_storage.open(case.image.name, "rb") as f:
+            img = Image.open(f)
+            img.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
+            img = img.convert("RGB")
+            img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            out = io.BytesIO()
+            img.save(out, format="JPEG", quality=85)
+        response = HttpResponse(out.getvalue(), content_type="image/jpeg")
+    else:
+        content_type = "image/png" if case.image.name.endswith(".png") else "image/jpeg"
+        response = FileResponse(default_storage.open(case.image.name, "rb"), content_type=content_type)
+    response["Cache-Control"] = "private, max-age=3600"
+    return response

@@ -1,0 +1,23 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from classifier.modelfile import ModelFileError
+from skinweb.models_registry.models import ModelVersion
+
+
+class Command(BaseCommand):
+    help = "Register a model file (.safetensors) and publish it for the workers."
+
+    def add_arguments(self, parser):
+        parser.add_argument("path")
+        parser.add_argument("--reason", default="published from the command line")
+
+    def handle(self, path, reason, **options):
+        try:
+            version = ModelVersion.import_file(path)
+        except ModelFileError as exc:
+            raise CommandError(str(exc)) from exc
+        if version.status == ModelVersion.Status.PUBLISHED:
+            self.stdout.write(f"model {version.version} is already published")
+            return
+        version.publish(reason=reason)
+        self.stdout.write(self.style.SUCCESS(f"published model {version.version} (threshold {version.threshold:.3f})"))

@@ -1,0 +1,87 @@
+import json
+import shutil
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from classifier.modelfile import read_metadata
+
+
+class ModelVersionQuerySet(models.QuerySet):
+    def published(self):
+        """The one version workers use now, or None."""
+        return self.filter(status=ModelVersion.Status.PUBLISHED).first()
+
+
+class ModelVersion(models.Model):
+    class Status(models.TextChoices):
+        CANDIDATE = "candidate"
+        PUBLISHED = "published"
+        RETIRED = "retired"
+
+    version = models.CharField(max_length=100, unique=True)
+    filename = models.CharField(max_length=200, help_text="File name under MODEL_ROOT")
+    arch = models.CharField(max_length=50)
+    input_size = models.PositiveIntegerField()
+    threshold = models.FloatField()
+    metadata = models.JSONField(default=dict, help_text="Everything the model file's header says")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    publish_reason = models.TextField(blank=True)
+
+    objects = ModelVersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["status"], condition=models.Q(status="published"), name="one_published_model"
+            )
+        ]
+
+    def __str__(self):
+        return self.version
+
+    @property
+    def path(self):
+        return settings.MODEL_ROOT / self.filename
+
+    @property
+    def validation_metrics(self) -> dict:
+        return self.metadata.get("metrics", {})
+
+    @classmethod
+    def import_file(cls, source) -> "ModelVersion":
+        """Copy a model file into MODEL_ROOT and register it as a candidate (or return the existing row)."""
+        meta = read_metadata(source)  # raises ModelFileError for anything that is not a model file
+        existing = cls.objects.filter(version=meta.version).first()
+        if existing:
+            return existing
+        filename = f"{meta.version}.safetensors"
+        settings.MODEL_ROOT.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, settings.MODEL_ROOT / filename)
+        return cls.objects.create(
+            version=meta.version,
+            filename=filename,
+            arch=meta.arch,
+            input_size=meta.input_size,
+            threshold=meta.threshold,
+            metadata=json.loads(meta.to_json()),
+        )
+
+    def publish(self, user=None, reason=""):
+        """Make this the one published version; the previous one is retired, not deleted."""
+        with transaction.atomic():
+            type(self).objects.filter(status=self.Status.PUBLISHED).exclude(pk=self.pk).update(
+                status=self.Status.RETIRED
+            )
+            self.status = self.Status.PUBLISHED
+            self.published_at = timezone.now()
+            self.published_by = user
+            self.publish_reason = reason
+            self.save()
