@@ -84,7 +84,7 @@ TEMPLATES = [
 # Database: SQLite by default; DATABASE_URL (postgres://user:pass@host:5432/name) selects PostgreSQL.
 SQLITE_PATH = Path(env("SQLITE_PATH", VAR_DIR / "skinweb.sqlite3"))
 DATABASES = {
-    "default": dj_database_url.parse(env("DATABASE_URL", f"sqlite:///{SQLITE_PATH}"), conn_max_age=60)
+    "default": dj_database_url.parse(env("DATABASE_URL") or f"sqlite:///{SQLITE_PATH}", conn_max_age=60)
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_QUEUES = [Queue("default"), Queue("inference")]
+CELERY_TASK_QUEUES = [Queue("default", routing_key="default"), Queue("inference", routing_key="inference")]
 CELERY_TASK_ROUTES = {"skinweb.clinic.tasks.*": {"queue": "inference"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}

@@ -1,6 +1,8 @@
 """The one way views fetch clinical records: scoped to the user's clinic, 404 for everyone else."""
 
-from django.http import Http404
+from functools import wraps
+
+from django.http import Http404, HttpResponseNotAllowed
 
 
 def get_for_user(user, model, **lookup):
@@ -12,3 +14,23 @@ def get_for_user(user, model, **lookup):
         return model.objects.visible_to(user).get(**lookup)
     except (model.DoesNotExist, ValueError, TypeError):
         raise Http404(f"No {model._meta.verbose_name} found")
+
+
+def object_view(model, methods=("GET",)):
+    """Decorate a view taking ``pk``: it receives the record instead, fetched with get_for_user.
+
+    Access is checked before the HTTP method, so another clinic's ID gives 404 whatever the
+    method: an outsider learns nothing, not even which IDs exist.
+    """
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request, pk, *args, **kwargs):
+            obj = get_for_user(request.user, model, pk=pk)
+            if request.method not in methods:
+                return HttpResponseNotAllowed(methods)
+            return view(request, obj, *args, **kwargs)
+
+        return wrapper
+
+    return decorator

@@ -9,12 +9,12 @@ from django.db.models import Count, Max
 from django.http import FileResponse, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 from PIL import Image
 
 from skinweb.audit.models import record
 from skinweb.clinic import tasks
-from skinweb.clinic.access import get_for_user
+from skinweb.clinic.access import object_view
 from skinweb.clinic.classification import NO_MODEL_MESSAGE
 from skinweb.clinic.forms import CaseFilterForm, FeedbackForm, LesionForm, PatientForm, UploadForm
 from skinweb.clinic.models import Case, Lesion, Patient
@@ -54,7 +54,7 @@ def patient_list(request):
         n_lesions=Count("lesions", distinct=True),
         n_cases=Count("lesions__cases"),
         last_case=Max("lesions__cases__created_at"),
-    )
+    ).order_by("identifier")
     if q:
         patients = patients.filter(identifier__icontains=q)
     page = Paginator(patients, PAGE_SIZE).get_page(request.GET.get("page"))
@@ -65,7 +65,7 @@ def patient_list(request):
 def patient_create(request):
     if request.user.clinic_id is None:
         return render(request, "clinic/no_clinic.html", status=403)
-    form = PatientForm(request.POST or None, clinic=request.user.clinic)
+    form = PatientForm(request.POST if request.method == "POST" else None, clinic=request.user.clinic)
     if request.method == "POST" and form.is_valid():
         patient = form.save(commit=False)
         patient.clinic = request.user.clinic
@@ -77,18 +77,16 @@ def patient_create(request):
     return render(request, "clinic/patient_form.html", {"form": form})
 
 
-@require_GET
-def patient_detail(request, pk):
-    patient = get_for_user(request.user, Patient, pk=pk)
+@object_view(Patient)
+def patient_detail(request, patient):
     lesions = patient.lesions.prefetch_related("cases__prediction")
     record(request, "view", patient)
     return render(request, "clinic/patient_detail.html", {"patient": patient, "lesions": lesions})
 
 
-@require_http_methods(["GET", "POST"])
-def lesion_create(request, pk):
-    patient = get_for_user(request.user, Patient, pk=pk)
-    form = LesionForm(request.POST or None)
+@object_view(Patient, methods=("GET", "POST"))
+def lesion_create(request, patient):
+    form = LesionForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         lesion = form.save(commit=False)
         lesion.patient = patient
@@ -100,9 +98,8 @@ def lesion_create(request, pk):
     return render(request, "clinic/lesion_form.html", {"form": form, "patient": patient})
 
 
-@require_GET
-def lesion_detail(request, pk):
-    lesion = get_for_user(request.user, Lesion, pk=pk)
+@object_view(Lesion)
+def lesion_detail(request, lesion):
     cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("created_at")
     _no_model_warning(request)
     return render(
@@ -110,11 +107,10 @@ def lesion_detail(request, pk):
     )
 
 
-@require_http_methods(["GET", "POST"])
-def lesion_upload(request, pk):
+@object_view(Lesion, methods=("GET", "POST"))
+def lesion_upload(request, lesion):
     """Each good image becomes a case queued for classification; each bad one gets a message."""
-    lesion = get_for_user(request.user, Lesion, pk=pk)
-    form = UploadForm(request.POST or None, request.FILES or None)
+    form = UploadForm(request.POST, request.FILES) if request.method == "POST" else UploadForm()
     if request.method == "POST" and form.is_valid():
         accepted, rejected = [], []
         for upload in form.cleaned_data["images"]:
@@ -142,9 +138,8 @@ def lesion_upload(request, pk):
     return render(request, "clinic/lesion_detail.html", {"lesion": lesion, "cases": cases, "form": form})
 
 
-@require_GET
-def case_detail(request, pk):
-    case = get_for_user(request.user, Case, pk=pk)
+@object_view(Case)
+def case_detail(request, case):
     record(request, "view", case)
     form = FeedbackForm(instance=case.feedback) if case.feedback else FeedbackForm()
     history = case.feedback_history.select_related("created_by")
@@ -155,18 +150,16 @@ def case_detail(request, pk):
     )
 
 
-@require_GET
 @never_cache
-def case_status(request, pk):
+@object_view(Case)
+def case_status(request, case):
     """The result panel alone; the case page polls it while the case is queued or running."""
-    case = get_for_user(request.user, Case, pk=pk)
     return render(request, "clinic/case_status.html", {"case": case})
 
 
-@require_http_methods(["GET", "POST"])
-def case_feedback(request, pk):
-    case = get_for_user(request.user, Case, pk=pk)
-    form = FeedbackForm(request.POST or None, instance=case.feedback)
+@object_view(Case, methods=("GET", "POST"))
+def case_feedback(request, case):
+    form = FeedbackForm(request.POST if request.method == "POST" else None, instance=case.feedback)
     if request.method == "POST" and form.is_valid():
         fields = {name: form.cleaned_data[name] for name in FeedbackForm.Meta.fields}
         feedback = case.record_feedback(request.user, **fields)
@@ -176,9 +169,8 @@ def case_feedback(request, pk):
     return render(request, "clinic/feedback_form.html", {"case": case, "form": form})
 
 
-@require_POST
-def case_retry(request, pk):
-    case = get_for_user(request.user, Case, pk=pk)
+@object_view(Case, methods=("POST",))
+def case_retry(request, case):
     if case.status != Case.Status.FAILED:
         messages.info(request, "Only a failed case can be retried.")
         return redirect("clinic:case_detail", pk=case.pk)
@@ -190,10 +182,9 @@ def case_retry(request, pk):
     return redirect("clinic:case_detail", pk=case.pk)
 
 
-@require_GET
-def case_image(request, pk):
+@object_view(Case)
+def case_image(request, case):
     """Serve a case's image to users of its clinic; there is no public media URL."""
-    case = get_for_user(request.user, Case, pk=pk)
     if request.GET.get("size") == "thumb":
         with default_storage.open(case.image.name, "rb") as f:
             img = Image.open(f)

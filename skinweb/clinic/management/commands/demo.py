@@ -1,0 +1,136 @@
+"""Run the whole stack locally: Redis, a Celery worker and the web server, with demo logins.
+
+Demo mode only: the logins it prints are fixed and must never reach a real deployment.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from skinweb.accounts.models import Clinic, User
+from skinweb.models_registry.models import ModelVersion
+
+DEMO_CLINIC = "Demo Dermatology Clinic"
+DEMO_USERS = [
+    # username, password, staff
+    ("demo", "demo-skinweb", False),
+    ("admin", "admin-skinweb", True),
+]
+STARTER_MODELS = sorted((Path(settings.BASE_DIR) / "classifier" / "models").glob("*.safetensors"))
+
+
+def port_open(host, port):
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+class Command(BaseCommand):
+    help = "Set up demo data and run Redis, a Celery worker and the web server until Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+
+    def handle(self, addr, port, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        self.seed()
+        self.publish_starter_model()
+        self.procs = []
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            self.start_redis()
+            self.start(
+                "worker",
+                [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference,default",
+                 "--concurrency", "1", "--loglevel", "INFO", "--hostname", "demo-worker@%h"],
+            )
+            if port_open(addr, port):
+                raise CommandError(f"{addr}:{port} is already in use; stop what runs there or pass --port.")
+            self.start("web", [sys.executable, "manage.py", "runserver", f"{addr}:{port}", "--noreload"])
+            self.banner(f"http://{addr}:{port}/")
+            while all(p.poll() is None for _, p in self.procs):
+                time.sleep(0.5)
+            dead = [name for name, p in self.procs if p.poll() is not None]
+            raise CommandError(f"{', '.join(dead)} stopped unexpectedly; see the log above.")
+        except KeyboardInterrupt:
+            self.stdout.write("\nstopping…")
+        finally:
+            self.stop_all()
+
+    def seed(self):
+        clinic, _ = Clinic.objects.get_or_create(name=DEMO_CLINIC)
+        for username, password, staff in DEMO_USERS:
+            user, _ = User.objects.get_or_create(username=username, defaults={"clinic": clinic})
+            user.clinic = clinic
+            user.is_staff = user.is_superuser = staff
+            user.set_password(password)
+            user.save()
+
+    def publish_starter_model(self):
+        if ModelVersion.objects.published() or not STARTER_MODELS:
+            return
+        call_command("publish_model", str(STARTER_MODELS[-1]), reason="starter model shipped with skinweb")
+
+    def start(self, name, cmd):
+        self.stdout.write(f"starting {name}: {' '.join(cmd)}")
+        self.procs.append((name, subprocess.Popen(cmd, env=os.environ.copy())))
+
+    def start_redis(self):
+        url = urlparse(settings.REDIS_URL)
+        host, port = url.hostname or "127.0.0.1", url.port or 6379
+        if port_open(host, port):
+            self.stdout.write(f"using the Redis already listening on {host}:{port}")
+            return
+        if host not in ("127.0.0.1", "localhost"):
+            raise CommandError(f"no Redis answers at {settings.REDIS_URL}")
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise CommandError("redis-server is not installed: apt-get install redis-server (make run does this).")
+        data = settings.VAR_DIR / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+                             "--appendonly", "yes", "--save", ""])
+        for _ in range(50):
+            if port_open(host, port):
+                return
+            time.sleep(0.1)
+        raise CommandError("redis-server did not start")
+
+    def stop_all(self):
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def banner(self, url):
+        published = ModelVersion.objects.published()
+        lines = [
+            "",
+            "=" * 72,
+            f"skinweb is running at {url}",
+            "Demo logins (demo mode only):",
+            *[f"  {'admin' if staff else 'dermatologist'}: {u} / {p}" for u, p, staff in DEMO_USERS],
+            f"Model: {published.version} (threshold {published.threshold:.3f})" if published else
+            "Model: NO MODEL PUBLISHED YET. Uploads will fail until one is: train one with\n"
+            "  python -m classifier.train --data DIR --out DIR\n"
+            "  and publish it with: python manage.py publish_model FILE",
+            "Press Ctrl-C to stop everything.",
+            "=" * 72,
+            "",
+        ]
+        self.stdout.write("\n".join(lines))

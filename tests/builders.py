@@ -1,0 +1,71 @@
+"""Small builders for test data: real images made with PIL, real model files, named users."""
+
+import io
+import itertools
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+
+from classifier import ModelMetadata, save_model_file
+from classifier.model import build_model
+from skinweb.accounts.models import Clinic, User
+from skinweb.clinic.models import Case, Lesion, Patient
+from skinweb.clinic.uploads import normalise_image
+
+_seq = itertools.count(1)
+PASSWORD = "correct-horse-battery"
+
+
+def image_bytes(fmt="JPEG", size=(64, 48), color=(180, 90, 60), mode="RGB", **save_kwargs) -> bytes:
+    img = Image.new(mode, size, color if mode == "RGB" else 128)
+    # A little structure, so JPEG has something to encode and thumbnails differ from blank.
+    for x in range(0, size[0], 8):
+        for y in range(size[1] // 3, 2 * size[1] // 3):
+            img.putpixel((x, y), (40, 30, 20) if mode == "RGB" else 20)
+    out = io.BytesIO()
+    img.save(out, format=fmt, **save_kwargs)
+    return out.getvalue()
+
+
+def upload(name="lesion.jpg", data=None, content_type="image/jpeg") -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, image_bytes() if data is None else data, content_type=content_type)
+
+
+def make_clinic(name=None) -> Clinic:
+    return Clinic.objects.create(name=name or f"Clinic {next(_seq)}")
+
+
+def make_user(username, clinic=None, staff=False) -> User:
+    user = User.objects.create_user(username=username, password=PASSWORD, clinic=clinic)
+    if staff:
+        user.is_staff = user.is_superuser = True
+        user.save()
+    return user
+
+
+def make_patient(clinic, identifier=None, **fields) -> Patient:
+    fields.setdefault("birth_year", 1970)
+    fields.setdefault("sex", Patient.Sex.FEMALE)
+    return Patient.objects.create(clinic=clinic, identifier=identifier or f"P-{next(_seq):04d}", **fields)
+
+
+def make_lesion(patient, site="posterior torso", label="") -> Lesion:
+    return Lesion.objects.create(patient=patient, site=site, label=label)
+
+
+def make_case(lesion, user=None, data=None, **fields) -> Case:
+    case = lesion.add_image(user, "lesion.jpg", normalise_image(upload(data=data)))
+    if fields:
+        Case.objects.filter(pk=case.pk).update(**fields)
+        case.refresh_from_db()
+    return case
+
+
+def make_model_file(path, input_size=64, threshold=0.5, version="test-vgg16-64px", seed=0):
+    """A real VGG16 model file, randomly initialised: small inputs keep the forward pass fast."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model("vgg16", pretrained="none")
+    meta = ModelMetadata(version=version, input_size=input_size, threshold=threshold)
+    return save_model_file(path, model, meta)

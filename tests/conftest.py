@@ -1,0 +1,142 @@
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from skinweb.celery import app as celery_app
+from tests.builders import make_model_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(settings, tmp_path):
+    """Every test gets its own media and model folders."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MODEL_ROOT = tmp_path / "models"
+    settings.MEDIA_ROOT.mkdir()
+    # Tests render templates without running collectstatic first.
+    settings.STORAGES = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    return settings
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "test.safetensors"
+    make_model_file(path)
+    return path
+
+
+@pytest.fixture
+def published_model(db, model_file):
+    from skinweb.models_registry.models import ModelVersion
+
+    version = ModelVersion.import_file(model_file)
+    version.publish(reason="test")
+    return version
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port, for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (make test installs it)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    url = f"redis://127.0.0.1:{port}/0"
+    celery_app.conf.broker_url = url
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def database_env() -> dict:
+    """Environment that points another process at the test database this session uses."""
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return {"SQLITE_PATH": str(s["NAME"]), "DATABASE_URL": ""}
+    return {
+        "DATABASE_URL": f"postgres://{s['USER']}:{s['PASSWORD']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    }
+
+
+class WorkerProcess:
+    def __init__(self, env, log_path):
+        self.env, self.log_path = env, log_path
+        self.proc = None
+
+    def start(self, timeout=60.0):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference", "--pool", "prefork",
+             "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+             "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b" ready." in Path(self.log_path).read_bytes():
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"worker did not start:\n{Path(self.log_path).read_text()[-3000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def output(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+
+@pytest.fixture
+def celery_worker(transactional_db, redis_server, settings, tmp_path):
+    """A real Celery worker process on the inference queue, sharing this test's database and folders."""
+    env = {
+        **os.environ,
+        **database_env(),
+        "REDIS_URL": redis_server,
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "MODEL_ROOT": str(settings.MODEL_ROOT),
+        "DJANGO_SETTINGS_MODULE": "skinweb.settings",
+        "INFERENCE_DEVICE": "cpu",
+    }
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    yield worker
+    worker.stop()

@@ -1,0 +1,112 @@
+"""The Django-free classifier package: model files, the predictor and the predict command."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from classifier import ModelFileError, ModelMetadata, Predictor, load_model_file, save_model_file
+from classifier.model import build_model
+from classifier.modelfile import read_metadata
+from tests.builders import image_bytes
+from tests.conftest import ROOT
+
+
+def test_classifier_imports_without_django():
+    code = "import sys, classifier, classifier.predict; assert 'django' not in sys.modules, 'django imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_model_file_round_trip(model_file):
+    state, meta = load_model_file(model_file)
+    assert meta.version == "test-vgg16-64px"
+    assert meta.arch == "vgg16" and meta.input_size == 64 and meta.threshold == 0.5
+    assert meta.created  # filled in on save
+    assert all(v.dtype == torch.float16 for v in state.values())
+    assert sum(v.numel() for v in state.values()) < 15_000_000  # global pooling head, no fc6/fc7
+
+
+def test_version_is_derived_from_weights_when_missing(tmp_path):
+    torch.manual_seed(1)
+    meta = save_model_file(tmp_path / "m.safetensors", build_model(), ModelMetadata(version="", input_size=32))
+    assert meta.version.startswith("vgg16-") and len(meta.version.split("-")[-1]) == 8
+    assert read_metadata(tmp_path / "m.safetensors").version == meta.version
+
+
+def test_predictor_returns_plain_data(model_file, tmp_path):
+    jpeg = tmp_path / "a.jpg"
+    jpeg.write_bytes(image_bytes("JPEG", size=(300, 200)))
+    png = tmp_path / "b.png"
+    png.write_bytes(image_bytes("PNG", size=(90, 90)))
+    predictor = Predictor.from_file(model_file, device="cpu")
+    results = predictor.predict([jpeg, png, Image.open(jpeg)])
+    assert len(results) == 3
+    for r in results:
+        assert 0.0 <= r.probability <= 1.0
+        assert r.decision == ("malignant" if r.probability >= 0.5 else "benign")
+        assert r.threshold == 0.5 and r.model_version == "test-vgg16-64px" and r.ms > 0
+    # Same image as path and as PIL image: same answer.
+    assert results[0].probability == pytest.approx(results[2].probability, abs=1e-6)
+
+
+def test_decision_uses_stored_threshold(model_file, tmp_path):
+    p = Predictor.from_file(model_file, device="cpu")
+    assert p.decide(0.49) == "benign" and p.decide(0.5) == "malignant"
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        Predictor.from_file(tmp_path / "nope.safetensors")
+
+
+def test_pickle_file_is_refused_without_unpickling(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    bad = tmp_path / "evil.safetensors"
+    bad.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(ModelFileError):
+        Predictor.from_file(bad)
+    assert not (tmp_path / "pwned").exists()
+
+    torch_file = tmp_path / "evil.pt"
+    torch.save({"x": Boom()}, torch_file)
+    with pytest.raises(ModelFileError):
+        Predictor.from_file(torch_file)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_tampered_weights_are_refused(tmp_path, model_file):
+    meta = read_metadata(model_file)
+    bad = tmp_path / "tampered.safetensors"
+    save_file({"features.0.weight": torch.zeros(3, 3)}, str(bad), metadata={"skinweb": meta.to_json()})
+    with pytest.raises(ModelFileError, match="do not fit"):
+        Predictor.from_file(bad)
+
+
+def test_file_without_metadata_is_refused(tmp_path):
+    bad = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bad))
+    with pytest.raises(ModelFileError, match="no skinweb metadata"):
+        read_metadata(bad)
+
+
+def test_predict_command_prints_one_json_line_per_image(model_file, tmp_path):
+    images = []
+    for i, fmt in enumerate(["JPEG", "PNG"]):
+        path = tmp_path / f"img{i}.{fmt.lower()}"
+        path.write_bytes(image_bytes(fmt))
+        images.append(str(path))
+    out = subprocess.run(
+        [sys.executable, "-m", "classifier.predict", "--model", str(model_file), "--device", "cpu", *images],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["image"] for line in lines] == images
+    assert {"probability", "decision", "threshold", "model_version", "ms"} <= set(lines[0])

@@ -1,0 +1,135 @@
+"""Uploads: content decides, bad files get a message and leave nothing behind."""
+
+import io
+import os
+import struct
+import zlib
+
+import pytest
+from django.urls import reverse
+from PIL import Image
+
+from skinweb.clinic.models import Case
+from tests.builders import image_bytes, make_clinic, make_lesion, make_patient, make_user, upload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alice(client):
+    clinic = make_clinic("North")
+    user = make_user("alice", clinic)
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def lesion(alice):
+    return make_lesion(make_patient(alice.clinic))
+
+
+def post(client, lesion, *files):
+    return client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {"images": list(files)})
+
+
+def stored_files(settings):
+    return [p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()]
+
+
+def png_bomb(width=100_000, height=100_000) -> bytes:
+    """A tiny PNG whose header declares 10 gigapixels."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+def test_jpeg_and_png_become_queued_cases(client, lesion, settings):
+    r = post(client, lesion, upload("smith-back.jpg"), upload("b.png", image_bytes("PNG"), "image/png"))
+    assert r.status_code == 302
+    cases = list(Case.objects.order_by("pk"))
+    assert [c.original_name for c in cases] == ["smith-back.jpg", "b.png"]
+    assert all(c.status == "queued" and c.lesion == lesion for c in cases)
+    assert cases[0].image.name.endswith(".jpg") and cases[1].image.name.endswith(".png")
+    assert "smith" not in cases[0].image.name  # server-generated names
+    assert len(stored_files(settings)) == 2
+    assert (cases[0].width, cases[0].height) == (64, 48) and len(cases[0].sha256) == 64
+
+
+def test_exif_orientation_applied_and_metadata_stripped(client, lesion):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (51.0, 30.0, 0.0)  # GPS latitude
+    data = image_bytes("JPEG", size=(80, 40), exif=exif.tobytes())
+    post(client, lesion, upload("gps.jpg", data))
+    case = Case.objects.get()
+    stored = Image.open(case.image.open("rb"))
+    assert stored.size == (40, 80)
+    assert not stored.getexif()
+    assert "exif" not in stored.info and "icc_profile" not in stored.info
+
+
+BAD_FILES = [
+    ("empty.jpg", b"", "empty"),
+    ("notes.jpg", b"this is a text file, not an image\n" * 10, "not a readable JPEG or PNG"),
+    ("cut.jpg", image_bytes("JPEG", size=(400, 300))[:600], "not a readable JPEG or PNG"),
+    ("page.jpg", b"<html><body><script>alert(1)</script></body></html>", "not a readable JPEG or PNG"),
+    ("bomb.png", png_bomb(), "refused"),
+    ("anim.gif", image_bytes("GIF"), "not a readable JPEG or PNG"),
+]
+
+
+@pytest.mark.parametrize("name,data,message", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_file_is_rejected_with_message_and_nothing_stored(client, lesion, settings, name, data, message):
+    r = post(client, lesion, upload(name, data))
+    assert r.status_code == 200
+    assert message in r.content.decode()
+    assert name in r.content.decode()
+    assert not Case.objects.exists()
+    assert stored_files(settings) == []
+
+
+def test_file_over_byte_limit_is_rejected(client, lesion, settings):
+    settings.MAX_UPLOAD_BYTES = 1000
+    out = io.BytesIO()
+    Image.frombytes("RGB", (100, 100), os.urandom(30000)).save(out, "PNG")  # noise does not compress
+    data = out.getvalue()
+    assert len(data) > 1000
+    r = post(client, lesion, upload("big.png", data, "image/png"))
+    assert "the limit is 1000" in r.content.decode()
+    assert not Case.objects.exists() and stored_files(settings) == []
+
+
+def test_image_over_pixel_limit_is_rejected(client, lesion, settings):
+    settings.MAX_IMAGE_PIXELS = 1000
+    r = post(client, lesion, upload("wide.jpg", image_bytes("JPEG", size=(100, 20))))
+    assert "100 × 20 pixels" in r.content.decode()
+    assert not Case.objects.exists() and stored_files(settings) == []
+
+
+def test_good_files_go_in_when_others_in_the_same_submission_fail(client, lesion, settings):
+    r = post(client, lesion, upload("good.jpg"), upload("bad.jpg", b"nope"))
+    body = r.content.decode()
+    assert r.status_code == 200
+    assert "1 image(s) uploaded" in body and "bad.jpg: This is not a readable" in body
+    assert [c.original_name for c in Case.objects.all()] == ["good.jpg"]
+    assert len(stored_files(settings)) == 1
+
+
+def test_submission_without_files_gets_a_message(client, lesion):
+    r = client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {})
+    assert "Choose one or more" in r.content.decode()
+
+
+def test_grayscale_and_alpha_png_are_stored_as_rgb(client, lesion):
+    gray = io.BytesIO()
+    Image.new("L", (30, 30), 100).save(gray, "PNG")
+    rgba = io.BytesIO()
+    Image.new("RGBA", (30, 30), (10, 20, 30, 128)).save(rgba, "PNG")
+    post(client, lesion, upload("g.png", gray.getvalue(), "image/png"), upload("a.png", rgba.getvalue(), "image/png"))
+    assert Case.objects.count() == 2
+    for case in Case.objects.all():
+        assert Image.open(case.image.open("rb")).mode == "RGB"
