@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole suite, twice: on SQLite (the default), then on a throwaway PostgreSQL server.
+# Arguments go to pytest (make test ARGS="-k upload").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTEST=.venv/bin/pytest
+
+echo "== tests on SQLite"
+"$PYTEST" "$@"
+
+echo "== tests on PostgreSQL"
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$PG_BIN/initdb" ] || { echo "PostgreSQL is not installed (make test installs it)"; exit 1; }
+PGDATA=$(mktemp -d /tmp/skinweb-test-pg.XXXXXX)
+PORT=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_pg() {
+  # initdb and postgres refuse to run as root.
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+[ "$(id -u)" = 0 ] && chown postgres "$PGDATA"
+stop_pg() { as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$PGDATA"; }
+trap stop_pg EXIT
+as_pg "$PG_BIN/initdb" -D "$PGDATA" -U skinweb --auth=trust >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w \
+  -o "-p $PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off" start >/dev/null
+DATABASE_URL="postgres://skinweb@127.0.0.1:$PORT/skinweb" "$PYTEST" "$@"

@@ -1,0 +1,42 @@
+"""docker/ validates, every setting is documented, and production refuses development settings."""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def test_compose_file_validates(tmp_path):
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose is not installed (make test installs Debian's package)")
+    shutil.copy(ROOT / "docker" / "compose.yaml", tmp_path / "compose.yaml")
+    shutil.copy(ROOT / "docker" / ".env.example", tmp_path / ".env")
+    result = subprocess.run([binary, "-f", str(tmp_path / "compose.yaml"), "config", "-q"],
+                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "POSTGRES_PASSWORD": "x"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_environment_variable_is_documented():
+    used = set(re.findall(r'env(?:_bool|_int)?\("([A-Z_0-9]+)"', (ROOT / "skinweb" / "settings.py").read_text()))
+    documented = set(re.findall(r"^#? ?([A-Z_0-9]+)=", (ROOT / "docker" / ".env.example").read_text(), re.M))
+    assert used - documented == set()
+
+
+def run_check(env):
+    return subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "ERROR"],
+                          cwd=ROOT, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
+
+
+def test_production_refuses_placeholder_secret_and_debug(tmp_path):
+    base = {"SKINWEB_VAR_DIR": str(tmp_path)}
+    result = run_check(base)
+    assert result.returncode != 0 and "skinweb.E001" in result.stderr
+    result = run_check({**base, "SECRET_KEY": "k" * 60, "DEBUG": "1"})
+    assert result.returncode != 0 and "skinweb.E002" in result.stderr
+    result = run_check({**base, "SECRET_KEY": "k" * 60})
+    assert "skinweb.E00" not in result.stderr
