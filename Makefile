@@ -4,15 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test setup system-packages clean
+.PHONY: run test venv run-packages test-packages apt-install clean
 
-run: setup
+run: run-packages venv
 	DEBUG=1 $(BIN)/python manage.py demo
 
-test: setup
+test: test-packages venv
 	bash tests/run_all.sh
 
-setup: system-packages $(STAMP)
+venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,21 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	rm -f $(VENV)/.requirements-* && touch $@
 
-# Debian packages the stack and its tests need: Redis, PostgreSQL, docker-compose (to validate docker/).
-system-packages:
+# Debian packages: the stack needs Redis; the tests also PostgreSQL and docker-compose (to validate docker/).
+run-packages:
+	@$(MAKE) --no-print-directory apt-install NEED="redis-server"
+
+test-packages:
+	@$(MAKE) --no-print-directory apt-install NEED="redis-server postgresql docker-compose"
+
+apt-install:
 	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
-	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
+	for pkg in $(NEED); do \
+		case $$pkg in \
+			postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing $$pkg";; \
+			*) command -v $$pkg >/dev/null || missing="$$missing $$pkg";; \
+		esac; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
