@@ -105,7 +105,7 @@ class CaseFilterForm(forms.Form):
     decision = forms.ChoiceField(required=False, label="AI decision", choices=[("", "Any AI decision")] + Label.choices)
     feedback = forms.ChoiceField(
         required=False,
-        choices=[("", "Feedback given or not"), ("given", "Feedback given"), ("missing", "Feedback missing")],
+        choices=[("", "Any"), ("given", "Given"), ("missing", "Missing")],
     )
     disagreement = forms.BooleanField(required=False, label="Only AI/clinician disagreements")
 

@@ -15,7 +15,6 @@ from PIL import Image
 from skinweb.audit.models import record
 from skinweb.clinic import tasks
 from skinweb.clinic.access import object_view
-from skinweb.clinic.classification import NO_MODEL_MESSAGE
 from skinweb.clinic.forms import CaseFilterForm, FeedbackForm, LesionForm, PatientForm, UploadForm
 from skinweb.clinic.models import Case, Lesion, Patient
 from skinweb.clinic.uploads import normalise_image
@@ -25,13 +24,20 @@ PAGE_SIZE = 25
 THUMBNAIL_PX = 320
 
 
+NO_MODEL_BANNER = (
+    "No model is published yet: images are stored, but they cannot be classified until an administrator "
+    "trains a model (python -m classifier.train) and publishes it (python manage.py publish_model FILE)."
+)
+
+
 def _no_model_warning(request):
     if ModelVersion.objects.published() is None:
-        messages.warning(request, NO_MODEL_MESSAGE)
+        messages.warning(request, NO_MODEL_BANNER)
 
 
 @require_GET
 def case_list(request):
+    _no_model_warning(request)
     form = CaseFilterForm(request.GET)
     cases = form.filter(Case.objects.visible_to(request.user).with_related())
     page = Paginator(cases, PAGE_SIZE).get_page(request.GET.get("page"))
@@ -127,7 +133,6 @@ def lesion_upload(request, lesion):
         if accepted:
             names = ", ".join(c.original_name for c in accepted)
             messages.success(request, f"{len(accepted)} image(s) uploaded and queued for classification: {names}.")
-            _no_model_warning(request)
         if not rejected:
             return redirect("clinic:case_detail", pk=accepted[0].pk) if len(accepted) == 1 else redirect(
                 "clinic:lesion_detail", pk=lesion.pk

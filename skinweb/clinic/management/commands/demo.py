@@ -58,6 +58,10 @@ class Command(BaseCommand):
             if port_open(addr, port):
                 raise CommandError(f"{addr}:{port} is already in use; stop what runs there or pass --port.")
             self.start("web", [sys.executable, "manage.py", "runserver", f"{addr}:{port}", "--noreload"])
+            for _ in range(300):
+                if port_open(addr, port):
+                    break
+                time.sleep(0.1)
             self.banner(f"http://{addr}:{port}/")
             while all(p.poll() is None for _, p in self.procs):
                 time.sleep(0.5)
@@ -84,7 +88,9 @@ class Command(BaseCommand):
 
     def start(self, name, cmd):
         self.stdout.write(f"starting {name}: {' '.join(cmd)}")
-        self.procs.append((name, subprocess.Popen(cmd, env=os.environ.copy())))
+        # Own process group: Ctrl-C reaches only this command, which then stops the others in
+        # order (web, worker, Redis) instead of all of them racing to exit.
+        self.procs.append((name, subprocess.Popen(cmd, env=os.environ.copy(), process_group=0)))
 
     def start_redis(self):
         url = urlparse(settings.REDIS_URL)
