@@ -15,6 +15,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 FORMAT = "skinweb-classifier/1"
+# The starter model shipped with skinweb; `make run` publishes it.
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "starter.safetensors"
 METADATA_KEY = "skinweb"
 
 

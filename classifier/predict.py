@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from classifier.modelfile import ModelFileError
+from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError
 from classifier.predictor import Predictor
 
 DEFAULT_MODEL_ENV = "SKINWEB_MODEL"
@@ -13,16 +13,14 @@ DEFAULT_MODEL_ENV = "SKINWEB_MODEL"
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description=__doc__, add_help=add_help)
-    parser.add_argument("--model", default=os.environ.get(DEFAULT_MODEL_ENV), help="model file (.safetensors)")
+    parser.add_argument("--model", default=os.environ.get(DEFAULT_MODEL_ENV, str(DEFAULT_MODEL_PATH)),
+                        help="model file (default: $SKINWEB_MODEL, else the starter model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG)")
     return parser
 
 
 def main(args) -> int:
-    if not args.model:
-        print(f"error: no model given; pass --model PATH or set {DEFAULT_MODEL_ENV}", file=sys.stderr)
-        return 2
     try:
         predictor = Predictor.from_file(args.model, device=args.device)
     except ModelFileError as exc:

@@ -1,0 +1,137 @@
+"""Datasets in two layouts, lesion-grouped splits, and an in-memory image cache for training.
+
+Layout (a): a folder with labels.csv having at least the columns ``image`` (path relative to the
+folder) and ``label`` (benign | malignant); extra columns are ignored. A ``lesion_id`` column, or
+a lesion_ids.csv beside it (isic_id,lesion_id), groups images of one lesion.
+Layout (b): an ImageFolder tree, ``benign/`` and ``malignant/``.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+CLASSES = ("benign", "malignant")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+class DatasetError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 1 = malignant
+    group: str  # lesion id, or the image itself when unknown
+
+
+def load_samples(root) -> list[Sample]:
+    root = Path(root)
+    if (root / "labels.csv").is_file():
+        return _read_labels_csv(root)
+    if any((root / c).is_dir() for c in CLASSES):
+        return _read_image_folder(root)
+    raise DatasetError(f"{root}: expected labels.csv (columns image,label) or benign/ and malignant/ folders")
+
+
+def _read_labels_csv(root: Path) -> list[Sample]:
+    lesions = {}
+    if (root / "lesion_ids.csv").is_file():
+        with open(root / "lesion_ids.csv", newline="") as f:
+            lesions = {row["isic_id"]: row["lesion_id"] for row in csv.DictReader(f) if row.get("lesion_id")}
+    samples = []
+    with open(root / "labels.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"image", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{root / 'labels.csv'} lacks the column(s) {', '.join(sorted(missing))}")
+        for line, row in enumerate(reader, start=2):
+            label = row["label"].strip().lower()
+            if label not in CLASSES:
+                raise DatasetError(f"labels.csv line {line}: label {row['label']!r} is not benign or malignant")
+            path = root / row["image"]
+            key = row.get("isic_id") or Path(row["image"]).stem
+            group = row.get("lesion_id") or lesions.get(key) or f"image:{row['image']}"
+            samples.append(Sample(path, CLASSES.index(label), group))
+    return samples
+
+
+def _read_image_folder(root: Path) -> list[Sample]:
+    samples = []
+    for label, name in enumerate(CLASSES):
+        folder = root / name
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    samples.append(Sample(path, label, f"image:{path.relative_to(root)}"))
+    return samples
+
+
+def split_by_group(samples, val_fraction=0.2, seed=0):
+    """Stratified split that keeps every image of one lesion on the same side.
+
+    A lesion counts as malignant if any of its images is; each class's lesions are shuffled with
+    ``seed`` and the first ``val_fraction`` of them (by image count) go to validation.
+    """
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.group, []).append(s)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in (0, 1):
+        keys = sorted(g for g, members in groups.items() if max(m.label for m in members) == label)
+        rng.shuffle(keys)
+        target = val_fraction * sum(len(groups[k]) for k in keys)
+        taken = 0
+        for k in keys:
+            if taken < target:
+                val.extend(groups[k])
+                taken += len(groups[k])
+            else:
+                train.extend(groups[k])
+    return train, val
+
+
+def fingerprint(samples) -> dict:
+    """Counts and a hash of (image, label) pairs: identifies the data a model was trained on."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        h.update(f"{s.path.name},{s.label}\n".encode())
+    return {
+        "n": len(samples),
+        "n_malignant": sum(s.label for s in samples),
+        "n_lesions": len({s.group for s in samples}),
+        "labels_sha256": h.hexdigest(),
+    }
+
+
+def load_rgb(path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class CachedImages(torch.utils.data.Dataset):
+    """Images decoded once and kept in memory as uint8 tensors of ``size`` x ``size``.
+
+    Squashed to a square, as the evaluation preset does. Decoding JPEGs every epoch would cost
+    as much CPU time as a small model's forward pass.
+    """
+
+    def __init__(self, samples, size: int, transform=None):
+        resize = T.Compose([T.ToImage(), T.Resize((size, size), antialias=True)])
+        self.images = torch.stack([resize(load_rgb(s.path)) for s in samples])
+        self.labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        return (self.transform(img) if self.transform else img), self.labels[i]

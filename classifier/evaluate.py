@@ -1,0 +1,94 @@
+"""Evaluate a model on a labelled dataset; print ONE JSON object on stdout (logs go to stderr).
+
+    python -m classifier.evaluate --data DIR [--model PATH] [--batch-size N] [--roc PNG]
+
+DIR is labels.csv layout or benign/ and malignant/ folders. Without --model, the starter model
+that `make run` publishes (classifier/models/starter.safetensors) is used.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from classifier import metrics
+from classifier.data import DatasetError, load_samples
+from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError
+from classifier.predictor import Predictor
+
+log = logging.getLogger("classifier.evaluate")
+
+
+def get_args_parser(add_help=True):
+    p = argparse.ArgumentParser(description="Evaluate a skinweb model on a labelled dataset.", add_help=add_help)
+    p.add_argument("--data", required=True, help="dataset folder (labels.csv, or benign/ and malignant/)")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="model file (default: the starter model)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threshold", type=float, default=None, help="override the model's stored threshold")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC interval")
+    p.add_argument("--roc", metavar="PNG", help="also draw the ROC curve with the operating point")
+    return p
+
+
+def predict_all(predictor, samples, batch_size):
+    probs = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        probs.extend(predictor.probabilities([s.path for s in batch]))
+        log.info("%d/%d images", min(start + batch_size, len(samples)), len(samples))
+    return np.array(probs)
+
+
+def draw_roc(path, y, p, threshold, auc):
+    fpr, tpr, _ = metrics.roc_curve(y, p)
+    c = metrics.confusion(y, p, threshold)
+    op = (c["fp"] / max(c["fp"] + c["tn"], 1), c["tp"] / max(c["tp"] + c["fn"], 1))
+    size, m = 480, 50
+    img = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(img)
+
+    def xy(x, y_):
+        return m + x * (size - 2 * m), size - m - y_ * (size - 2 * m)
+
+    d.rectangle([xy(0, 1), xy(1, 0)], outline="black")
+    d.line([xy(0, 0), xy(1, 1)], fill=(180, 180, 180))
+    d.line([xy(x, y_) for x, y_ in zip(fpr, tpr)], fill=(30, 90, 200), width=2)
+    ox, oy = xy(*op)
+    d.ellipse([ox - 5, oy - 5, ox + 5, oy + 5], outline=(200, 30, 30), width=2)
+    d.text((m, 15), f"ROC, AUC {auc:.3f}; operating point at threshold {threshold:.3f}", fill="black")
+    d.text((size // 2 - 60, size - 30), "1 - specificity", fill="black")
+    d.text((5, m - 20), "sensitivity", fill="black")
+    img.save(path)
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        samples = load_samples(args.data)
+        predictor = Predictor.from_file(args.model, device=args.device)
+    except (DatasetError, ModelFileError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    if not samples:
+        log.error("no images in %s", args.data)
+        return 2
+    t = time.perf_counter()
+    y = np.array([s.label for s in samples])
+    p = predict_all(predictor, samples, args.batch_size)
+    threshold = predictor.threshold if args.threshold is None else args.threshold
+    result = metrics.binary_metrics(y, p, threshold, n_boot=args.bootstrap)
+    result["model_version"] = predictor.version
+    result["seconds"] = round(time.perf_counter() - t, 1)
+    if args.roc:
+        draw_roc(args.roc, y, p, threshold, result["auc"])
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

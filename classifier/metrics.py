@@ -1,0 +1,113 @@
+"""Binary classification metrics, in numpy, for probabilities of the positive class (malignant).
+
+Written out rather than imported so the classifier package needs nothing beyond numpy; the tests
+check each against scikit-learn and hand-computed cases.
+"""
+
+import math
+
+import numpy as np
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties getting the average of their ranks."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x), dtype=float)
+    # Start index of each run of equal values, then the mean rank of the run.
+    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
+    ends = np.r_[starts[1:], len(x)]
+    mean_rank = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def roc_auc(y_true, y_prob) -> float:
+    """Area under the ROC curve (Mann-Whitney U); ties count one half."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(y_prob, dtype=float)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = _ranks(p)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(y_true, y_prob):
+    """(fpr, tpr, thresholds), thresholds descending, starting at +inf like scikit-learn's."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(y_prob, dtype=float)
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]
+    tps = np.cumsum(ys)[last_of_run]
+    fps = (last_of_run + 1) - tps
+    tpr = np.r_[0.0, tps / max(y.sum(), 1)]
+    fpr = np.r_[0.0, fps / max((~y).sum(), 1)]
+    return fpr, tpr, np.r_[np.inf, ps[last_of_run]]
+
+
+def bootstrap_auc_ci(y_true, y_prob, n_boot=1000, seed=0, level=0.95):
+    """Percentile bootstrap interval for the AUC, resampling cases with replacement."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(y_prob, dtype=float)
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].all() or not y[idx].any():
+            continue
+        aucs.append(roc_auc(y[idx], p[idx]))
+    if not aucs:
+        return [float("nan"), float("nan")]
+    lo, hi = np.percentile(aucs, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return [float(lo), float(hi)]
+
+
+def threshold_for_sensitivity(y_true, y_prob, target: float) -> float:
+    """The highest threshold at which sensitivity (p >= threshold counts as positive) reaches ``target``."""
+    y = np.asarray(y_true).astype(bool)
+    pos = np.sort(np.asarray(y_prob, dtype=float)[y])[::-1]
+    if len(pos) == 0:
+        raise ValueError("no positive cases: cannot choose a threshold for a sensitivity")
+    k = min(len(pos), max(1, math.ceil(target * len(pos) - 1e-9)))
+    return float(pos[k - 1])
+
+
+def confusion(y_true, y_prob, threshold: float) -> dict:
+    y = np.asarray(y_true).astype(bool)
+    pred = np.asarray(y_prob, dtype=float) >= threshold
+    return {
+        "tp": int((pred & y).sum()),
+        "fp": int((pred & ~y).sum()),
+        "tn": int((~pred & ~y).sum()),
+        "fn": int((~pred & y).sum()),
+    }
+
+
+def _ratio(a, b):
+    return float(a / b) if b else float("nan")
+
+
+def binary_metrics(y_true, y_prob, threshold: float, n_boot=1000, seed=0) -> dict:
+    """Everything `python -m classifier.evaluate` reports, as plain JSON-able data."""
+    y = np.asarray(y_true).astype(bool)
+    c = confusion(y, y_prob, threshold)
+    sensitivity = _ratio(c["tp"], c["tp"] + c["fn"])
+    specificity = _ratio(c["tn"], c["tn"] + c["fp"])
+    t95 = threshold_for_sensitivity(y, y_prob, 0.95) if y.any() else float("nan")
+    c95 = confusion(y, y_prob, t95) if y.any() else None
+    return {
+        "n": int(len(y)),
+        "n_malignant": int(y.sum()),
+        "auc": roc_auc(y, y_prob),
+        "auc_ci95": bootstrap_auc_ci(y, y_prob, n_boot=n_boot, seed=seed),
+        "threshold": float(threshold),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "precision": _ratio(c["tp"], c["tp"] + c["fp"]),
+        "accuracy": _ratio(c["tp"] + c["tn"], len(y)),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "specificity_at_95_sensitivity": _ratio(c95["tn"], c95["tn"] + c95["fp"]) if c95 else float("nan"),
+        "confusion": c,
+    }

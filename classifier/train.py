@@ -1,0 +1,275 @@
+"""Train the benign/malignant VGG16 classifier.
+
+    python -m classifier.train --data DIR --out DIR [--epochs N] [--image-size PX]
+        [--pretrained imagenet|none] [--device auto|cpu|cuda] [--resume]
+
+DIR is a dataset folder (labels.csv, or benign/ and malignant/). The split into training and
+validation keeps all images of one lesion together. Every epoch writes ``checkpoint.pt`` (resume
+with --resume after a kill) and a line of ``metrics.jsonl``; the best epoch by validation AUC is
+exported as ``model.safetensors`` with its threshold, chosen on the validation split to reach
+--target-sensitivity, and its validation metrics.
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from classifier import metrics
+from classifier.data import CachedImages, DatasetError, fingerprint, load_samples, split_by_group
+from classifier.model import PretrainedWeightsUnavailable, build_model
+from classifier.modelfile import ModelMetadata, save_model_file
+from classifier.predictor import resolve_device
+from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetTrain
+
+log = logging.getLogger("classifier.train")
+
+
+def get_args_parser(add_help=True):
+    p = argparse.ArgumentParser(description="Train the skinweb VGG16 classifier.", add_help=add_help)
+    p.add_argument("--data", required=True, help="dataset folder (labels.csv, or benign/ and malignant/)")
+    p.add_argument("--out", required=True, help="output folder: checkpoint, metrics, model file")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--image-size", type=int, default=96, help="input size in pixels (square)")
+    p.add_argument("--pretrained", choices=["imagenet", "none"], default="none")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--arch", choices=["vgg16_bn", "vgg16"], default="vgg16_bn")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=int, default=2)
+    p.add_argument("--ema-decay", type=float, default=0.998, help="weight averaging per step; 0 turns it off")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-sensitivity", type=float, default=0.90)
+    p.add_argument("--patience", type=int, default=12, help="stop after this many epochs without a better AUC")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--version", default="", help="model version id (default: derived from date and weights)")
+    return p
+
+
+class EMA:
+    """Exponential moving average of the weights (BatchNorm statistics included).
+
+    The decay ramps up from 0.1 (timm's ModelEmaV2 schedule), so the average is useful from the
+    first epochs instead of remembering the random initialisation.
+    """
+
+    def __init__(self, model, decay):
+        self.module = copy.deepcopy(model).eval()
+        self.decay, self.steps = decay, 0
+
+    @torch.no_grad()
+    def update(self, model):
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if v.dtype.is_floating_point:
+                ema_v.lerp_(v, 1 - d)
+            else:
+                ema_v.copy_(v)
+
+    def state_dict(self):
+        return {"module": self.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state["module"])
+        self.steps = state["steps"]
+
+
+def make_loader(dataset, batch_size, shuffle, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=None, progress=None):
+    model.train()
+    total, n = 0.0, 0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(images)
+        loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        total += loss.item() * len(labels)
+        n += len(labels)
+        if progress is not None:
+            progress.update(len(labels))
+            progress.set_postfix(loss=f"{total / n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    return total / max(n, 1)
+
+
+@torch.inference_mode()
+def evaluate(model, loader, criterion, device):
+    """Return (mean loss, labels, probabilities) over the loader."""
+    model.eval()
+    total, labels_all, probs_all = 0.0, [], []
+    for images, labels in loader:
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(images).float()
+        total += criterion(logits, labels.to(device)).item() * len(labels)
+        labels_all.append(labels.numpy())
+        probs_all.append(torch.sigmoid(logits).cpu().numpy())
+    y, p = np.concatenate(labels_all), np.concatenate(probs_all)
+    return total / len(y), y, p
+
+
+def lr_lambda(warmup_steps, total_steps):
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+
+    try:
+        samples = load_samples(args.data)
+    except (DatasetError, OSError) as exc:
+        log.error("cannot read the dataset: %s", exc)
+        return 2
+    train_samples, val_samples = split_by_group(samples, args.val_fraction, args.seed)
+    if not train_samples or not val_samples or len({s.label for s in val_samples}) < 2:
+        log.error("the dataset is too small to split into training and validation with both classes")
+        return 2
+    log.info("data: %d images; training %d (%d malignant), validation %d (%d malignant), device %s",
+             len(samples), len(train_samples), sum(s.label for s in train_samples), len(val_samples),
+             sum(s.label for s in val_samples), device)
+
+    try:
+        model = build_model(args.arch, pretrained=args.pretrained)
+    except PretrainedWeightsUnavailable as exc:
+        log.error("%s", exc)
+        return 2
+    model = model.to(device).to(memory_format=torch.channels_last)
+
+    size = args.image_size
+    cache_size = round(size * 1.15)
+    t0 = time.perf_counter()
+    train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size))
+    normalize = ClassificationPresetTrain(size).transforms.transforms[-2:]  # ToDtype + Normalize
+    from torchvision.transforms import v2 as T
+
+    val_set = CachedImages(val_samples, size, T.Compose(normalize))
+    log.info("decoded %d images in %.0f s", len(samples), time.perf_counter() - t0)
+    train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed)
+    val_loader = make_loader(val_set, args.batch_size * 2, shuffle=False)
+
+    n_pos = sum(s.label for s in train_samples)
+    pos_weight = torch.tensor((len(train_samples) - n_pos) / max(n_pos, 1), device=device)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch)
+    )
+    ema = EMA(model, args.ema_decay) if args.ema_decay else None
+
+    start_epoch, best_auc, best_epoch = 0, -1.0, -1
+    ckpt_path = out / "checkpoint.pt"
+    if args.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
+        torch.set_rng_state(ckpt["rng"])
+        start_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
+        log.info("resumed after epoch %d (best validation AUC %.4f at epoch %d)", ckpt["epoch"], best_auc, best_epoch)
+    elif args.resume:
+        log.info("no checkpoint in %s: starting from scratch", out)
+
+    recipe = {k: v for k, v in vars(args).items() if k not in ("data", "out", "resume", "version")}
+    train_fp, val_fp = fingerprint(train_samples), fingerprint(val_samples)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, args.epochs):
+        if epoch - best_epoch > args.patience and best_epoch >= 0:
+            log.info("early stop: no better validation AUC for %d epochs", args.patience)
+            break
+        t = time.perf_counter()
+        with tqdm(total=len(train_set), desc=f"epoch {epoch + 1}/{args.epochs}", unit="img", file=sys.stderr,
+                  leave=False, disable=None) as bar:
+            train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device, ema, bar)
+        eval_model = ema.module if ema is not None else model
+        val_loss, y, p = evaluate(eval_model, val_loader, criterion, device)
+        auc = metrics.roc_auc(y, p)
+        improved = auc > best_auc
+        if improved:
+            best_auc, best_epoch = auc, epoch
+            export(eval_model, args, y, p, out, recipe, train_fp, val_fp, epoch)
+        seconds = time.perf_counter() - t
+        record = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
+                  "val_auc": round(auc, 5), "best_val_auc": round(best_auc, 5), "lr": scheduler.get_last_lr()[0],
+                  "seconds": round(seconds, 1)}
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        remaining = (args.epochs - epoch - 1) * seconds
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val AUC %.4f%s, %.0f s; ETA %s",
+                 epoch + 1, args.epochs, train_loss, val_loss, auc, " (best)" if improved else "", seconds,
+                 time.strftime("%H:%M:%S", time.gmtime(remaining)))
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": torch.get_rng_state(), "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        torch.save(state, out / "checkpoint.tmp")
+        (out / "checkpoint.tmp").replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
+    log.info("done in %.0f s; best validation AUC %.4f at epoch %d; model: %s",
+             time.perf_counter() - started, best_auc, best_epoch + 1, out / "model.safetensors")
+    return 0
+
+
+def export(model, args, y, p, out, recipe, train_fp, val_fp, epoch):
+    """Write the model file for this epoch's weights, with its threshold and validation metrics."""
+    threshold = metrics.threshold_for_sensitivity(y, p, args.target_sensitivity)
+    val_metrics = metrics.binary_metrics(y, p, threshold, n_boot=500)
+    meta = ModelMetadata(
+        version=args.version,
+        arch=args.arch,
+        input_size=args.image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        threshold=threshold,
+        training={"dataset": str(args.data), "train": train_fp, "validation": val_fp, "recipe": recipe,
+                  "epoch": epoch + 1, "target_sensitivity": args.target_sensitivity},
+        metrics={"validation": val_metrics},
+    )
+    meta = save_model_file(out / "model.tmp", model, meta)
+    (out / "model.tmp").replace(out / "model.safetensors")
+    (out / "model.json").write_text(json.dumps(dataclasses.asdict(meta), indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,158 @@
+"""classifier.metrics against hand-computed cases and scikit-learn; datasets; train/evaluate commands."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn import metrics as skm
+
+from classifier import metrics
+from classifier.data import DatasetError, load_samples, split_by_group
+from classifier.modelfile import read_metadata
+from tests.conftest import ROOT
+
+FIXTURES = ROOT / "tests" / "fixtures" / "isic"
+
+
+# Metrics ---------------------------------------------------------------------------------------
+
+def test_auc_hand_computed():
+    # Pairs (pos, neg): (0.35 > 0.1), (0.35 < 0.4), (0.8 > 0.1), (0.8 > 0.4): 3 of 4.
+    assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert metrics.roc_auc([0, 1], [0.5, 0.5]) == 0.5  # a tie counts one half
+    assert np.isnan(metrics.roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_threshold_for_sensitivity_hand_computed():
+    y = [1, 1, 1, 1, 0, 0]
+    p = [0.9, 0.7, 0.4, 0.2, 0.5, 0.1]
+    assert metrics.threshold_for_sensitivity(y, p, 0.75) == 0.4  # 3 of 4 positives at >= 0.4
+    assert metrics.threshold_for_sensitivity(y, p, 0.76) == 0.2
+    assert metrics.threshold_for_sensitivity(y, p, 1.0) == 0.2
+    assert metrics.confusion(y, p, 0.4) == {"tp": 3, "fp": 1, "tn": 1, "fn": 1}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_agree_with_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    p = np.round(np.clip(y * 0.3 + rng.normal(0.4, 0.25, 300), 0, 1), 2)  # rounded: many ties
+    assert metrics.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p))
+    fpr, tpr, thr = metrics.roc_curve(y, p)
+    sk_fpr, sk_tpr, sk_thr = skm.roc_curve(y, p, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    np.testing.assert_allclose(thr[1:], sk_thr[1:])
+    m = metrics.binary_metrics(y, p, 0.5, n_boot=200)
+    pred = p >= 0.5
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
+    assert m["confusion"] == {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    lo, hi = m["auc_ci95"]
+    assert lo < m["auc"] < hi
+
+
+# Datasets --------------------------------------------------------------------------------------
+
+def test_labels_csv_layout_groups_images_of_one_lesion():
+    samples = load_samples(FIXTURES)
+    assert len(samples) == 12 and sum(s.label for s in samples) == 6
+    by_name = {s.path.name: s for s in samples}
+    assert by_name["ISIC_0033991.jpg"].group == by_name["ISIC_0032715.jpg"].group == "HAM_0006852"
+    assert by_name["ISIC_0010444.jpg"].group == "image:images/ISIC_0010444.jpg"  # no lesion id
+
+
+def test_split_keeps_lesions_together_and_both_classes_on_each_side():
+    samples = load_samples(FIXTURES)
+    for seed in range(5):
+        train, val = split_by_group(samples, 0.34, seed)
+        assert len(train) + len(val) == 12
+        assert not {s.group for s in train} & {s.group for s in val}
+        assert {s.label for s in val} == {0, 1} and {s.label for s in train} == {0, 1}
+
+
+def test_image_folder_layout(tmp_path):
+    for s in load_samples(FIXTURES):
+        folder = tmp_path / ("malignant" if s.label else "benign")
+        folder.mkdir(exist_ok=True)
+        shutil.copy(s.path, folder)
+    samples = load_samples(tmp_path)
+    assert len(samples) == 12 and sum(s.label for s in samples) == 6
+
+
+def test_bad_datasets_are_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="expected labels.csv"):
+        load_samples(tmp_path)
+    (tmp_path / "labels.csv").write_text("image,label\na.jpg,maybe\n")
+    with pytest.raises(DatasetError, match="line 2"):
+        load_samples(tmp_path)
+    (tmp_path / "labels.csv").write_text("file,label\na.jpg,benign\n")
+    with pytest.raises(DatasetError, match="image"):
+        load_samples(tmp_path)
+
+
+# Commands --------------------------------------------------------------------------------------
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "1", "--image-size", "32",
+            "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_train_writes_model_metrics_and_checkpoint(trained):
+    assert (trained / "checkpoint.pt").exists()
+    lines = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1]
+    meta = read_metadata(trained / "model.safetensors")
+    assert meta.arch == "vgg16_bn" and meta.input_size == 32 and 0 < meta.threshold < 1
+    assert meta.training["train"]["n"] + meta.training["validation"]["n"] == 12
+    assert len(meta.training["train"]["labels_sha256"]) == 64
+    assert meta.metrics["validation"]["sensitivity"] >= 0.9  # threshold chosen for 0.90
+    assert meta.training["recipe"]["pretrained"] == "none"
+
+
+def test_train_resumes_from_the_checkpoint(trained, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(trained, out)
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "2", "--image-size", "32",
+            "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resumed after epoch 0" in r.stderr
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_evaluate_prints_one_json_object(trained, tmp_path):
+    roc = tmp_path / "roc.png"
+    r = run("classifier.evaluate", "--data", str(FIXTURES), "--model", str(trained / "model.safetensors"),
+            "--batch-size", "5", "--roc", str(roc))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)  # the whole of stdout is one JSON object
+    for key in ["n", "n_malignant", "auc", "auc_ci95", "threshold", "sensitivity", "specificity", "precision",
+                "accuracy", "balanced_accuracy", "specificity_at_95_sensitivity", "confusion", "model_version"]:
+        assert key in result
+    assert result["n"] == 12 and result["n_malignant"] == 6
+    assert result["model_version"] == read_metadata(trained / "model.safetensors").version
+    assert Image.open(roc).size == (480, 480)
+
+
+def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path):
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1",
+            "--pretrained", "imagenet", env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "torch"),
+                                             "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert r.returncode == 2
+    assert "could not load torchvision's ImageNet weights" in r.stderr and "--pretrained none" in r.stderr
