@@ -72,3 +72,14 @@ def test_predictions_are_read_only(client, root, cases, published_model):
     assert p.probability == 0.3
     assert client.post(reverse("admin:clinic_prediction_delete", args=[p.pk]), {"post": "yes"}).status_code == 403
     assert Prediction.objects.filter(pk=p.pk).exists()
+
+
+def test_training_switch_without_ground_truth_is_refused_in_the_form(client, root, cases):
+    case = cases[0]
+    r = client.post(reverse("admin:clinic_case_change", args=[case.pk]),
+                    {"truth_label": "", "truth_source": "", "use_for_training": "on",
+                     "predictions-TOTAL_FORMS": 0, "predictions-INITIAL_FORMS": 0,
+                     "feedback_history-TOTAL_FORMS": 0, "feedback_history-INITIAL_FORMS": 0})
+    assert r.status_code == 200 and "Only a case with a ground truth" in r.content.decode()
+    case.refresh_from_db()
+    assert case.use_for_training is False

@@ -60,8 +60,23 @@ class TruthForm(forms.Form):
     use_for_training = forms.BooleanField(required=False, initial=True, label="Use for training")
 
 
+class CaseAdminForm(forms.ModelForm):
+    class Meta:
+        model = Case
+        fields = ["truth_label", "truth_source", "use_for_training"]
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("truth_label")) != bool(data.get("truth_source")):
+            raise forms.ValidationError("Give both the ground truth and its source, or neither.")
+        if data.get("use_for_training") and not data.get("truth_label"):
+            self.add_error("use_for_training", "Only a case with a ground truth can be used for training.")
+        return data
+
+
 @admin.register(Case)
 class CaseAdmin(admin.ModelAdmin):
+    form = CaseAdminForm
     list_display = ["id", "created_at", "patient_identifier", "clinic", "status", "ai_decision",
                     "truth_label", "truth_source", "use_for_training"]
     list_filter = ["status", "prediction__decision", "truth_label", "truth_source", "use_for_training",

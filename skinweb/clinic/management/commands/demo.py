@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from classifier.modelfile import DEFAULT_MODEL_PATH
 from skinweb.accounts.models import Clinic, User
 from skinweb.models_registry.models import ModelVersion
 
@@ -26,7 +26,6 @@ DEMO_USERS = [
     ("demo", "demo-skinweb", False),
     ("admin", "admin-skinweb", True),
 ]
-STARTER_MODELS = sorted((Path(settings.BASE_DIR) / "classifier" / "models").glob("*.safetensors"))
 
 
 def port_open(host, port):
@@ -82,9 +81,9 @@ class Command(BaseCommand):
             user.save()
 
     def publish_starter_model(self):
-        if ModelVersion.objects.published() or not STARTER_MODELS:
+        if ModelVersion.objects.published() or not DEFAULT_MODEL_PATH.exists():
             return
-        call_command("publish_model", str(STARTER_MODELS[-1]), reason="starter model shipped with skinweb")
+        call_command("publish_model", str(DEFAULT_MODEL_PATH), reason="starter model shipped with skinweb")
 
     def start(self, name, cmd):
         self.stdout.write(f"starting {name}: {' '.join(cmd)}")
