@@ -150,7 +150,7 @@ class Case(models.Model):
     class TruthSource(models.TextChoices):
         HISTOPATHOLOGY = "histopathology"
         CONSENSUS = "consensus"
-        FOLLOW_UP = "follow_up", "clinical follow-up"
+        FOLLOW_UP = "follow_up", "Clinical follow-up"
 
     lesion = models.ForeignKey(Lesion, on_delete=models.PROTECT, related_name="cases")
     image = models.FileField(upload_to=case_image_name)
