@@ -46,6 +46,9 @@ class Command(BaseCommand):
         self.seed()
         self.publish_starter_model()
         self.procs = []
+        # Ctrl-C and SIGTERM both stop everything this command started (the finally below), also
+        # when a shell started it in the background with SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             self.start_redis()
