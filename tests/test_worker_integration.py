@@ -45,6 +45,7 @@ def test_upload_is_classified_by_a_real_worker(client, alice, published_model, c
     # The case page shows the result the worker stored.
     body = client.get(reverse("clinic:case_status", args=[cases[0].pk])).content.decode()
     assert published_model.version in body and "AI decision" in body and "hx-trigger" not in body
+    assert "Save feedback" in body  # the finished panel brings the feedback form, no reload needed
 
 
 def test_without_a_model_the_worker_fails_the_case_and_retry_works_once_published(

@@ -146,7 +146,7 @@ def lesion_upload(request, lesion):
 @object_view(Case)
 def case_detail(request, case):
     record(request, "view", case)
-    form = FeedbackForm(instance=case.feedback) if case.feedback else FeedbackForm()
+    form = FeedbackForm(instance=case.feedback)
     history = case.feedback_history.select_related("created_by")
     return render(
         request,
@@ -158,8 +158,11 @@ def case_detail(request, case):
 @never_cache
 @object_view(Case)
 def case_status(request, case):
-    """The result panel alone; the case page polls it while the case is queued or running."""
-    return render(request, "clinic/case_status.html", {"case": case})
+    """The result panel alone; the case page polls it while the case is queued or running.
+
+    Once the result is in, the panel brings the feedback form with it, so nothing needs a reload.
+    """
+    return render(request, "clinic/case_status.html", {"case": case, "form": FeedbackForm(instance=case.feedback)})
 
 
 @object_view(Case, methods=("GET", "POST"))
