@@ -28,7 +28,7 @@ from tqdm import tqdm
 from classifier import metrics
 from classifier.data import CachedImages, DatasetError, fingerprint, load_samples, split_by_group
 from classifier.model import PretrainedWeightsUnavailable, build_model
-from classifier.modelfile import ModelMetadata, save_model_file
+from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, save_model_file
 from classifier.predictor import resolve_device
 from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetTrain
 
@@ -42,6 +42,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--image-size", type=int, default=96, help="input size in pixels (square)")
     p.add_argument("--pretrained", choices=["imagenet", "none"], default="none")
+    p.add_argument("--init", metavar="MODEL", help="start from this model file's weights (fine-tuning, retraining)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--arch", choices=["vgg16_bn", "vgg16"], default="vgg16_bn")
@@ -169,6 +170,14 @@ def main(args) -> int:
     except PretrainedWeightsUnavailable as exc:
         log.error("%s", exc)
         return 2
+    if args.init:
+        try:
+            state, init_meta = load_model_file(args.init)
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        except (ModelFileError, RuntimeError) as exc:
+            log.error("cannot start from %s: %s", args.init, exc)
+            return 2
+        log.info("starting from the weights of %s", init_meta.version)
     model = model.to(device).to(memory_format=torch.channels_last)
 
     size = args.image_size
@@ -213,6 +222,8 @@ def main(args) -> int:
         log.info("no checkpoint in %s: starting from scratch", out)
 
     recipe = {k: v for k, v in vars(args).items() if k not in ("data", "out", "resume", "version")}
+    if args.init:
+        recipe["init"] = init_meta.version
     train_fp, val_fp = fingerprint(train_samples), fingerprint(val_samples)
     started = time.perf_counter()
     for epoch in range(start_epoch, args.epochs):

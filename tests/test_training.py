@@ -156,3 +156,18 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path):
                                              "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
     assert r.returncode == 2
     assert "could not load torchvision's ImageNet weights" in r.stderr and "--pretrained none" in r.stderr
+
+
+def test_train_can_start_from_a_model_file(trained, tmp_path):
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
+            "--batch-size", "4", "--val-fraction", "0.34", "--init", str(trained / "model.safetensors"))
+    assert r.returncode == 0, r.stderr
+    parent = read_metadata(trained / "model.safetensors").version
+    assert f"starting from the weights of {parent}" in r.stderr
+    assert read_metadata(tmp_path / "model.safetensors").training["recipe"]["init"] == parent
+
+
+def test_init_with_a_wrong_architecture_is_a_clear_error(trained, tmp_path):
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
+            "--arch", "vgg16", "--init", str(trained / "model.safetensors"))
+    assert r.returncode == 2 and "cannot start from" in r.stderr
