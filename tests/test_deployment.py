@@ -40,3 +40,10 @@ def test_production_refuses_placeholder_secret_and_debug(tmp_path):
     assert result.returncode != 0 and "skinweb.E002" in result.stderr
     result = run_check({**base, "SECRET_KEY": "k" * 60})
     assert "skinweb.E00" not in result.stderr
+
+
+@pytest.mark.django_db
+def test_migrations_match_the_models():
+    from django.core.management import call_command
+
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)

@@ -47,10 +47,6 @@ class ClinicQuerySet(models.QuerySet):
         return self.filter(**{f"{self.clinic_path}_id": clinic_id})
 
 
-class PatientQuerySet(ClinicQuerySet):
-    clinic_path = "clinic"
-
-
 class Patient(models.Model):
     class Sex(models.TextChoices):
         FEMALE = "female"
@@ -67,7 +63,7 @@ class Patient(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
 
-    objects = PatientQuerySet.as_manager()
+    objects = ClinicQuerySet.as_manager()
 
     class Meta:
         ordering = ["identifier"]
