@@ -47,7 +47,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--arch", choices=["vgg16_bn", "vgg16"], default="vgg16_bn")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    p.add_argument("--opt", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-epochs", type=int, default=2)
     p.add_argument("--ema-decay", type=float, default=0.998, help="weight averaging per step; 0 turns it off")
@@ -197,9 +198,11 @@ def main(args) -> int:
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
-    )
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.opt == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=args.lr)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch)
