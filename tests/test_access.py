@@ -166,3 +166,11 @@ def test_admin_is_for_staff_only(client, world, role):
             # Anonymous visitors go to the site login first; clinicians to the admin's (not staff).
             logins = (reverse("login"), reverse("admin:login")) if role == "anonymous" else (reverse("admin:login"),)
             assert r.status_code == 302 and r.url.startswith(logins), (url, r.status_code)
+
+
+def test_missing_stored_image_is_a_404_not_a_500(client, world):
+    case = world["case"]
+    case.image.storage.delete(case.image.name)
+    client.force_login(world["alice"])
+    assert client.get(reverse("clinic:case_image", args=[case.pk])).status_code == 404
+    assert client.get(reverse("clinic:case_image", args=[case.pk]) + "?size=thumb").status_code == 404

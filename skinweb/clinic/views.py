@@ -6,7 +6,7 @@ from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count, Max
-from django.http import FileResponse, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
@@ -194,16 +194,22 @@ def case_retry(request, case):
 def case_image(request, case):
     """Serve a case's image to users of its clinic; there is no public media URL."""
     if request.GET.get("size") == "thumb":
-        with default_storage.open(case.image.name, "rb") as f:
-            img = Image.open(f)
-            img.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
-            img = img.convert("RGB")
-            img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            out = io.BytesIO()
-            img.save(out, format="JPEG", quality=85)
+        try:
+            with default_storage.open(case.image.name, "rb") as f:
+                img = Image.open(f)
+                img.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
+                img = img.convert("RGB")
+                img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                out = io.BytesIO()
+                img.save(out, format="JPEG", quality=85)
+        except (OSError, Image.DecompressionBombError):
+            raise Http404("The stored image cannot be read")
         response = HttpResponse(out.getvalue(), content_type="image/jpeg")
     else:
         content_type = "image/png" if case.image.name.endswith(".png") else "image/jpeg"
-        response = FileResponse(default_storage.open(case.image.name, "rb"), content_type=content_type)
+        try:
+            response = FileResponse(default_storage.open(case.image.name, "rb"), content_type=content_type)
+        except OSError:
+            raise Http404("The stored image is missing")
     response["Cache-Control"] = "private, max-age=3600"
     return response
