@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 
 from skinweb.celery import app as celery_app
-from tests.builders import make_model_file
+from tests.builders import make_clinic, make_model_file, make_user
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +41,14 @@ def private_dirs(settings, tmp_path):
     # Tests render templates without running collectstatic first.
     settings.STORAGES = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
     return settings
+
+
+@pytest.fixture
+def alice(client):
+    """Alice, a dermatologist of the North clinic, logged in (the test must allow database access)."""
+    user = make_user("alice", make_clinic("North"))
+    client.force_login(user)
+    return user
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,9 @@ from django.urls import reverse
 
 from skinweb.audit.models import AuditEvent
 from skinweb.clinic.models import Case, Prediction
-from tests.builders import make_case, make_clinic, make_lesion, make_patient, make_user
+from tests.builders import make_case, make_clinic, make_lesion, make_patient
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(client):
-    user = make_user("alice", make_clinic("North"))
-    client.force_login(user)
-    return user
 
 
 def predict(case, version, probability):

@@ -5,16 +5,9 @@ from django.urls import reverse
 
 from skinweb.audit.models import AuditEvent
 from skinweb.clinic.models import Lesion, Patient
-from tests.builders import make_clinic, make_patient, make_user
+from tests.builders import make_clinic, make_patient
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(client):
-    user = make_user("alice", make_clinic("North"))
-    client.force_login(user)
-    return user
 
 
 def test_create_patient_then_lesion(client, alice):

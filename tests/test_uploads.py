@@ -10,17 +10,9 @@ from django.urls import reverse
 from PIL import Image
 
 from skinweb.clinic.models import Case
-from tests.builders import image_bytes, make_clinic, make_lesion, make_patient, make_user, upload
+from tests.builders import image_bytes, make_lesion, make_patient, upload
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(client):
-    clinic = make_clinic("North")
-    user = make_user("alice", clinic)
-    client.force_login(user)
-    return user
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from skinweb.clinic.models import Case
-from tests.builders import image_bytes, make_clinic, make_lesion, make_patient, make_user, upload
+from tests.builders import image_bytes, make_lesion, make_patient, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -19,13 +19,6 @@ def wait_for(case_ids, worker, timeout=90):
             return cases
         time.sleep(0.2)
     raise AssertionError(f"cases not finished in {timeout}s; worker log:\n{worker.output()[-4000:]}")
-
-
-@pytest.fixture
-def alice(client):
-    user = make_user("alice", make_clinic("North"))
-    client.force_login(user)
-    return user
 
 
 def test_upload_is_classified_by_a_real_worker(client, alice, published_model, celery_worker):
