@@ -30,7 +30,7 @@ from classifier.data import CachedImages, DatasetError, fingerprint, load_sample
 from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, save_model_file
 from classifier.predictor import resolve_device
-from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetTrain
+from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval, ClassificationPresetTrain
 
 log = logging.getLogger("classifier.train")
 
@@ -185,10 +185,8 @@ def main(args) -> int:
     cache_size = round(size * 1.15)
     t0 = time.perf_counter()
     train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size))
-    normalize = ClassificationPresetTrain(size).transforms.transforms[-2:]  # ToDtype + Normalize
-    from torchvision.transforms import v2 as T
-
-    val_set = CachedImages(val_samples, size, T.Compose(normalize))
+    # Validation images go through the same preset as the predictor (their resize is a no-op here).
+    val_set = CachedImages(val_samples, size, ClassificationPresetEval(size))
     log.info("decoded %d images in %.0f s", len(samples), time.perf_counter() - t0)
     train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed)
     val_loader = make_loader(val_set, args.batch_size * 2, shuffle=False)
