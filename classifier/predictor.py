@@ -1,15 +1,20 @@
 """Load a model file once and classify images with it."""
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from classifier import fastpath
+from classifier.fastpath import TorchRunner
 from classifier.model import build_model
-from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file
+from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, read_metadata
 from classifier.presets import ClassificationPresetEval
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -32,24 +37,48 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8")
+
+
 class Predictor:
-    def __init__(self, model: torch.nn.Module, metadata: ModelMetadata, device: torch.device):
+    """Preprocessing plus a runner (PyTorch, or an ONNX artefact from classifier.fastpath)."""
+
+    def __init__(self, model: torch.nn.Module | None, metadata: ModelMetadata, device: torch.device,
+                 runner=None, runtime: str = "torch"):
         self.metadata = metadata
         self.device = device
-        self.model = model.to(device).eval()
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.runtime = runtime
+        self.runner = runner if runner is not None else TorchRunner(model, device)
         self.transform = ClassificationPresetEval(metadata.input_size, metadata.mean, metadata.std)
 
     @classmethod
-    def from_file(cls, path, device: str = "auto") -> "Predictor":
+    def from_file(cls, path, device: str = "auto", runtime: str = "auto") -> "Predictor":
+        """Load a model file. ``runtime="auto"``: on CUDA the PyTorch model in fp16; on the CPU the
+        fastest artefact that passed the accuracy guard (see classifier.fastpath), else PyTorch fp32."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+        dev = resolve_device(device)
+        if runtime == "auto":
+            report = fastpath.read_report(path) if dev.type == "cpu" else None
+            runtime = report["chosen"] if report else "torch"
+        if runtime.startswith("torch"):
+            runtime = "torch"
+        if runtime != "torch":
+            metadata = read_metadata(path)
+            onnx_path = fastpath.artefact_paths(path)[runtime]
+            try:
+                runner = fastpath.OnnxRunner(onnx_path)
+            except fastpath.FastPathError as exc:
+                log.warning("%s; using PyTorch fp32", exc)
+            else:
+                return cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime)
         state, metadata = load_model_file(path)
         model = build_model(metadata.arch, pretrained="none")
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         except RuntimeError as exc:
             raise ModelFileError(f"{Path(path).name}: weights do not fit a {metadata.arch} ({exc})") from exc
-        return cls(model, metadata, resolve_device(device))
+        return cls(model, metadata, dev, runtime="torch")
 
     @property
     def version(self) -> str:
@@ -71,16 +100,16 @@ class Predictor:
             img.draft("RGB", (self.metadata.input_size * 2, self.metadata.input_size * 2))
         return img.convert("RGB")
 
-    @torch.inference_mode()
+    def preprocess(self, images) -> torch.Tensor:
+        """Decode and transform images (paths, file objects or PIL images) into one float batch."""
+        return torch.stack([self.transform(self.load_image(im)) for im in images])
+
     def probabilities(self, images) -> list[float]:
-        batch = torch.stack([self.transform(self.load_image(im)) for im in images]).to(self.device)
-        if self.device.type == "cuda":
-            batch = batch.to(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16):
-                logits = self.model(batch)
-        else:
-            logits = self.model(batch)
-        return torch.sigmoid(logits.float()).cpu().tolist()
+        return self.run(self.preprocess(images))
+
+    def run(self, batch: torch.Tensor) -> list[float]:
+        """Probabilities of malignancy for an already preprocessed batch."""
+        return self.runner(batch).sigmoid().tolist()
 
     def predict(self, images) -> list[Prediction]:
         images = list(images)

@@ -10,7 +10,7 @@ case "$1" in
       --timeout 60 --access-logfile -
     ;;
   worker)
-    exec celery -A skinweb worker -Q inference --concurrency "${WORKER_CONCURRENCY:-1}" --loglevel INFO
+    exec celery -A skinweb worker -Q "${WORKER_QUEUES:-inference,default}" --concurrency "${WORKER_CONCURRENCY:-1}" --loglevel INFO
     ;;
   *)
     exec "$@"

@@ -182,6 +182,18 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Inference device for workers: auto (CUDA when present), cpu or cuda.
 INFERENCE_DEVICE = env("INFERENCE_DEVICE", "auto")
+# Batching: a worker classifies up to INFERENCE_BATCH_SIZE queued cases in one forward pass, waiting
+# up to INFERENCE_BATCH_WAIT_MS for a burst of uploads to arrive. A case another worker claimed
+# less than INFERENCE_CLAIM_TIMEOUT seconds ago is left to that worker.
+INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 16)
+INFERENCE_BATCH_WAIT_MS = env_int("INFERENCE_BATCH_WAIT_MS", 100)
+INFERENCE_CLAIM_TIMEOUT = env_int("INFERENCE_CLAIM_TIMEOUT", 120)
+# Dataset folders (labels.csv layout, separated by ":") for int8 calibration and, later, retraining.
+# Default: the ISIC development set when it sits beside the checkout (../shared/datasets/isic-derm-dev).
+_ISIC_DEV = BASE_DIR.parent / "shared" / "datasets" / "isic-derm-dev"
+TRAINING_DATASETS = [Path(p) for p in env("TRAINING_DATASETS", str(_ISIC_DEV) if _ISIC_DEV.is_dir() else "").split(":") if p]
+# Training images the int8 artefact is calibrated on when a model version is published.
+FAST_PATH_CALIBRATION_IMAGES = env_int("FAST_PATH_CALIBRATION_IMAGES", 256)
 
 LOGGING = {
     "version": 1,

@@ -98,14 +98,14 @@ def database_env() -> dict:
 
 
 class WorkerProcess:
-    def __init__(self, env, log_path):
-        self.env, self.log_path = env, log_path
+    def __init__(self, env, log_path, queues="inference"):
+        self.env, self.log_path, self.queues = env, log_path, queues
         self.proc = None
 
     def start(self, timeout=60.0):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference", "--pool", "prefork",
+            [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", self.queues, "--pool", "prefork",
              "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO",
              "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -134,9 +134,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def celery_worker(transactional_db, redis_server, settings, tmp_path):
-    """A real Celery worker process on the inference queue, sharing this test's database and folders."""
-    env = {
+def worker_env(transactional_db, redis_server, settings):
+    """Environment for a worker process that shares this test's database, broker and folders."""
+    return {
         **os.environ,
         **database_env(),
         "REDIS_URL": redis_server,
@@ -144,7 +144,14 @@ def celery_worker(transactional_db, redis_server, settings, tmp_path):
         "MODEL_ROOT": str(settings.MODEL_ROOT),
         "DJANGO_SETTINGS_MODULE": "skinweb.settings",
         "INFERENCE_DEVICE": "cpu",
+        "TRAINING_DATASETS": str(ROOT / "tests" / "fixtures" / "isic"),
+        "INFERENCE_BATCH_WAIT_MS": "100",
     }
-    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+
+
+@pytest.fixture
+def celery_worker(worker_env, tmp_path):
+    """A real Celery worker process on the inference queue, sharing this test's database and folders."""
+    worker = WorkerProcess(worker_env, tmp_path / "worker.log").start()
     yield worker
     worker.stop()

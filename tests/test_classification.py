@@ -1,9 +1,20 @@
 """The worker's plain function, without Celery: statuses, predictions, readable failures."""
 
+import os
+import socket
+import subprocess
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
+
+from classifier import predictor as classifier_predictor
+from classifier.bench import FIXTURES
 
 from skinweb.clinic import classification
 from skinweb.clinic.models import Case, Prediction
+from skinweb.models_registry import fastpath as registry_fastpath
+from skinweb.models_registry import tasks
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_case, make_clinic, make_lesion, make_model_file, make_patient
 
@@ -79,10 +90,104 @@ def test_newly_published_version_is_loaded_and_recorded(case, published_model, t
     classification.classify_case(second.pk)
     second.refresh_from_db()
     assert second.prediction.model_version == v2 and second.prediction.threshold == 0.3
-    assert list(classification._predictors) == [("test-v2", "auto")]
+    assert list(classification._predictors) == [("test-v2", "auto", "torch")]
     published_model.refresh_from_db()
     assert published_model.status == ModelVersion.Status.RETIRED
 
 
 def test_deleted_case_is_ignored(published_model):
     assert classification.classify_case(987654) is None
+
+
+def spy_on_forward_passes(monkeypatch):
+    """Count the predictor's forward passes (the real method still runs)."""
+    calls = []
+    real = classifier_predictor.Predictor.run
+
+    def run(self, batch):
+        calls.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(classifier_predictor.Predictor, "run", run)
+    return calls
+
+
+def test_queued_cases_are_classified_in_one_forward_pass(case, published_model, monkeypatch, settings):
+    settings.INFERENCE_BATCH_WAIT_MS = 0
+    others = [make_case(case.lesion) for _ in range(5)]
+    calls = spy_on_forward_passes(monkeypatch)
+    classification.classify_case(case.pk, batch_size=4)
+    assert calls == [4]  # this case and the three oldest queued ones
+    done = Case.objects.filter(status=Case.Status.DONE)
+    assert done.count() == 4 and set(Prediction.objects.values_list("batch_size", flat=True)) == {4}
+    for c in done:
+        assert c.prediction.case_id == c.pk and c.prediction.runtime == "torch" and c.attempts == 1
+    # The tasks of the cases classified in that batch find them done: no more model calls.
+    for c in others[:3]:
+        classification.classify_case(c.pk, batch_size=4)
+    assert calls == [4]
+    # The rest go in the next batch.
+    classification.classify_case(others[3].pk, batch_size=4)
+    assert calls == [4, 2] and not Case.objects.exclude(status=Case.Status.DONE).exists()
+
+
+def test_one_bad_image_fails_alone_in_its_batch(case, published_model, settings):
+    settings.INFERENCE_BATCH_WAIT_MS = 0
+    broken = make_case(case.lesion)
+    broken.image.storage.delete(broken.image.name)
+    classification.classify_case(case.pk, batch_size=8)
+    case.refresh_from_db()
+    broken.refresh_from_db()
+    assert case.status == Case.Status.DONE
+    assert broken.status == Case.Status.FAILED and "image could not be read" in broken.failure_reason
+
+
+def test_a_case_another_live_worker_claimed_is_left_to_it(case, published_model, settings):
+    # Claimed moments ago by a live process on this host (the test runner's parent).
+    case.mark_running(claimed_by=f"{socket.gethostname()}:{os.getppid()}")
+    with pytest.raises(classification.CaseBusy):
+        classification.classify_case(case.pk)
+    # ... or by a worker on another host, within the claim timeout.
+    case.mark_running(claimed_by="other-host:1")
+    with pytest.raises(classification.CaseBusy):
+        classification.classify_case(case.pk)
+    assert not Prediction.objects.exists()
+    # Once the claim is older than the timeout, the case is taken over.
+    Case.objects.filter(pk=case.pk).update(started_at=timezone.now() - timedelta(seconds=settings.INFERENCE_CLAIM_TIMEOUT + 1))
+    classification.classify_case(case.pk)
+    case.refresh_from_db()
+    assert case.status == Case.Status.DONE
+
+
+def test_a_case_claimed_by_a_dead_worker_is_taken_over_at_once(case, published_model):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    case.mark_running(claimed_by=f"{socket.gethostname()}:{dead.pid}")
+    classification.classify_case(case.pk)
+    case.refresh_from_db()
+    assert case.status == Case.Status.DONE and case.claimed_by == classification.worker_identity()
+
+
+def test_loading_a_version_without_fast_artefacts_requests_them_once(case, published_model, django_capture_on_commit_callbacks, monkeypatch):
+    sent = []
+    monkeypatch.setattr(tasks, "send", sent.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        classification.classify_case(case.pk)
+        classification.classify_case(make_case(case.lesion).pk)
+    assert sent == [published_model.pk]
+    published_model.refresh_from_db()
+    assert "building_since" in published_model.fast_path
+
+
+def test_switches_to_the_fast_runtime_once_built_without_a_restart(case, published_model, settings):
+    settings.INFERENCE_BATCH_WAIT_MS = 0
+    settings.TRAINING_DATASETS = [FIXTURES]
+    classification.classify_case(case.pk)
+    report = registry_fastpath.build(published_model)
+    assert report["chosen"] in ("torch-fp32", "onnx-fp32", "onnx-int8")
+    published_model.refresh_from_db()
+    assert published_model.fast_path == report and published_model.runtime == report["chosen"]
+    second = make_case(case.lesion)
+    classification.classify_case(second.pk)
+    second.refresh_from_db()
+    assert second.prediction.runtime == report["chosen"].replace("torch-fp32", "torch")

@@ -56,3 +56,45 @@ def test_without_a_model_the_worker_fails_the_case_and_retry_works_once_publishe
     client.post(reverse("clinic:case_retry", args=[case.pk]))
     (case,) = wait_for([case.pk], celery_worker)
     assert case.status == Case.Status.DONE and case.attempts == 1
+
+
+def test_a_burst_of_uploads_shares_forward_passes(client, alice, published_model, celery_worker):
+    lesion = make_lesion(make_patient(alice.clinic))
+    n = 8
+    r = client.post(reverse("clinic:lesion_upload", args=[lesion.pk]),
+                    {"images": [upload(f"{i}.jpg") for i in range(n)]})
+    assert r.status_code == 302
+    cases = wait_for(list(Case.objects.values_list("pk", flat=True)), celery_worker)
+    assert len(cases) == n and all(c.status == Case.Status.DONE for c in cases)
+    sizes = [c.prediction.batch_size for c in cases]
+    forward_passes = sum(1 / s for s in sizes)
+    assert max(sizes) > 1 and round(forward_passes) < n, sizes
+    assert len({c.prediction_id for c in cases}) == n  # each case still has its own prediction
+
+
+def test_publishing_builds_the_fast_path_and_the_worker_switches_to_it(client, alice, model_file, worker_env, tmp_path):
+    from django.core.management import call_command
+
+    from skinweb.celery import app
+    from skinweb.models_registry.models import ModelVersion
+    from tests.conftest import WorkerProcess
+
+    app.control.purge()  # build requests left by earlier tests' workers, which ignore that queue
+    worker = WorkerProcess(worker_env, tmp_path / "worker.log", queues="inference,default").start()
+    try:
+        call_command("publish_model", str(model_file))
+        version = ModelVersion.objects.get()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not version.fast_path.get("chosen"):
+            time.sleep(0.5)
+            version.refresh_from_db()
+        assert version.fast_path.get("chosen"), worker.output()[-3000:]
+        assert set(version.fast_path["runtimes"]) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
+
+        lesion = make_lesion(make_patient(alice.clinic))
+        client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {"images": [upload("a.jpg")]})
+        (case,) = wait_for(list(Case.objects.values_list("pk", flat=True)), worker)
+        assert case.status == Case.Status.DONE
+        assert case.prediction.runtime == version.fast_path["chosen"].replace("torch-fp32", "torch")
+    finally:
+        worker.stop()

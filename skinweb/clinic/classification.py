@@ -4,15 +4,23 @@ Runs in Celery workers (tasks.py) but is a plain function, testable without Cele
 """
 
 import logging
+import os
+import socket
 import threading
+import time
+
+import torch
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import IntegrityError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
 
 from classifier import ModelFileError, Predictor
 from skinweb.clinic.models import Case, Prediction
 from skinweb.models_registry.models import ModelVersion
+from skinweb.models_registry.tasks import request_fast_path
 
 log = logging.getLogger(__name__)
 
@@ -24,27 +32,98 @@ NO_MODEL_MESSAGE = (
 
 # One loaded model per worker process and device. Loading happens on first use, never at import:
 # the prefork pool forks after import, and CUDA state must not cross a fork.
-_predictors: dict[tuple[str, str], Predictor] = {}
+_predictors: dict[tuple[str, str, str], Predictor] = {}
 _lock = threading.Lock()
 
 
 def get_predictor(version: ModelVersion) -> Predictor:
-    key = (version.version, settings.INFERENCE_DEVICE)
+    # The runtime is part of the key: when the fast artefacts of the published version are built,
+    # the next batch switches to them without a restart.
+    key = (version.version, settings.INFERENCE_DEVICE, version.runtime)
     with _lock:
         if key not in _predictors:
             # A newly published version replaces the cached one: keep only the current model in memory.
             _predictors.clear()
             log.info("loading model %s on %s", version.version, settings.INFERENCE_DEVICE)
             _predictors[key] = Predictor.from_file(version.path, device=settings.INFERENCE_DEVICE)
-        return _predictors[key]
+    predictor = _predictors[key]
+    if predictor.device.type == "cpu" and not version.fast_path.get("chosen"):
+        request_fast_path(version)  # once per version: later calls find it requested
+    return predictor
 
 
-def classify_case(case_id: int) -> Case | None:
-    """Classify a case with the published model, store the prediction and set the case's status.
+class CaseBusy(Exception):
+    """The case is being classified by another worker's batch right now; try again later."""
 
-    Idempotent: a case already classified by the published version is left as it is, so a task
-    delivered twice (acks_late after a worker died) does no harm. Every failure ends as a
-    readable reason on the case, never as a case stuck in "running".
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_is_live(case: Case) -> bool:
+    """Is another worker process still working on this running case?
+
+    On this host the claimer's pid tells at once (a killed worker's cases are taken over as soon as
+    its task is redelivered); a claim from another host is trusted for INFERENCE_CLAIM_TIMEOUT.
+    """
+    if case.status != Case.Status.RUNNING or not case.started_at or not case.claimed_by:
+        return False
+    host, _, pid = case.claimed_by.rpartition(":")
+    if case.claimed_by == worker_identity():
+        return False
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        except PermissionError:
+            pass
+    age = (timezone.now() - case.started_at).total_seconds()
+    return age < settings.INFERENCE_CLAIM_TIMEOUT
+
+
+def _claim_others(case: Case, limit: int) -> list[Case]:
+    """Mark up to ``limit`` other queued cases running, oldest first, and return them.
+
+    Each case is claimed by exactly one worker: rows are taken with SELECT ... FOR UPDATE SKIP
+    LOCKED where the database has it (PostgreSQL), and SQLite runs write transactions one at a time.
+    """
+    if limit <= 0:
+        return []
+    with transaction.atomic():
+        qs = Case.objects.filter(status=Case.Status.QUEUED).exclude(pk=case.pk).order_by("created_at", "pk")
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        ids = list(qs.values_list("pk", flat=True)[:limit])
+        if not ids:
+            return []
+        now = timezone.now()
+        Case.objects.filter(pk__in=ids, status=Case.Status.QUEUED).update(
+            status=Case.Status.RUNNING, started_at=now, failure_reason="", attempts=F("attempts") + 1,
+            claimed_by=worker_identity(),
+        )
+    return list(Case.objects.filter(pk__in=ids, status=Case.Status.RUNNING).order_by("created_at", "pk"))
+
+
+def _wait_for_burst(case: Case, batch_size: int, wait_s: float):
+    """Give a burst of uploads a moment to arrive, so that they share one forward pass."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        waiting = Case.objects.filter(status=Case.Status.QUEUED).exclude(pk=case.pk).count()
+        if waiting == 0 or waiting + 1 >= batch_size:
+            return
+        time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+
+def classify_case(case_id: int, batch_size: int | None = None) -> Case | None:
+    """Classify a case with the published model, together with other queued cases (one forward pass).
+
+    Each case gets its own prediction row and status. Idempotent: a case already classified by the
+    published version is left as it is, so a task delivered twice (acks_late after a worker died)
+    does no harm; the tasks of cases classified in another case's batch find them done. A case
+    another worker claimed moments ago raises CaseBusy (the task retries later; if that worker died,
+    the claim is stale by then and the case is classified here). Every failure ends as a readable
+    reason on the case, never as a case stuck in "running".
     """
     case = Case.objects.filter(pk=case_id).select_related("prediction").first()
     if case is None:
@@ -56,42 +135,76 @@ def classify_case(case_id: int) -> Case | None:
         return case
     if case.status == Case.Status.DONE and case.prediction and case.prediction.model_version_id == version.pk:
         return case
-    existing = Prediction.objects.filter(case=case, model_version=version).first()
-    if existing:
-        case.mark_done(existing)
-        return case
+    if claim_is_live(case):
+        raise CaseBusy(settings.INFERENCE_CLAIM_TIMEOUT - (timezone.now() - case.started_at).total_seconds())
 
-    case.mark_running()
+    batch_size = batch_size or settings.INFERENCE_BATCH_SIZE
+    case.mark_running(worker_identity())
+    _wait_for_burst(case, batch_size, settings.INFERENCE_BATCH_WAIT_MS / 1000)
+    cases = [case, *_claim_others(case, batch_size - 1)]
+    classify_batch(cases, version)
+    return case
+
+
+def classify_batch(cases: list[Case], version: ModelVersion) -> None:
+    """Classify cases already marked running with ``version``; one forward pass for all of them."""
+    todo = []
+    for c in cases:
+        existing = Prediction.objects.filter(case=c, model_version=version).first()
+        if existing:
+            c.mark_done(existing)
+        else:
+            todo.append(c)
+    if not todo:
+        return
     try:
         predictor = get_predictor(version)
     except (ModelFileError, OSError, RuntimeError) as exc:
         log.exception("cannot load model %s", version.version)
-        case.mark_failed(f"The published model {version.version} could not be loaded: {exc}")
-        return case
-    try:
-        with default_storage.open(case.image.name, "rb") as f:
-            (result,) = predictor.predict([f])
-    except OSError as exc:
-        log.exception("cannot read image of case %s", case.pk)
-        case.mark_failed(f"The stored image could not be read: {exc}")
-        return case
-    except Exception as exc:
-        log.exception("classification of case %s failed", case.pk)
-        case.mark_failed(f"Classification failed ({type(exc).__name__}: {exc}).")
-        return case
+        for c in todo:
+            c.mark_failed(f"The published model {version.version} could not be loaded: {exc}")
+        return
 
+    start = time.perf_counter()
+    ready, images = [], []
+    for c in todo:
+        try:
+            with default_storage.open(c.image.name, "rb") as f:
+                images.append(predictor.preprocess([f])[0])
+            ready.append(c)
+        except OSError as exc:
+            log.exception("cannot read image of case %s", c.pk)
+            c.mark_failed(f"The stored image could not be read: {exc}")
+        except Exception as exc:
+            log.exception("preprocessing of case %s failed", c.pk)
+            c.mark_failed(f"The stored image could not be prepared ({type(exc).__name__}: {exc}).")
+    if not ready:
+        return
     try:
-        prediction = Prediction.objects.create(
-            case=case,
-            model_version=version,
-            probability=result.probability,
-            threshold=result.threshold,
-            decision=result.decision,
-            elapsed_ms=result.ms,
-            device=str(predictor.device),
-        )
-    except IntegrityError:
-        # Another delivery of the same task got there first.
-        prediction = Prediction.objects.get(case=case, model_version=version)
-    case.mark_done(prediction)
-    return case
+        probabilities = predictor.run(torch.stack(images))
+    except Exception as exc:
+        log.exception("classification of cases %s failed", [c.pk for c in ready])
+        for c in ready:
+            c.mark_failed(f"Classification failed ({type(exc).__name__}: {exc}).")
+        return
+    ms = (time.perf_counter() - start) * 1000 / len(ready)
+    log.info("classified %d case(s) with %s on %s (%s) in %.0f ms per image", len(ready), version.version,
+             predictor.device, predictor.runtime, ms)
+
+    for c, p in zip(ready, probabilities):
+        try:
+            prediction = Prediction.objects.create(
+                case=c,
+                model_version=version,
+                probability=p,
+                threshold=predictor.threshold,
+                decision=predictor.decide(p),
+                elapsed_ms=round(ms, 1),
+                device=str(predictor.device),
+                runtime=predictor.runtime,
+                batch_size=len(ready),
+            )
+        except IntegrityError:
+            # Another delivery of the same task got there first.
+            prediction = Prediction.objects.get(case=c, model_version=version)
+        c.mark_done(prediction)

@@ -162,6 +162,7 @@ class Case(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    claimed_by = models.CharField(max_length=200, blank=True, help_text="host:pid of the worker classifying it")
     # The current prediction and feedback; earlier ones stay in their tables.
     prediction = models.ForeignKey(
         "Prediction", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
@@ -183,6 +184,7 @@ class Case(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "created_at"], name="case_status_created")]
 
     def __str__(self):
         return f"Case {self.pk}"
@@ -204,12 +206,13 @@ class Case(models.Model):
 
     # State changes are single UPDATEs on the row so a web request and a worker never overwrite
     # each other's fields.
-    def mark_running(self):
+    def mark_running(self, claimed_by=""):
         now = timezone.now()
         Case.objects.filter(pk=self.pk).update(
-            status=self.Status.RUNNING, started_at=now, failure_reason="", attempts=models.F("attempts") + 1
+            status=self.Status.RUNNING, started_at=now, failure_reason="", attempts=models.F("attempts") + 1,
+            claimed_by=claimed_by,
         )
-        self.status, self.started_at, self.failure_reason = self.Status.RUNNING, now, ""
+        self.status, self.started_at, self.failure_reason, self.claimed_by = self.Status.RUNNING, now, "", claimed_by
 
     def mark_done(self, prediction):
         now = timezone.now()
@@ -260,6 +263,8 @@ class Prediction(models.Model):
     decision = models.CharField(max_length=10, choices=Label.choices)
     elapsed_ms = models.FloatField(help_text="Model time: preprocessing and forward pass")
     device = models.CharField(max_length=20)
+    runtime = models.CharField(max_length=20, blank=True, help_text="torch, onnx-fp32 or onnx-int8")
+    batch_size = models.PositiveIntegerField(default=1, help_text="Images classified in the same forward pass")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

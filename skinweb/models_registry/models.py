@@ -33,6 +33,10 @@ class ModelVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     publish_reason = models.TextField(blank=True)
+    fast_path = models.JSONField(
+        default=dict, blank=True,
+        help_text="ONNX fp32 / int8 artefacts: speed and agreement with PyTorch fp32 on validation images",
+    )
 
     objects = ModelVersionQuerySet.as_manager()
 
@@ -50,6 +54,11 @@ class ModelVersion(models.Model):
     @property
     def path(self):
         return settings.MODEL_ROOT / self.filename
+
+    @property
+    def runtime(self) -> str:
+        """The runtime CPU workers use for this version: the fastest artefact that passed the guard."""
+        return self.fast_path.get("chosen") or "torch"
 
     @property
     def validation_metrics(self) -> dict:

@@ -44,7 +44,6 @@ class Command(BaseCommand):
     def handle(self, addr, port, **options):
         call_command("migrate", interactive=False, verbosity=0)
         self.seed()
-        self.publish_starter_model()
         self.procs = []
         # Ctrl-C and SIGTERM both stop everything this command started (the finally below), also
         # when a shell started it in the background with SIGINT ignored.
@@ -52,6 +51,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             self.start_redis()
+            self.publish_starter_model()  # after Redis: publishing queues the fast-path build
             self.start(
                 "worker",
                 [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference,default",

@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from classifier.modelfile import ModelFileError
 from skinweb.models_registry.models import ModelVersion
+from skinweb.models_registry.tasks import request_fast_path
 
 
 class Command(BaseCommand):
@@ -21,3 +22,5 @@ class Command(BaseCommand):
             return
         version.publish(reason=reason)
         self.stdout.write(self.style.SUCCESS(f"published model {version.version} (threshold {version.threshold:.3f})"))
+        if not version.fast_path.get("chosen") and request_fast_path(version):
+            self.stdout.write("a worker builds its fast CPU artefacts (ONNX fp32 and int8) in the background")

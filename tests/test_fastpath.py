@@ -1,0 +1,127 @@
+"""Fast CPU artefacts (ONNX fp32, int8) and their accuracy guard; batching in the worker's function."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from classifier import Predictor, fastpath
+from classifier.bench import FIXTURES
+
+ROOT = FIXTURES.parent.parent.parent
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, model_file):
+    """A copy of the test model with its artefacts built from the fixture images (once per module)."""
+    path = tmp_path_factory.mktemp("fast") / "m.safetensors"
+    shutil.copyfile(model_file, path)
+    inputs = fastpath.inputs_from_dataset(path, FIXTURES, n_calibration=8)
+    report = fastpath.build_artefacts(path, inputs, batch_size=4)
+    return path, report, inputs
+
+
+def test_agreement_counts_flips_and_auc_change_by_hand():
+    ref = np.array([0.1, 0.4, 0.6, 0.9])
+    got = np.array([0.1, 0.55, 0.45, 0.9])  # two decisions flip at 0.5; the ranking of classes is kept
+    labels = np.array([0, 0, 1, 1])
+    a = fastpath.agreement(ref, got, labels, 0.5)
+    assert a["decision_flips"] == 2 and a["decision_flip_rate"] == 0.5
+    assert a["max_probability_difference"] == pytest.approx(0.15)
+    assert a["auc_fp32"] == 1.0 and a["auc"] == 0.75 and a["auc_delta"] == pytest.approx(-0.25)
+    assert a["passed"] is False
+    same = fastpath.agreement(ref, ref + 1e-4, labels, 0.5)
+    assert same["decision_flips"] == 0 and same["passed"] is True
+
+
+def test_guard_bounds_are_the_issue_s():
+    ref = np.linspace(0, 1, 1000)
+    labels = (ref > 0.5).astype(int)
+    one_in_200 = ref.copy()
+    one_in_200[[100, 700, 800, 900, 950]] = 1 - one_in_200[[100, 700, 800, 900, 950]]
+    assert fastpath.agreement(ref, one_in_200, labels, 0.5)["decision_flip_rate"] == 0.005
+
+
+def test_build_writes_the_artefacts_and_a_report(built):
+    path, report, inputs = built
+    paths = fastpath.artefact_paths(path)
+    assert paths["onnx-fp32"].is_file() and paths["onnx-int8"].is_file()
+    assert fastpath.read_report(path) == report
+    assert set(report["runtimes"]) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
+    assert report["validation_images"] == len(inputs.validation) > 0
+    assert report["calibration_images"] == len(inputs.calibration) == 7  # the fixtures' training split
+    for r in report["runtimes"].values():
+        assert r["img_s"] > 0 and r["n"] == len(inputs.validation)
+    # The fp32 export computes what PyTorch computes.
+    assert report["runtimes"]["onnx-fp32"]["max_probability_difference"] < 1e-4
+    assert report["runtimes"][report["chosen"]]["passed"]
+    # The int8 graph really is quantised: its file holds int8 weights, a quarter of the size.
+    assert paths["onnx-int8"].stat().st_size < 0.35 * paths["onnx-fp32"].stat().st_size
+
+
+def test_predictor_uses_the_chosen_runtime_and_agrees_with_pytorch(built):
+    path, report, _ = built
+    images = sorted((FIXTURES / "images").iterdir())[:6]
+    fast = Predictor.from_file(path, device="cpu")
+    reference = Predictor.from_file(path, device="cpu", runtime="torch")
+    chosen = report["chosen"]
+    assert fast.runtime == ("torch" if chosen == "torch-fp32" else chosen)
+    a = np.array(fast.probabilities(images))
+    b = np.array(reference.probabilities(images))
+    assert np.abs(a - b).max() <= max(0.05, report["runtimes"][chosen]["max_probability_difference"] * 2)
+    for runtime in ("onnx-fp32", "onnx-int8"):
+        p = Predictor.from_file(path, device="cpu", runtime=runtime)
+        assert p.runtime == runtime and len(p.probabilities(images)) == 6
+
+
+def test_a_missing_artefact_falls_back_to_pytorch(built, tmp_path):
+    path, report, _ = built
+    copy = tmp_path / "m.safetensors"
+    shutil.copyfile(path, copy)
+    paths = fastpath.artefact_paths(copy)
+    paths["report"].write_text(json.dumps({**report, "chosen": "onnx-int8"}))
+    # The report names an int8 file that is not there.
+    assert Predictor.from_file(copy, device="cpu").runtime == "torch"
+    paths["report"].write_text("{not json")
+    assert Predictor.from_file(copy, device="cpu").runtime == "torch"
+
+
+def test_unknown_runtime_is_refused(built):
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Predictor.from_file(built[0], runtime="tensorrt")
+
+
+def test_bench_prints_one_json_object(built):
+    path = built[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "classifier.bench", "--model", str(path), "--images", "8", "--batch-size", "4",
+         "--data", str(FIXTURES), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    for key in ("baseline_img_s", "product_img_s", "speedup", "decision_flip_rate", "rss_mb", "runtime"):
+        assert key in out
+    assert out["images"] == 8 and out["rss_mb"] > 0 and 0 <= out["decision_flip_rate"] <= 1
+    assert out["runtime"] == built[1]["chosen"].replace("torch-fp32", "torch-cpu")
+
+
+def test_onnx_runner_reports_a_corrupt_file(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    with pytest.raises(fastpath.FastPathError, match="cannot load x.onnx"):
+        fastpath.OnnxRunner(bad)
+    assert torch.zeros(1).numel() == 1
+
+
+def test_a_report_that_chose_pytorch_loads_pytorch(built, tmp_path):
+    path, report, _ = built
+    copy = tmp_path / "m.safetensors"
+    shutil.copyfile(path, copy)
+    fastpath.artefact_paths(copy)["report"].write_text(json.dumps({**report, "chosen": "torch-fp32"}))
+    assert Predictor.from_file(copy, device="cpu").runtime == "torch"
