@@ -36,11 +36,12 @@ class ClassificationPresetTrain:
         self.transforms = T.Compose(
             [
                 T.ToImage(),
-                T.RandomResizedCrop(image_size, scale=(0.5, 1.0), ratio=(0.8, 1.25), antialias=True),
+                T.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
                 T.RandomHorizontalFlip(),
                 T.RandomVerticalFlip(),
                 T.RandomApply([T.RandomRotation(180)], p=0.5),
-                T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+                # Mild: colour is part of the diagnosis (blue-white veil, regression, pigment).
+                T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.01),
                 T.ToDtype(torch.float32, scale=True),
                 T.Normalize(mean=list(mean), std=list(std)),
             ]

@@ -50,6 +50,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--opt", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the linear head")
     p.add_argument("--warmup-epochs", type=int, default=2)
     p.add_argument("--ema-decay", type=float, default=0.998, help="weight averaging per step; 0 turns it off")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -167,7 +168,7 @@ def main(args) -> int:
              sum(s.label for s in val_samples), device)
 
     try:
-        model = build_model(args.arch, pretrained=args.pretrained)
+        model = build_model(args.arch, pretrained=args.pretrained, dropout=args.dropout)
     except PretrainedWeightsUnavailable as exc:
         log.error("%s", exc)
         return 2
