@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.transforms import v2 as T
 
 CLASSES = ("benign", "malignant")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -124,6 +123,8 @@ class CachedImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples, size: int, transform=None):
+        from torchvision.transforms import v2 as T  # training only; inference never imports torchvision
+
         resize = T.Compose([T.ToImage(), T.Resize((size, size), antialias=True)])
         self.images = torch.stack([resize(load_rgb(s.path)) for s in samples])
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.float32)

@@ -2,12 +2,10 @@
 
 import torch
 from torch import nn
-from torchvision import models
 
-ARCHITECTURES = {
-    "vgg16": (models.vgg16, models.VGG16_Weights.IMAGENET1K_V1),
-    "vgg16_bn": (models.vgg16_bn, models.VGG16_BN_Weights.IMAGENET1K_V1),
-}
+# torchvision builders, imported on first use: a worker running an ONNX artefact never needs them
+# (torchvision costs ~160 MB of resident memory).
+ARCHITECTURES = {"vgg16": ("vgg16", "VGG16_Weights"), "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights")}
 
 
 class VGGClassifier(nn.Module):
@@ -36,7 +34,10 @@ def build_model(arch: str = "vgg16", pretrained: str = "none", dropout: float = 
     """Build a classifier; ``pretrained="imagenet"`` downloads torchvision's ImageNet weights."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    builder, weights = ARCHITECTURES[arch]
+    from torchvision import models
+
+    builder_name, weights_name = ARCHITECTURES[arch]
+    builder, weights = getattr(models, builder_name), getattr(models, weights_name).IMAGENET1K_V1
     if pretrained == "imagenet":
         try:
             backbone = builder(weights=weights)

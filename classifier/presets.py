@@ -1,7 +1,9 @@
 """Image transforms, as callables in the style of torchvision's references/classification/presets.py."""
 
+import numpy as np
 import torch
-from torchvision.transforms import v2 as T
+from PIL import Image
+from torch.nn import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -12,20 +14,24 @@ class ClassificationPresetEval:
 
     The training images (ISIC 2017, HAM10000 mirrors) were squashed to squares, not cropped, so
     squashing at inference keeps the lesion's borders in view and matches what the model saw.
+
+    Plain torch, the same arithmetic as torchvision's ``v2.Resize(antialias=True)`` on a uint8 tensor
+    followed by ``ToDtype(scale=True)`` and ``Normalize`` (equal to 1e-6 on the ISIC images, a test
+    checks it), so the inference path does not import torchvision.
     """
 
     def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.transforms = T.Compose(
-            [
-                T.ToImage(),
-                T.Resize((image_size, image_size), antialias=True),
-                T.ToDtype(torch.float32, scale=True),
-                T.Normalize(mean=list(mean), std=list(std)),
-            ]
-        )
+        self.size = (image_size, image_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, img):
-        return self.transforms(img)
+        if isinstance(img, Image.Image):
+            img = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+        if tuple(img.shape[-2:]) != self.size:
+            img = F.interpolate(img.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False,
+                                antialias=True)[0]
+        return (img.float() / 255 - self.mean) / self.std
 
 
 class ClassificationPresetTrain:
@@ -33,6 +39,8 @@ class ClassificationPresetTrain:
     rotation is a valid view; colour varies between dermatoscopes and lighting."""
 
     def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        from torchvision.transforms import v2 as T
+
         self.transforms = T.Compose(
             [
                 T.ToImage(),

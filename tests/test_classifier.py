@@ -16,6 +16,8 @@ from classifier.modelfile import read_metadata
 from tests.builders import image_bytes
 from tests.conftest import ROOT
 
+FIXTURES = ROOT / "tests" / "fixtures" / "isic"
+
 
 def test_classifier_imports_without_django():
     code = "import sys, classifier, classifier.predict; assert 'django' not in sys.modules, 'django imported'"
@@ -110,3 +112,24 @@ def test_predict_command_prints_one_json_line_per_image(model_file, tmp_path):
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["image"] for line in lines] == images
     assert {"probability", "decision", "threshold", "model_version", "ms"} <= set(lines[0])
+
+
+def test_eval_preset_matches_torchvision_without_importing_it():
+    """The inference preset is plain torch; it must compute what torchvision's transforms compute."""
+    from torchvision.transforms import v2 as T
+
+    from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval
+
+    reference = T.Compose([T.ToImage(), T.Resize((64, 64), antialias=True), T.ToDtype(torch.float32, scale=True),
+                           T.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))])
+    preset = ClassificationPresetEval(64)
+    for path in sorted((FIXTURES / "images").iterdir()):
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+        assert torch.allclose(preset(rgb), reference(rgb), atol=1e-5)
+
+
+def test_inference_does_not_import_torchvision():
+    code = ("import sys; from classifier import Predictor; "
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from classifier import fastpath
 from classifier.modelfile import read_metadata
 
 
@@ -74,6 +75,14 @@ class ModelVersion(models.Model):
         filename = f"{meta.version}.safetensors"
         settings.MODEL_ROOT.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, settings.MODEL_ROOT / filename)
+        # Fast-path artefacts already built beside the source file come along (they are checked
+        # against the version when a worker reads them); otherwise a worker builds them.
+        built = fastpath.artefact_paths(source)
+        report = fastpath.read_report(source)
+        if report and report.get("model_version") == meta.version:
+            for kind, dest in fastpath.artefact_paths(settings.MODEL_ROOT / filename).items():
+                if built[kind].is_file():
+                    shutil.copyfile(built[kind], dest)
         return cls.objects.create(
             version=meta.version,
             filename=filename,

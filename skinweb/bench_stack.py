@@ -1,0 +1,389 @@
+"""End-to-end benchmark through the running stack: gunicorn → Redis → Celery worker → database.
+
+    python -m skinweb.bench_stack [--uploads 200] [--single 20] [--history-cases 10000] [--json]
+
+Everything runs on loopback in a temporary folder (its own SQLite database, media, Redis), so
+your data is never touched. It measures, over HTTP as a browser would:
+
+1. single uploads with an idle worker: upload → result visible on the case's status panel;
+2. a burst of N uploads from several concurrent clients: time from upload to result per case
+   (p50/p95/max) and throughput;
+3. the case-history page with 10,000 cases: latency p50/p95 and its SQL query count on the first
+   and last page and at a tenth of the cases (constant when there is no N+1 query).
+"""
+
+import argparse
+import http.cookiejar
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "isic" / "images"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def pct(values, q):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+class Browser:
+    """A logged-in HTTP client with its own cookies (one per simulated clinician)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def csrf(self):
+        return next(c.value for c in self.jar if c.name == "csrftoken")
+
+    def get(self, path):
+        with self.opener.open(self.base + path, timeout=60) as r:
+            return r.status, r.read()
+
+    def post(self, path, fields=None, files=()):
+        boundary = uuid.uuid4().hex
+        body = bytearray()
+        for name, value in {"csrfmiddlewaretoken": self.csrf(), **(fields or {})}.items():
+            body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, filename, data in files:
+            body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        req = urllib.request.Request(self.base + path, data=bytes(body), method="POST", headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}", "Referer": self.base + path})
+        with self.opener.open(req, timeout=120) as r:
+            return r.status, r.geturl(), r.read()
+
+    def login(self, username, password):
+        self.get("/accounts/login/")
+        status, url, _ = self.post("/accounts/login/", {"username": username, "password": password})
+        if "/accounts/login/" in url:
+            raise RuntimeError("login failed")
+
+
+class Stack:
+    def __init__(self, workdir: Path, model: Path | None):
+        self.workdir, self.procs = workdir, []
+        self.redis_port, self.web_port = free_port(), free_port()
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "skinweb.settings",
+            "SKINWEB_VAR_DIR": str(workdir),
+            "DATABASE_URL": "",
+            "SQLITE_PATH": str(workdir / "bench.sqlite3"),
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "DEBUG": "0",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "INFERENCE_DEVICE": "cpu",
+            "LOG_LEVEL": "WARNING",
+        }
+        self.model = model
+
+    def run(self, *args):
+        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def start(self, name, cmd):
+        log = open(self.workdir / f"{name}.log", "wb")
+        self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           process_group=0))
+
+    def up(self):
+        self.run("migrate", "--noinput")
+        self.run("collectstatic", "--noinput")
+        self.start("redis", [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port",
+                             str(self.redis_port), "--save", "", "--appendonly", "no", "--dir", str(self.workdir)])
+        wait_for_port(self.redis_port)
+        if self.model:
+            self.run("publish_model", str(self.model))
+        self.start("worker", [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference,default",
+                              "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO"])
+        self.start("web", [sys.executable, "-m", "gunicorn", "skinweb.wsgi:application", "--bind",
+                           f"127.0.0.1:{self.web_port}", "--workers", "2", "--timeout", "120"])
+        wait_for_port(self.web_port)
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def worker_peak_rss_mb(self) -> dict:
+        """Peak resident memory (VmHWM) of the worker's processes: the main one and its pool child."""
+        worker = self.procs[1].pid
+        out = {}
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            except OSError:
+                continue
+            pid, ppid = int(fields["Pid"]), int(fields["PPid"])
+            if pid == worker or ppid == worker:
+                out["main" if pid == worker else f"child {pid}"] = int(fields["VmHWM"].split()[0]) / 1024
+        return out
+
+    def down(self):
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def setup_django(env):
+    os.environ.update(env)
+    import django
+
+    django.setup()
+
+
+def wait_fast_path(timeout=900):
+    from skinweb.models_registry.models import ModelVersion
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = ModelVersion.objects.published()
+        if v is None or v.fast_path.get("chosen"):
+            return v
+        time.sleep(1)
+    return ModelVersion.objects.published()
+
+
+def newest_case_id():
+    from skinweb.clinic.models import Case
+
+    return Case.objects.order_by("-pk").values_list("pk", flat=True).first()
+
+
+def measure_single(browser, lesion_id, images, n):
+    """Upload one image at a time with an idle worker; poll the status panel every 20 ms."""
+    times = []
+    for i in range(n):
+        data = images[i % len(images)]
+        t0 = time.perf_counter()
+        _, url, _ = browser.post(f"/lesions/{lesion_id}/upload/", files=[("images", f"single-{i}.jpg", data)])
+        case_id = int(re.search(r"/cases/(\d+)/", url).group(1))
+        while True:
+            _, body = browser.get(f"/cases/{case_id}/status/")
+            if b"hx-trigger" not in body:  # the panel stops polling once the case is done or failed
+                break
+            time.sleep(0.02)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_burst(base, lesion_id, images, n, clients):
+    from skinweb.clinic.models import Case
+
+    browsers = []
+    for _ in range(clients):
+        b = Browser(base)
+        b.login("bench", "bench-password")
+        browsers.append(b)
+    first = newest_case_id() or 0
+    errors = []
+
+    def one(i):
+        try:
+            status, _, _ = browsers[i % clients].post(
+                f"/lesions/{lesion_id}/upload/", files=[("images", f"burst-{i}.jpg", images[i % len(images)])])
+        except Exception as exc:  # counted and reported, never hidden
+            errors.append(repr(exc))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(n)))
+    submitted = time.perf_counter() - t0
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        pending = Case.objects.filter(pk__gt=first).exclude(status__in=["done", "failed"]).count()
+        if pending == 0:
+            break
+        time.sleep(0.2)
+    cases = list(Case.objects.filter(pk__gt=first).select_related("prediction"))
+    latencies = [(c.finished_at - c.created_at).total_seconds() for c in cases if c.finished_at]
+    span = (max(c.finished_at for c in cases) - min(c.created_at for c in cases)).total_seconds()
+    sizes = [c.prediction.batch_size for c in cases if c.prediction]
+    return {
+        "uploads": n, "clients": clients, "http_errors": len(errors), "cases": len(cases),
+        "done": sum(c.status == "done" for c in cases), "failed": sum(c.status == "failed" for c in cases),
+        "submit_seconds": submitted, "p50_s": pct(latencies, 50), "p95_s": pct(latencies, 95),
+        "max_s": max(latencies), "throughput_img_s": len(cases) / span,
+        "forward_passes": round(sum(1 / s for s in sizes)), "mean_batch": statistics.mean(sizes),
+    }
+
+
+def fill_history(lesion, user, total):
+    """Bulk-insert cases (with predictions and feedback) until the clinic has ``total``."""
+    from django.utils import timezone
+
+    from skinweb.clinic.models import Case, Feedback, Prediction
+    from skinweb.models_registry.models import ModelVersion
+
+    version = ModelVersion.objects.published()
+    template = Case.objects.filter(lesion=lesion).first()
+    have = Case.objects.count()
+    now = timezone.now()
+    batch = []
+    for i in range(max(0, total - have)):
+        batch.append(Case(lesion=lesion, created_by=user, image=template.image.name, original_name=f"h{i}.jpg",
+                          sha256=template.sha256, width=template.width, height=template.height,
+                          status="done", created_at=now, finished_at=now))
+    created = Case.objects.bulk_create(batch, batch_size=1000)
+    if version:
+        preds = Prediction.objects.bulk_create([
+            Prediction(case=c, model_version=version, probability=(i % 100) / 100, threshold=version.threshold,
+                       decision="malignant" if (i % 100) / 100 >= version.threshold else "benign",
+                       elapsed_ms=10, device="cpu") for i, c in enumerate(created)], batch_size=1000)
+        for c, p in zip(created, preds):
+            c.prediction = p
+        Case.objects.bulk_update(created, ["prediction"], batch_size=1000)
+    fbs = Feedback.objects.bulk_create([Feedback(case=c, revision=1, created_by=user, agrees_with_ai=i % 3 != 0,
+                                                 clinical_diagnosis="nevus", management="monitor")
+                                        for i, c in enumerate(created[::2])], batch_size=1000)
+    for f in fbs:
+        f.case.feedback = f
+    Case.objects.bulk_update([f.case for f in fbs], ["feedback"], batch_size=1000)
+    return Case.objects.count()
+
+
+def measure_history(browser, user, n_requests):
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from skinweb.clinic.models import Case
+
+    for _ in range(3):
+        browser.get("/")  # warm-up
+    times = []
+    for _ in range(n_requests):
+        t0 = time.perf_counter()
+        status, _ = browser.get("/")
+        times.append(time.perf_counter() - t0)
+        assert status == 200
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(user)
+    last_page = (Case.objects.count() + 24) // 25
+    queries = {}
+    for label, url in (("first page", "/"), ("last page", f"/?page={last_page}"), ("filtered", "/?ai=malignant")):
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        queries[label] = len(ctx.captured_queries)
+    return {"p50_ms": pct(times, 50) * 1000, "p95_ms": pct(times, 95) * 1000, "requests": n_requests,
+            "queries": queries}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--uploads", type=int, default=200, help="uploads in the burst")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clinicians uploading in the burst")
+    p.add_argument("--single", type=int, default=20, help="single uploads, one after another")
+    p.add_argument("--history-cases", type=int, default=10_000)
+    p.add_argument("--history-requests", type=int, default=50)
+    p.add_argument("--model", default=str(ROOT / "classifier" / "models" / "starter.safetensors"))
+    p.add_argument("--images", default=str(FIXTURES), help="folder of JPEG images to upload")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
+    return p
+
+
+def main(args) -> int:
+    images = [p.read_bytes() for p in sorted(Path(args.images).glob("*.jp*g"))]
+    if not images:
+        print(f"error: no JPEG images in {args.images}", file=sys.stderr)
+        return 2
+    model = Path(args.model)
+    if not model.is_file():
+        print(f"error: no model file {model}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="skinweb-bench-"))
+    stack = Stack(workdir, model)
+    result = {}
+    try:
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+        log(f"starting the stack in {workdir} …")
+        base = stack.up()
+        setup_django(stack.env)
+        from skinweb.accounts.models import Clinic, User
+        from skinweb.clinic.models import Lesion, Patient
+
+        clinic = Clinic.objects.create(name="Bench clinic")
+        user = User.objects.create_user("bench", password="bench-password", clinic=clinic)
+        patient = Patient.objects.create(clinic=clinic, identifier="BENCH-1", birth_year=1970, sex="female")
+        lesion = Lesion.objects.create(patient=patient, site="posterior torso")
+        log("waiting for the worker to build the model's fast path …")
+        version = wait_fast_path()
+        result["model_version"] = version.version
+        result["runtime"] = version.runtime
+        browser = Browser(base)
+        browser.login("bench", "bench-password")
+
+        log(f"{args.single} single uploads …")
+        measure_single(browser, lesion.pk, images, 2)  # the worker loads the model
+        single = measure_single(browser, lesion.pk, images, args.single)
+        result["single_upload"] = {"n": len(single), "p50_s": pct(single, 50), "p95_s": pct(single, 95),
+                                   "max_s": max(single)}
+        log(f"burst of {args.uploads} uploads from {args.clients} clients …")
+        result["burst"] = measure_burst(base, lesion.pk, images, args.uploads, args.clients)
+        result["worker_peak_rss_mb"] = stack.worker_peak_rss_mb()
+        log(f"history page at {args.history_cases} cases …")
+        result["history"] = {"cases": fill_history(lesion, user, args.history_cases),
+                              **measure_history(browser, user, args.history_requests)}
+    finally:
+        stack.down()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    s, b, h = result["single_upload"], result["burst"], result["history"]
+    print(f"model {result['model_version']} on the worker's runtime {result['runtime']}")
+    print(f"single upload → visible result ({s['n']}, idle worker): p50 {s['p50_s']:.2f} s, p95 {s['p95_s']:.2f} s, "
+          f"max {s['max_s']:.2f} s")
+    print(f"burst of {b['uploads']} uploads from {b['clients']} clients: {b['done']} done, {b['failed']} failed, "
+          f"{b['http_errors']} HTTP errors; upload → result p50 {b['p50_s']:.1f} s, p95 {b['p95_s']:.1f} s, "
+          f"max {b['max_s']:.1f} s; {b['throughput_img_s']:.1f} images/s; {b['forward_passes']} forward passes "
+          f"(mean batch {b['mean_batch']:.1f})")
+    print("worker peak resident memory: " + ", ".join(f"{k} {v:.0f} MB" for k, v in result["worker_peak_rss_mb"].items()))
+    print(f"history page at {h['cases']} cases: p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms over "
+          f"{h['requests']} requests; SQL queries {h['queries']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,29 @@
+"""The benchmarks run end to end (tiny sizes); their figures are printed, never asserted on."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_stack_benchmark_runs_through_the_real_stack(model_file):
+    env = {**os.environ, "TRAINING_DATASETS": str(ROOT / "tests" / "fixtures" / "isic")}
+    result = subprocess.run(
+        [sys.executable, "-m", "skinweb.bench_stack", "--model", str(model_file), "--uploads", "6", "--clients", "2",
+         "--single", "2", "--history-cases", "60", "--history-requests", "3", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    burst = out["burst"]
+    assert burst["done"] == burst["uploads"] == 6 and burst["http_errors"] == 0 and burst["failed"] == 0
+    assert out["single_upload"]["n"] == 2 and out["history"]["cases"] == 60
+    # One query plan for the history page, whatever the page: no N+1.
+    assert len(set(out["history"]["queries"].values())) == 1
+    assert out["worker_peak_rss_mb"]
