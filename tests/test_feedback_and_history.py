@@ -122,7 +122,7 @@ def test_patient_page_lists_lesions_and_images_over_time(client, history):
 def test_status_panel_polls_while_pending_and_offers_feedback_when_done(client, alice, published_model):
     case = make_case(make_lesion(make_patient(alice.clinic)))
     body = client.get(reverse("clinic:case_status", args=[case.pk])).content.decode()
-    assert 'hx-trigger="every 2s"' in body and "Save feedback" not in body
+    assert 'hx-trigger="every 1s"' in body and "Save feedback" not in body
     predict(case, published_model, 0.6)
     body = client.get(reverse("clinic:case_status", args=[case.pk])).content.decode()
     assert "hx-trigger" not in body and "Save feedback" in body and "0.600" in body
