@@ -28,6 +28,7 @@ class Sample:
     path: Path
     label: int  # 1 = malignant
     group: str  # lesion id, or the image itself when unknown
+    split: str = ""  # "train" or "val" when labels.csv fixes it, else "" (split_samples decides)
 
 
 def load_samples(root) -> list[Sample]:
@@ -57,7 +58,10 @@ def _read_labels_csv(root: Path) -> list[Sample]:
             path = root / row["image"]
             key = row.get("isic_id") or Path(row["image"]).stem
             group = row.get("lesion_id") or lesions.get(key) or f"image:{row['image']}"
-            samples.append(Sample(path, CLASSES.index(label), group))
+            split = (row.get("split") or "").strip().lower()
+            if split not in ("", "train", "val"):
+                raise DatasetError(f"labels.csv line {line}: split {row['split']!r} is not train or val")
+            samples.append(Sample(path, CLASSES.index(label), group, split))
     return samples
 
 
@@ -70,6 +74,16 @@ def _read_image_folder(root: Path) -> list[Sample]:
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     samples.append(Sample(path, label, f"image:{path.relative_to(root)}"))
     return samples
+
+
+def split_samples(samples, val_fraction=0.2, seed=0):
+    """Training and validation samples: a ``split`` column in labels.csv decides where it is given
+    (retraining keeps the base dataset's validation images fixed that way); the rest is split by
+    lesion with split_by_group."""
+    fixed_train = [s for s in samples if s.split == "train"]
+    fixed_val = [s for s in samples if s.split == "val"]
+    train, val = split_by_group([s for s in samples if not s.split], val_fraction, seed)
+    return fixed_train + train, fixed_val + val
 
 
 def split_by_group(samples, val_fraction=0.2, seed=0):

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from classifier import metrics
-from classifier.data import CachedImages, DatasetError, fingerprint, load_samples, split_by_group
+from classifier.data import CachedImages, DatasetError, fingerprint, load_samples, split_samples
 from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, save_model_file
 from classifier.predictor import resolve_device
@@ -145,7 +145,12 @@ def lr_lambda(warmup_steps, total_steps):
     return f
 
 
-def main(args) -> int:
+STOPPED = 3  # exit status when on_epoch asked to stop
+
+
+def main(args, on_epoch=None) -> int:
+    """Train; ``on_epoch(record)`` (optional) is called after each epoch's checkpoint with the
+    epoch's metrics plus ``epochs`` and ``eta_s``, and stops the run when it returns False."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +164,7 @@ def main(args) -> int:
     except (DatasetError, OSError) as exc:
         log.error("cannot read the dataset: %s", exc)
         return 2
-    train_samples, val_samples = split_by_group(samples, args.val_fraction, args.seed)
+    train_samples, val_samples = split_samples(samples, args.val_fraction, args.seed)
     if not train_samples or not val_samples or len({s.label for s in val_samples}) < 2:
         log.error("the dataset is too small to split into training and validation with both classes")
         return 2
@@ -219,7 +224,7 @@ def main(args) -> int:
             ema.load_state_dict(ckpt["ema"])
         torch.set_rng_state(ckpt["rng"])
         start_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
-        log.info("resumed after epoch %d (best validation AUC %.4f at epoch %d)", ckpt["epoch"], best_auc, best_epoch)
+        log.info("resumed after epoch %d (best validation AUC %.4f at epoch %d)", ckpt["epoch"] + 1, best_auc, best_epoch + 1)
     elif args.resume:
         log.info("no checkpoint in %s: starting from scratch", out)
 
@@ -259,6 +264,9 @@ def main(args) -> int:
             state["ema"] = ema.state_dict()
         torch.save(state, out / "checkpoint.tmp")
         (out / "checkpoint.tmp").replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
+        if on_epoch is not None and on_epoch({**record, "epochs": args.epochs, "eta_s": round(remaining)}) is False:
+            log.info("stopped on request after epoch %d", epoch + 1)
+            return STOPPED
     log.info("done in %.0f s; best validation AUC %.4f at epoch %d; model: %s",
              time.perf_counter() - started, best_auc, best_epoch + 1, out / "model.safetensors")
     return 0

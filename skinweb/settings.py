@@ -174,10 +174,20 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_QUEUES = [Queue("default", routing_key="default"), Queue("inference", routing_key="inference")]
-CELERY_TASK_ROUTES = {"skinweb.clinic.tasks.*": {"queue": "inference"}}
+CELERY_TASK_QUEUES = [
+    Queue("default", routing_key="default"),
+    Queue("inference", routing_key="inference"),
+    Queue("training", routing_key="training"),
+]
+CELERY_TASK_ROUTES = {
+    "skinweb.clinic.tasks.*": {"queue": "inference"},
+    "skinweb.models_registry.tasks.train_model": {"queue": "training"},
+    "skinweb.models_registry.tasks.shadow_check": {"queue": "training"},
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# A message not acknowledged within this time is delivered again. Training runs take hours, so it
+# is long; classification is covered sooner by the database sweep of stale cases.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Inference device for workers: auto (CUDA when present), cpu or cuda.
@@ -192,6 +202,13 @@ INFERENCE_CLAIM_TIMEOUT = env_int("INFERENCE_CLAIM_TIMEOUT", 120)
 # Default: the ISIC development set when it sits beside the checkout (../shared/datasets/isic-derm-dev).
 _ISIC_DEV = BASE_DIR.parent / "shared" / "datasets" / "isic-derm-dev"
 TRAINING_DATASETS = [Path(p) for p in env("TRAINING_DATASETS", str(_ISIC_DEV) if _ISIC_DEV.is_dir() else "").split(":") if p]
+# Retraining from the published version (issue 5): epochs, peak learning rate, batch size, device
+# (auto: CUDA when present), and after how many seconds without an epoch a run counts as dead.
+RETRAIN_EPOCHS = env_int("RETRAIN_EPOCHS", 10)
+RETRAIN_LR = float(env("RETRAIN_LR", "0.0003"))
+RETRAIN_BATCH_SIZE = env_int("RETRAIN_BATCH_SIZE", 32)
+TRAINING_DEVICE = env("TRAINING_DEVICE", "auto")
+TRAINING_STALE_AFTER = env_int("TRAINING_STALE_AFTER", 7200)
 # Training images the int8 artefact is calibrated on when a model version is published.
 FAST_PATH_CALIBRATION_IMAGES = env_int("FAST_PATH_CALIBRATION_IMAGES", 256)
 

@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from skinweb.clinic.models import Case, Feedback, Lesion, Patient
+from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_case, make_clinic, make_lesion, make_patient, make_user
 
 pytestmark = pytest.mark.django_db
@@ -28,10 +29,23 @@ OWNER_GET = {
     "clinic:case_feedback": 200,
     "clinic:case_retry": 405,  # POST only
     "clinic:case_image": 200,
+    "clinic:case_flag": 405,  # POST only
     "login": 302,  # already logged in: sent on
     "logout": 405,  # POST only
 }
 PUBLIC = {"login", "logout"}
+# The administrators' pages: 403 for clinicians, this for a staff user.
+STAFF_GET = {
+    "manage:relabel_queue": 200,
+    "manage:relabel": 405,
+    "manage:training_switch": 405,
+    "manage:model_list": 200,
+    "manage:retrain": 405,
+    "manage:model_detail": 200,
+    "manage:publish": 405,
+    "manage:cancel": 405,
+    "manage:shadow": 405,
+}
 
 
 def project_urls(patterns=None, prefix="", namespace=""):
@@ -54,18 +68,24 @@ def world():
     patient = make_patient(north, "N-001")
     lesion = make_lesion(patient)
     case = make_case(lesion, alice, status=Case.Status.FAILED, failure_reason="test")
-    return {"alice": alice, "bob": bob, "root": root, "patient": patient, "lesion": lesion, "case": case}
+    version = ModelVersion.objects.create(version="v-access", filename="v.safetensors", arch="vgg16", input_size=64,
+                                          threshold=0.5, status=ModelVersion.Status.CANDIDATE)
+    return {"alice": alice, "bob": bob, "root": root, "patient": patient, "lesion": lesion, "case": case,
+            "version": version}
 
 
 def url_for(name, route, world):
     if "<int:pk>" not in route:
         return reverse(name)
-    owner = {"patients/": "patient", "lesions/": "lesion", "cases/": "case"}
+    owner = {"patients/": "patient", "lesions/": "lesion", "cases/": "case", "manage/relabel/": "case",
+             "manage/models/": "version"}
     kind = next(v for k, v in owner.items() if route.startswith(k))
     return reverse(name, kwargs={"pk": world[kind].pk})
 
 
 def expected(name, route, role):
+    if name in STAFF_GET:
+        return {"anonymous": 302, "root": STAFF_GET[name]}.get(role, 403)
     if name in PUBLIC:
         # LoginRequiredMiddleware sends anonymous visitors of logout to the login page too.
         return {"anonymous": 200 if name == "login" else 302}.get(role, OWNER_GET[name])
@@ -85,7 +105,7 @@ def login(client, world, role):
 
 
 def test_every_url_is_in_the_matrix():
-    assert {name for name, _ in project_urls()} == set(OWNER_GET)
+    assert {name for name, _ in project_urls()} == set(OWNER_GET) | set(STAFF_GET)
 
 
 @pytest.mark.parametrize("role", ["anonymous", "alice", "bob", "root"])
@@ -106,7 +126,7 @@ def test_outsiders_cannot_post_to_anything(client, world, role):
     login(client, world, role)
     before = [m.objects.count() for m in (Patient, Lesion, Case, Feedback)]
     for name, route in project_urls():
-        if "<int:pk>" not in route:
+        if "<int:pk>" not in route or name in STAFF_GET:
             continue
         url = url_for(name, route, world)
         data = {"agrees_with_ai": "yes", "clinical_diagnosis": "nevus", "management": "monitor",
@@ -174,3 +194,22 @@ def test_missing_stored_image_is_a_404_not_a_500(client, world):
     client.force_login(world["alice"])
     assert client.get(reverse("clinic:case_image", args=[case.pk])).status_code == 404
     assert client.get(reverse("clinic:case_image", args=[case.pk]) + "?size=thumb").status_code == 404
+
+
+@pytest.mark.parametrize("role", ["anonymous", "alice", "bob"])
+def test_only_staff_can_post_to_the_administrators_pages(client, world, role):
+    login(client, world, role)
+    case, version = world["case"], world["version"]
+    data = {"case": case.pk, "cases": [case.pk], "label": "malignant", "source": "histopathology",
+            "use_for_training": "1", "reason": "x", "n": 5, "epochs": 1}
+    for name, route in project_urls():
+        if name in STAFF_GET:
+            r = client.post(url_for(name, route, world), data)
+            assert r.status_code == (302 if role == "anonymous" else 403), (name, r.status_code)
+            if role == "anonymous":
+                assert r.url.startswith(reverse("login"))
+    case.refresh_from_db()
+    version.refresh_from_db()
+    assert case.truth_label == "" and not case.use_for_training
+    assert version.status == ModelVersion.Status.CANDIDATE and not version.cancel_requested
+    assert ModelVersion.objects.count() == 1  # no training run started

@@ -133,6 +133,14 @@ class CaseQuerySet(ClinicQuerySet):
     def disagreements(self):
         return self.filter(feedback__agrees_with_ai=False)
 
+    def for_relabelling(self):
+        """Cases an admin should give a ground truth: histopathology recorded, AI and clinician
+        disagree, or flagged."""
+        return self.filter(
+            models.Q(feedback__histopathology_result__gt="") | models.Q(feedback__agrees_with_ai=False)
+            | models.Q(flagged=True)
+        )
+
 
 class Case(models.Model):
     """One dermoscopic image of a lesion at one visit, its classification and the clinician's review."""
@@ -179,6 +187,7 @@ class Case(models.Model):
     )
     truth_set_at = models.DateTimeField(null=True, blank=True, editable=False)
     use_for_training = models.BooleanField(default=False)
+    flagged = models.BooleanField(default=False, help_text="Sent to the relabel queue by a clinician or admin")
 
     objects = CaseQuerySet.as_manager()
 

@@ -16,5 +16,6 @@ urlpatterns = [
     path("cases/<int:pk>/status/", views.case_status, name="case_status"),
     path("cases/<int:pk>/feedback/", views.case_feedback, name="case_feedback"),
     path("cases/<int:pk>/retry/", views.case_retry, name="case_retry"),
+    path("cases/<int:pk>/flag/", views.case_flag, name="case_flag"),
     path("cases/<int:pk>/image/", views.case_image, name="case_image"),
 ]

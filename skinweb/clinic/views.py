@@ -190,6 +190,17 @@ def case_retry(request, case):
     return redirect("clinic:case_detail", pk=case.pk)
 
 
+@object_view(Case, methods=("POST",))
+def case_flag(request, case):
+    """A clinician sends a case to the administrators' relabel queue (or takes it back)."""
+    value = request.POST.get("flagged") == "1"
+    if value != case.flagged:
+        Case.objects.filter(pk=case.pk).update(flagged=value)
+        record(request, "flag" if value else "unflag", case)
+        messages.success(request, "Sent to the relabel queue." if value else "Removed from the relabel queue.")
+    return redirect("clinic:case_detail", pk=case.pk)
+
+
 @object_view(Case)
 def case_image(request, case):
     """Serve a case's image to users of its clinic; there is no public media URL."""

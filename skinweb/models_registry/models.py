@@ -17,15 +17,17 @@ class ModelVersionQuerySet(models.QuerySet):
 
 class ModelVersion(models.Model):
     class Status(models.TextChoices):
+        TRAINING = "training"
+        FAILED = "failed"
         CANDIDATE = "candidate"
         PUBLISHED = "published"
         RETIRED = "retired"
 
     version = models.CharField(max_length=100, unique=True)
-    filename = models.CharField(max_length=200, help_text="File name under MODEL_ROOT")
-    arch = models.CharField(max_length=50)
-    input_size = models.PositiveIntegerField()
-    threshold = models.FloatField()
+    filename = models.CharField(max_length=200, blank=True, help_text="File name under MODEL_ROOT")
+    arch = models.CharField(max_length=50, blank=True)
+    input_size = models.PositiveIntegerField(default=0)
+    threshold = models.FloatField(default=0.5)
     metadata = models.JSONField(default=dict, help_text="Everything the model file's header says")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -34,6 +36,22 @@ class ModelVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     publish_reason = models.TextField(blank=True)
+
+    # Retraining (issue 5): where the version came from and how its run went.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    trained_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    training_data = models.JSONField(default=dict, blank=True, help_text="Datasets, counts, clinic cases, fingerprint")
+    recipe = models.JSONField(default=dict, blank=True)
+    progress = models.JSONField(default=dict, blank=True, help_text="Last epoch's figures while training")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    evaluation = models.JSONField(
+        default=dict, blank=True, help_text="This version and its parent on the same validation data"
+    )
+    shadow = models.JSONField(default=dict, blank=True, help_text="Decisions it would change on recent cases")
     fast_path = models.JSONField(
         default=dict, blank=True,
         help_text="ONNX fp32 / int8 artefacts: speed and agreement with PyTorch fp32 on validation images",
@@ -91,6 +109,11 @@ class ModelVersion(models.Model):
             threshold=meta.threshold,
             metadata=json.loads(meta.to_json()),
         )
+
+    @property
+    def headline_metrics(self) -> dict:
+        v = self.validation_metrics.get("validation", {})
+        return {k: v.get(k) for k in ("auc", "sensitivity", "specificity", "specificity_at_95_sensitivity")}
 
     def publish(self, user=None, reason=""):
         """Make this the one published version; the previous one is retired, not deleted."""

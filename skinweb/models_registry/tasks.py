@@ -44,3 +44,21 @@ def send(version_id):
     except OperationalError as exc:  # no broker: the next worker to load the version asks again
         log.warning("could not queue the fast-path build of model version %s: %s", version_id, exc)
         ModelVersion.objects.filter(pk=version_id).update(fast_path={})
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def train_model(version_id: int) -> None:
+    """On the ``training`` queue; a redelivery after a worker crash resumes from the checkpoint."""
+    from skinweb.models_registry import training
+
+    training.run_training(version_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def shadow_check(version_id: int, n: int) -> None:
+    from skinweb.models_registry import training
+
+    version = ModelVersion.objects.filter(pk=version_id).first()
+    if version is not None and version.filename:
+        result = training.shadow_check(version, n)
+        ModelVersion.objects.filter(pk=version_id).update(shadow=result)

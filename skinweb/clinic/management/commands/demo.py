@@ -57,6 +57,12 @@ class Command(BaseCommand):
                 [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference,default",
                  "--concurrency", "1", "--loglevel", "INFO", "--hostname", "demo-worker@%h"],
             )
+            # Retraining gets its own process, so that classification goes on during a run.
+            self.start(
+                "trainer",
+                [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "training",
+                 "--concurrency", "1", "--loglevel", "INFO", "--hostname", "demo-trainer@%h"],
+            )
             if port_open(addr, port):
                 raise CommandError(f"{addr}:{port} is already in use; stop what runs there or pass --port.")
             self.start("web", [sys.executable, "manage.py", "runserver", f"{addr}:{port}", "--noreload"])

@@ -1,0 +1,208 @@
+"""Relabel → retrain → evaluate → publish → roll back (issue 5)."""
+
+import shutil
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from skinweb.audit.models import AuditEvent
+from skinweb.clinic.models import Case
+from skinweb.models_registry import training
+from skinweb.models_registry.models import ModelVersion
+from tests.builders import make_case, make_clinic, make_lesion, make_model_file, make_patient, make_user
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.django_db
+FIXTURES = ROOT / "tests" / "fixtures" / "isic"
+
+
+@pytest.fixture
+def admin_user(client):
+    user = make_user("clinic-admin", make_clinic("North"), staff=True)
+    client.force_login(user)
+    return user
+
+
+def feedback(case, user, agrees=True, histopathology=""):
+    case.record_feedback(user, agrees_with_ai=agrees, clinical_diagnosis="nevus", management="monitor",
+                         histopathology_result=histopathology)
+
+
+@pytest.fixture
+def queue(admin_user):
+    """Cases of the admin's clinic: one with histopathology, one disagreement, one flagged, one
+    already labelled, one ordinary; and a flagged case of another clinic."""
+    lesion = make_lesion(make_patient(admin_user.clinic, "N-1"))
+    histo, disagree, flagged, labelled, plain = (make_case(lesion) for _ in range(5))
+    feedback(histo, admin_user, histopathology="melanoma")
+    feedback(disagree, admin_user, agrees=False)
+    Case.objects.filter(pk=flagged.pk).update(flagged=True)
+    feedback(labelled, admin_user, agrees=False)
+    labelled.set_truth("benign", "consensus", admin_user)
+    feedback(plain, admin_user)
+    other = make_case(make_lesion(make_patient(make_clinic("South"), "S-1")), flagged=True)
+    return {"histo": histo, "disagree": disagree, "flagged": flagged, "labelled": labelled, "plain": plain,
+            "other": other}
+
+
+def listed(client, show):
+    page = client.get(reverse("manage:relabel_queue") + f"?show={show}")
+    assert page.status_code == 200
+    return {c.pk for c in page.context["page"]}
+
+
+def test_relabel_queue_lists_what_needs_a_label(client, queue):
+    q = queue
+    assert listed(client, "todo") == {q["histo"].pk, q["disagree"].pk, q["flagged"].pk}
+    assert listed(client, "labelled") == {q["labelled"].pk}
+    assert listed(client, "all") == {q["histo"].pk, q["disagree"].pk, q["flagged"].pk, q["labelled"].pk}
+
+
+def test_one_click_label_is_audited_with_old_and_new(client, admin_user, queue):
+    case = queue["histo"]
+    r = client.post(reverse("manage:relabel"), {"case": case.pk, "label": "malignant", "source": "histopathology",
+                                                "use_for_training": "on"})
+    assert r.status_code == 302
+    case.refresh_from_db()
+    assert (case.truth_label, case.truth_source, case.use_for_training) == ("malignant", "histopathology", True)
+    assert case.truth_set_by == admin_user
+    event = AuditEvent.objects.get(action="relabel", object_id=str(case.pk))
+    assert event.user == admin_user
+    assert event.detail["old"] == {"truth_label": "", "truth_source": "", "use_for_training": False}
+    assert event.detail["new"] == {"truth_label": "malignant", "truth_source": "histopathology",
+                                   "use_for_training": True}
+
+
+def test_bulk_label_and_the_training_switch(client, queue):
+    q = queue
+    client.post(reverse("manage:relabel"), {"cases": [q["disagree"].pk, q["flagged"].pk], "label": "benign",
+                                            "source": "follow_up"})
+    for c in (q["disagree"], q["flagged"]):
+        c.refresh_from_db()
+        assert c.truth_label == "benign" and c.truth_source == "follow_up" and not c.use_for_training
+    assert listed(client, "todo") == {q["histo"].pk}
+    client.post(reverse("manage:training_switch", args=[q["flagged"].pk]), {"use_for_training": "1"})
+    q["flagged"].refresh_from_db()
+    assert q["flagged"].use_for_training
+    # No ground truth, no training.
+    client.post(reverse("manage:training_switch", args=[q["histo"].pk]), {"use_for_training": "1"})
+    q["histo"].refresh_from_db()
+    assert not q["histo"].use_for_training
+    assert AuditEvent.objects.filter(action="relabel").count() == 3
+
+
+def test_another_clinics_case_cannot_be_relabelled(client, queue):
+    other = queue["other"]
+    r = client.post(reverse("manage:relabel"), {"case": other.pk, "label": "malignant", "source": "consensus"})
+    assert r.status_code == 404
+    assert client.post(reverse("manage:training_switch", args=[other.pk]), {"use_for_training": "1"}).status_code == 404
+    other.refresh_from_db()
+    assert other.truth_label == ""
+
+
+def test_clinicians_flag_cases_for_the_queue(client, queue):
+    clinician = make_user("doc", queue["plain"].lesion.patient.clinic)
+    client.force_login(clinician)
+    r = client.post(reverse("clinic:case_flag", args=[queue["plain"].pk]), {"flagged": "1"})
+    assert r.status_code == 302
+    queue["plain"].refresh_from_db()
+    assert queue["plain"].flagged
+    assert AuditEvent.objects.filter(action="flag", user=clinician).exists()
+
+
+@pytest.fixture
+def parent(model_file, settings):
+    settings.TRAINING_DATASETS = [FIXTURES]
+    version = ModelVersion.import_file(model_file)
+    version.publish(reason="test")
+    return version
+
+
+def labelled_clinic_cases(clinic, user, n=8):
+    """n cases on n lesions, each labelled and marked for training."""
+    patient = make_patient(clinic)
+    images = sorted((FIXTURES / "images").iterdir())
+    cases = []
+    for i in range(n):
+        case = make_case(make_lesion(patient), data=images[i % len(images)].read_bytes())
+        case.set_truth("malignant" if i % 2 else "benign", "histopathology", user, use_for_training=True)
+        cases.append(case)
+    return cases
+
+
+def test_a_run_trains_evaluates_and_records_its_data(admin_user, parent):
+    labelled_clinic_cases(admin_user.clinic, admin_user)
+    run = training.start_run(admin_user, epochs=1)
+    assert run.status == "training" and run.parent == parent and run.recipe["epochs"] == 1
+    run = training.run_training(run.pk)
+    assert run.status == "candidate", run.error
+    assert run.path.is_file() and run.threshold > 0 and run.metadata["version"] == run.version
+    data = run.training_data
+    assert data["base_datasets"][0]["n"] == 12
+    assert (data["clinic_cases_for_training"], data["clinic_cases_held_out"]) == (6, 2)  # a quarter of the lesions
+    assert not set(data["clinic_case_ids"]) & set(data["held_out_case_ids"])
+    ev = run.evaluation
+    assert ev["candidate"]["version"] == run.version and ev["parent"]["version"] == parent.version
+    # Both versions measured on the very same validation images.
+    assert ev["candidate"]["validation"]["n"] == ev["parent"]["validation"]["n"] > 0
+    assert ev["candidate"]["clinic_held_out"]["n"] == ev["parent"]["clinic_held_out"]["n"] == 2
+    assert run.progress["epoch"] == 1 and run.progress["epochs"] == 1
+
+
+def test_only_one_run_at_a_time_and_only_from_a_published_version(admin_user, parent, settings):
+    training.start_run(admin_user, epochs=1)
+    with pytest.raises(ValueError, match="already in progress"):
+        training.start_run(admin_user, epochs=1)
+    ModelVersion.objects.filter(status="training").delete()
+    settings.TRAINING_DATASETS = []
+    with pytest.raises(ValueError, match="TRAINING_DATASETS"):
+        training.start_run(admin_user)
+
+
+def test_a_cancelled_run_stops_after_its_epoch(admin_user, parent):
+    run = training.start_run(admin_user, epochs=3)
+    ModelVersion.objects.filter(pk=run.pk).update(cancel_requested=True)
+    run = training.run_training(run.pk)
+    assert run.status == "failed" and "Cancelled" in run.error and run.progress["epoch"] == 1
+
+
+def test_a_silent_run_is_marked_failed_not_left_training(admin_user, parent, settings):
+    run = training.start_run(admin_user, epochs=1)
+    ModelVersion.objects.filter(pk=run.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER + 5))
+    assert training.mark_stale_runs() == [run.version]
+    run.refresh_from_db()
+    assert run.status == "failed" and "stopped" in run.error
+
+
+def test_publishing_a_worse_candidate_needs_a_reason_and_rollback_is_one_action(client, admin_user, parent, tmp_path):
+    make_model_file(tmp_path / "c.safetensors", version="cand", seed=4)
+    cand = ModelVersion.import_file(tmp_path / "c.safetensors")
+    ModelVersion.objects.filter(pk=cand.pk).update(parent=parent, evaluation={
+        "candidate": {"version": "cand", "validation": {"auc": 0.70, "sensitivity": 0.9, "specificity": 0.5,
+                                                         "specificity_at_95_sensitivity": 0.3}},
+        "parent": {"version": parent.version, "validation": {"auc": 0.75, "sensitivity": 0.9, "specificity": 0.4,
+                                                              "specificity_at_95_sensitivity": 0.3}}})
+    page = client.get(reverse("manage:model_detail", args=[cand.pk])).content.decode()
+    assert "Worse than the parent on: AUC on validation" in page
+    client.post(reverse("manage:publish", args=[cand.pk]), {"reason": ""})
+    cand.refresh_from_db()
+    assert cand.status == "candidate"  # refused without a reason
+    client.post(reverse("manage:publish", args=[cand.pk]), {"reason": "better specificity on our population"})
+    cand.refresh_from_db()
+    parent.refresh_from_db()
+    assert cand.status == "published" and parent.status == "retired" and cand.published_by == admin_user
+    assert AuditEvent.objects.filter(action="publish", object_id=str(cand.pk)).exists()
+    # Roll back: one POST on the retired version.
+    client.post(reverse("manage:publish", args=[parent.pk]))
+    parent.refresh_from_db()
+    assert parent.status == "published" and parent.publish_reason == "rolled back from cand"
+    assert ModelVersion.objects.published() == parent
+    assert AuditEvent.objects.filter(action="rollback", object_id=str(parent.pk)).exists()
+
+
+def test_model_pages_render(client, admin_user, parent):
+    assert parent.version in client.get(reverse("manage:model_list")).content.decode()
+    assert parent.version in client.get(reverse("manage:model_detail", args=[parent.pk])).content.decode()
