@@ -12,6 +12,9 @@ case "$1" in
   worker)
     exec celery -A skinweb worker -Q "${WORKER_QUEUES:-inference,default}" --concurrency "${WORKER_CONCURRENCY:-1}" --loglevel INFO
     ;;
+  beat)
+    exec celery -A skinweb beat --loglevel INFO --schedule /tmp/celerybeat-schedule
+    ;;
   *)
     exec "$@"
     ;;

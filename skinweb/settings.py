@@ -180,11 +180,17 @@ CELERY_TASK_QUEUES = [
     Queue("training", routing_key="training"),
 ]
 CELERY_TASK_ROUTES = {
+    "skinweb.clinic.tasks.sweep": {"queue": "default"},
     "skinweb.clinic.tasks.*": {"queue": "inference"},
     "skinweb.models_registry.tasks.train_model": {"queue": "training"},
     "skinweb.models_registry.tasks.shadow_check": {"queue": "training"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The sweep (skinweb/clinic/sweep.py): every SWEEP_INTERVAL seconds, cases queued or running for
+# more than SWEEP_QUEUED_AFTER seconds without a live worker get their task sent again.
+SWEEP_INTERVAL = env_int("SWEEP_INTERVAL", 60)
+SWEEP_QUEUED_AFTER = env_int("SWEEP_QUEUED_AFTER", 300)
+CELERY_BEAT_SCHEDULE = {"sweep": {"task": "skinweb.clinic.tasks.sweep", "schedule": float(SWEEP_INTERVAL)}}
 # A message not acknowledged within this time is delivered again. Training runs take hours, so it
 # is long; classification is covered sooner by the database sweep of stale cases.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}

@@ -191,3 +191,25 @@ def test_switches_to_the_fast_runtime_once_built_without_a_restart(case, publish
     classification.classify_case(second.pk)
     second.refresh_from_db()
     assert second.prediction.runtime == report["chosen"].replace("torch-fp32", "torch")
+
+
+def test_sweep_resends_cases_whose_message_may_be_lost(case, settings):
+    from skinweb.clinic.sweep import sweep_stale_cases
+
+    old = timezone.now() - timedelta(seconds=settings.SWEEP_QUEUED_AFTER + 1)
+    fresh = make_case(case.lesion)  # queued just now: its message is surely still in the broker
+    Case.objects.filter(pk=case.pk).update(enqueued_at=old)
+    stuck = make_case(case.lesion)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stuck.mark_running(claimed_by=f"{socket.gethostname()}:{dead.pid}")
+    Case.objects.filter(pk=stuck.pk).update(started_at=old, enqueued_at=old)
+    busy = make_case(case.lesion)
+    busy.mark_running(claimed_by=f"{socket.gethostname()}:{os.getppid()}")  # a live worker, moments ago
+    Case.objects.filter(pk=busy.pk).update(started_at=timezone.now(), enqueued_at=old)
+
+    sent = []
+    assert sorted(sweep_stale_cases(send=sent.append)) == sorted([case.pk, stuck.pk]) == sorted(sent)
+    case.refresh_from_db()
+    assert case.enqueued_at > old and fresh.pk not in sent and busy.pk not in sent
+    assert sweep_stale_cases(send=sent.append) == []  # just re-sent: not again until the next period

@@ -171,6 +171,7 @@ class Case(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     claimed_by = models.CharField(max_length=200, blank=True, help_text="host:pid of the worker classifying it")
+    enqueued_at = models.DateTimeField(default=timezone.now, help_text="When its task was last sent to the broker")
     # The current prediction and feedback; earlier ones stay in their tables.
     prediction = models.ForeignKey(
         "Prediction", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
@@ -235,7 +236,7 @@ class Case(models.Model):
 
     def requeue(self):
         Case.objects.filter(pk=self.pk).update(
-            status=self.Status.QUEUED, failure_reason="", started_at=None, finished_at=None
+            status=self.Status.QUEUED, failure_reason="", started_at=None, finished_at=None, enqueued_at=timezone.now()
         )
         self.status, self.failure_reason = self.Status.QUEUED, ""
 

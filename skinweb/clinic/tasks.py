@@ -10,3 +10,13 @@ def classify_case(self, case_id: int) -> None:
     except classification.CaseBusy as busy:
         # Another worker's batch has it; come back when that claim would have gone stale.
         raise self.retry(countdown=max(1.0, float(busy.args[0]) + 1))
+
+
+@shared_task(ignore_result=True)
+def sweep() -> None:
+    """Periodic (Celery beat): re-send lost classifications, fail training runs that went silent."""
+    from skinweb.clinic.sweep import sweep_stale_cases
+    from skinweb.models_registry.training import mark_stale_runs
+
+    sweep_stale_cases()
+    mark_stale_runs()

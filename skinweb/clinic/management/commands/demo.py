@@ -55,7 +55,8 @@ class Command(BaseCommand):
             self.start(
                 "worker",
                 [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference,default",
-                 "--concurrency", "1", "--loglevel", "INFO", "--hostname", "demo-worker@%h"],
+                 "--concurrency", "1", "--loglevel", "INFO", "--hostname", "demo-worker@%h",
+                 "--beat", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
             )
             # Retraining gets its own process, so that classification goes on during a run.
             self.start(
