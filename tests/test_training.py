@@ -132,7 +132,7 @@ def test_train_resumes_from_the_checkpoint(trained, tmp_path):
     r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "2", "--image-size", "32",
             "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--resume")
     assert r.returncode == 0, r.stderr
-    assert "resumed after epoch 0" in r.stderr
+    assert "resumed after epoch 1" in r.stderr
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
