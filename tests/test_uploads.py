@@ -125,3 +125,21 @@ def test_grayscale_and_alpha_png_are_stored_as_rgb(client, lesion):
     assert Case.objects.count() == 2
     for case in Case.objects.all():
         assert Image.open(case.image.open("rb")).mode == "RGB"
+
+
+def test_upload_succeeds_while_the_broker_is_down(client, alice, monkeypatch, django_capture_on_commit_callbacks):
+    """The case is stored and stays queued; the sweep sends it once the broker is back."""
+    from kombu.exceptions import OperationalError
+
+    from skinweb.clinic import tasks
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.classify_case, "apply_async", broker_down)
+    lesion = make_lesion(make_patient(alice.clinic))
+    with django_capture_on_commit_callbacks(execute=True):
+        r = client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {"images": [upload("a.jpg")]})
+    assert r.status_code == 302
+    (case,) = Case.objects.all()
+    assert case.status == Case.Status.QUEUED and case.image.storage.exists(case.image.name)

@@ -1,6 +1,25 @@
+import logging
+
 from celery import shared_task
+from django.db import transaction
+from kombu.exceptions import OperationalError
 
 from skinweb.clinic import classification
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(case_id: int) -> None:
+    """Send the case's task once the transaction commits. If the broker is down the case stays
+    queued in the database (the user's upload still succeeds) and the sweep sends it later."""
+
+    def send():
+        try:
+            classify_case.apply_async((case_id,), retry=False)
+        except OperationalError as exc:
+            log.warning("broker unavailable, case %s stays queued for the sweep: %s", case_id, exc)
+
+    transaction.on_commit(send)
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=None)

@@ -128,7 +128,7 @@ def lesion_upload(request, lesion):
             with transaction.atomic():
                 case = lesion.add_image(request.user, upload.name, image)
                 record(request, "upload", case, lesion=lesion.pk, sha256=case.sha256)
-                tasks.classify_case.delay_on_commit(case.pk)
+                tasks.enqueue(case.pk)
             accepted.append(case)
         if accepted:
             names = ", ".join(c.original_name for c in accepted)
@@ -185,7 +185,7 @@ def case_retry(request, case):
     with transaction.atomic():
         case.requeue()
         record(request, "retry", case)
-        tasks.classify_case.delay_on_commit(case.pk)
+        tasks.enqueue(case.pk)
     messages.success(request, "The case is queued for classification again.")
     return redirect("clinic:case_detail", pk=case.pk)
 

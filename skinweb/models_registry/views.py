@@ -154,7 +154,7 @@ def retrain(request):
         with transaction.atomic():
             version = training.start_run(request.user, epochs=form.cleaned_data["epochs"])
             record(request, "retrain", version, parent=version.parent.version, epochs=version.recipe["epochs"])
-            transaction.on_commit(lambda: tasks.train_model.delay(version.pk))
+            transaction.on_commit(lambda: tasks.train_model.delay(version.pk), robust=True)
     except ValueError as exc:
         messages.error(request, str(exc))
         return redirect("manage:model_list")
@@ -247,6 +247,6 @@ def shadow(request, pk):
         n = 100
     ModelVersion.objects.filter(pk=pk).update(shadow={"pending": True, "n": n})
     record(request, "shadow_check", version, n=n)
-    transaction.on_commit(lambda: tasks.shadow_check.delay(version.pk, n))
+    transaction.on_commit(lambda: tasks.shadow_check.delay(version.pk, n), robust=True)
     messages.info(request, f"Shadow check over the last {n} cases queued.")
     return redirect("manage:model_detail", pk=pk)
