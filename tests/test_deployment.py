@@ -57,3 +57,10 @@ def test_collectstatic_succeeds_with_the_production_storage(tmp_path):
                             env={"PATH": "/usr/bin:/bin", "SKINWEB_VAR_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "staticfiles" / "staticfiles.json").is_file()
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path):
+    result = run_check({"SKINWEB_VAR_DIR": str(tmp_path), "SECRET_KEY": "p" * 20 + "-production-secret-" + "q" * 20,
+                        "HTTPS": "1", "ALLOWED_HOSTS": "skin.example.org", "DEBUG": "0"})
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout, result.stdout + result.stderr

@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from skinweb.accounts.ip import client_ip
+
 
 class AuditEvent(models.Model):
     """Who did what to which record, when and from where. Append-only."""
@@ -34,5 +36,5 @@ def record(request, action: str, obj, **detail) -> AuditEvent:
         object_type=obj._meta.model_name,
         object_id=str(obj.pk),
         detail=detail,
-        ip=request.META.get("REMOTE_ADDR") if request is not None else None,
+        ip=client_ip(request) if request is not None else None,
     )

@@ -1,0 +1,44 @@
+import time
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.contrib.auth.signals import user_logged_in
+from django.dispatch import receiver
+from django.shortcuts import resolve_url
+
+LOGIN_AT, SEEN_AT = "skinweb_login_at", "skinweb_seen_at"
+
+
+@receiver(user_logged_in)
+def remember_login_time(sender, request, user, **kwargs):
+    if request is not None and hasattr(request, "session"):
+        now = int(time.time())
+        request.session[LOGIN_AT] = request.session[SEEN_AT] = now
+
+
+class SessionTimeoutMiddleware:
+    """Log a user out after SESSION_IDLE_MINUTES without a request of their own and SESSION_MAX_HOURS
+    after login. htmx polling (a case's status panel) is not the user's activity and does not count."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            now = int(time.time())
+            session = request.session
+            login_at, seen_at = session.get(LOGIN_AT, now), session.get(SEEN_AT, now)
+            if now - seen_at > settings.SESSION_IDLE_MINUTES * 60 or now - login_at > settings.SESSION_MAX_HOURS * 3600:
+                logout(request)
+                messages.info(request, "Your session ended; please log in again.")
+                # Now anonymous: LoginRequiredMiddleware sends the request to the login page.
+                response = self.get_response(request)
+                if request.headers.get("HX-Request"):
+                    response["HX-Redirect"] = resolve_url(settings.LOGIN_URL)  # the whole page, not the panel
+                return response
+            session.setdefault(LOGIN_AT, now)
+            if not request.headers.get("HX-Request"):
+                session[SEEN_AT] = now
+        return self.get_response(request)
