@@ -24,3 +24,10 @@ as_pg "$PG_BIN/initdb" -D "$PGDATA" -U skinweb --auth=trust >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w \
   -o "-p $PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off" start >/dev/null
 DATABASE_URL="postgres://skinweb@127.0.0.1:$PORT/skinweb" "$PYTEST" "$@"
+
+if [ "$#" -eq 0 ]; then
+  echo "== static analysis (bandit: medium and high severity fail; accepted low findings: README, Security)"
+  .venv/bin/bandit -q -r skinweb classifier --severity-level medium
+  echo "== known vulnerabilities in the pinned requirements (pip-audit against PyPI's advisory data)"
+  .venv/bin/pip-audit -r requirements.txt --progress-spinner off
+fi
