@@ -143,3 +143,60 @@ def test_upload_succeeds_while_the_broker_is_down(client, alice, monkeypatch, dj
     assert r.status_code == 302
     (case,) = Case.objects.all()
     assert case.status == Case.Status.QUEUED and case.image.storage.exists(case.image.name)
+
+
+def cmyk_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("CMYK", (48, 32), (0, 128, 200, 10)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def png16() -> bytes:
+    out = io.BytesIO()
+    Image.new("I;16", (40, 30), 40000).save(out, "PNG")
+    return out.getvalue()
+
+
+def polyglot() -> bytes:
+    """A real JPEG with HTML in a comment segment and after the end marker."""
+    jpeg = image_bytes("JPEG", size=(64, 48))
+    html = b"<html><script>alert(document.cookie)</script></html>"
+    comment = b"\xff\xfe" + struct.pack(">H", len(html) + 2) + html
+    return jpeg[:2] + comment + jpeg[2:] + html
+
+
+ODD_BUT_GOOD = [
+    ("cmyk.jpg", cmyk_jpeg),
+    ("sixteen-bit.png", png16),
+    ("polyglot.jpg", polyglot),
+]
+
+
+@pytest.mark.parametrize("name,make", ODD_BUT_GOOD, ids=[o[0] for o in ODD_BUT_GOOD])
+def test_odd_but_valid_images_are_normalised(client, lesion, name, make):
+    r = post(client, lesion, upload(name, make()))
+    assert r.status_code == 302
+    case = Case.objects.get()
+    data = case.image.open("rb").read()
+    stored = Image.open(io.BytesIO(data))
+    assert stored.mode == "RGB" and stored.format in ("JPEG", "PNG")
+    assert b"<script" not in data and b"<html" not in data  # the polyglot's payload is gone
+
+
+def test_svg_renamed_jpg_is_refused(client, lesion, settings):
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><rect width="10" height="10"/></svg>'
+    r = post(client, lesion, upload("vector.jpg", svg))
+    assert r.status_code == 200 and "not a readable JPEG or PNG" in r.content.decode()
+    assert not Case.objects.exists() and stored_files(settings) == []
+
+
+def test_gps_tags_are_removed(client, lesion):
+    img = Image.new("RGB", (50, 40), (200, 100, 50))
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)}  # GPSInfo IFD
+    out = io.BytesIO()
+    img.save(out, "JPEG", exif=exif)
+    assert b"GPS" in out.getvalue() or Image.open(io.BytesIO(out.getvalue())).getexif().get_ifd(0x8825)
+    post(client, lesion, upload("gps.jpg", out.getvalue()))
+    stored = Image.open(Case.objects.get().image.open("rb"))
+    assert not stored.getexif() and not stored.getexif().get_ifd(0x8825)

@@ -66,8 +66,10 @@ def normalise_image(upload, max_bytes=None, max_pixels=None) -> NormalisedImage:
     img = ImageOps.exif_transpose(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
+    # Pillow writes back what img.info holds (JPEG comments, ICC profile, DPI) unless told otherwise;
+    # a comment is where a JPEG/HTML polyglot keeps its payload. Nothing of it is kept.
+    img.info = {}
     out = io.BytesIO()
-    # Saving a fresh image without exif/icc/pnginfo arguments writes no metadata at all.
     if fmt == "JPEG":
         img.save(out, format="JPEG", quality=95, subsampling=0)
     else:
