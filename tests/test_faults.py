@@ -1,0 +1,123 @@
+"""Faults injected into the real stack (Redis, Celery worker processes); no case may be lost.
+
+Each test kills real processes on loopback and cleans up after itself. The recovery path under
+test is the one production uses: redelivery where the broker still has the message, and the
+sweep (skinweb/clinic/sweep.py, run by beat every minute) where it does not.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+from django.urls import reverse
+
+from skinweb.clinic.models import Case
+from skinweb.clinic.sweep import sweep_stale_cases
+from tests.builders import make_lesion, make_patient, upload
+from tests.conftest import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def statuses():
+    return dict(Case.objects.values_list("pk", "status"))
+
+
+def wait_all_done(workers, n, timeout=120, sweep=True):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = statuses()
+        if len(s) == n and all(v == "done" for v in s.values()):
+            return
+        if sweep:
+            sweep_stale_cases()  # what beat runs every SWEEP_INTERVAL seconds
+        time.sleep(0.5)
+    logs = "\n".join(w.output()[-2000:] for w in workers)
+    raise AssertionError(f"not all done: {statuses()}\n{logs}")
+
+
+def upload_many(client, lesion, n, prefix):
+    for i in range(n):
+        r = client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {"images": [upload(f"{prefix}{i}.jpg")]})
+        assert r.status_code == 302, r.status_code
+
+
+def kill_group(worker):
+    """SIGKILL the worker's main process and its pool child: no clean-up, no requeue."""
+    pids = [worker.proc.pid]
+    for status in os.listdir("/proc"):
+        if status.isdigit():
+            try:
+                with open(f"/proc/{status}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == worker.proc.pid:
+                        pids.append(int(status))
+            except (OSError, ValueError, IndexError):
+                pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    worker.proc.wait(10)
+    worker.log.close()
+
+
+@pytest.fixture
+def lesion(alice):
+    return make_lesion(make_patient(alice.clinic))
+
+
+def test_worker_killed_while_classifying_loses_nothing(client, lesion, published_model, worker_env, settings, tmp_path):
+    settings.SWEEP_QUEUED_AFTER = 0
+    env = {**worker_env, "INFERENCE_BATCH_SIZE": "1", "INFERENCE_BATCH_WAIT_MS": "0"}  # one case per task
+    first = WorkerProcess(env, tmp_path / "w1.log").start()
+    n = 12
+    upload_many(client, lesion, n, "k")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(v in ("running", "done") for v in statuses().values()):
+        time.sleep(0.01)
+    kill_group(first)
+    interrupted = statuses()
+    assert list(interrupted.values()).count("done") < n, "the worker finished before it could be killed"
+    second = WorkerProcess(env, tmp_path / "w2.log").start()
+    try:
+        wait_all_done([first, second], n)
+    finally:
+        second.stop()
+    assert Case.objects.filter(predictions__isnull=False).distinct().count() == n
+    # One prediction per case: nothing classified twice into the record.
+    assert all(c.predictions.count() == 1 for c in Case.objects.all())
+
+
+def test_broker_restart_with_queued_cases_and_uploads_while_down(client, lesion, published_model, worker_env,
+                                                                 redis, settings, tmp_path):
+    settings.SWEEP_QUEUED_AFTER = 0
+    # Cases queued in Redis with no worker running; then Redis dies and comes back empty.
+    upload_many(client, lesion, 3, "q")
+    redis.stop()
+    # Uploads while the broker is down still succeed.
+    upload_many(client, lesion, 3, "d")
+    assert list(statuses().values()) == ["queued"] * 6
+    redis.start()
+    worker = WorkerProcess(worker_env, tmp_path / "w.log").start()
+    try:
+        upload_many(client, lesion, 2, "a")  # and after it is back
+        wait_all_done([worker], 8)
+    finally:
+        worker.stop()
+
+
+def test_redis_restart_under_a_running_worker(client, lesion, published_model, worker_env, redis, settings, tmp_path):
+    settings.SWEEP_QUEUED_AFTER = 0
+    worker = WorkerProcess(worker_env, tmp_path / "w.log").start()
+    try:
+        upload_many(client, lesion, 2, "b")
+        wait_all_done([worker], 2, sweep=False)
+        redis.stop()
+        time.sleep(1)
+        redis.start()
+        upload_many(client, lesion, 3, "c")  # the worker reconnects by itself
+        wait_all_done([worker], 5)
+    finally:
+        worker.stop()
