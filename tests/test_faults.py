@@ -121,3 +121,42 @@ def test_redis_restart_under_a_running_worker(client, lesion, published_model, w
         wait_all_done([worker], 5)
     finally:
         worker.stop()
+
+
+def test_concurrent_clinicians_uploading_get_no_errors_and_lose_nothing(live_server, published_model, celery_worker):
+    """8 clinicians of two clinics upload 100 images at once over HTTP while the worker writes
+    predictions: no 5xx, no 'database is locked', every upload is one case, each classified once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skinweb.bench_stack import Browser
+    from tests.builders import PASSWORD, image_bytes, make_clinic, make_user
+
+    clinics = [make_clinic("East"), make_clinic("West")]
+    users = [make_user(f"doc{i}", clinics[i % 2]) for i in range(8)]
+    lesions = {u.pk: make_lesion(make_patient(u.clinic)) for u in users}
+    browsers = []
+    for u in users:
+        b = Browser(live_server.url)
+        b.login(u.username, PASSWORD)
+        browsers.append((u, b))
+    errors = []
+
+    def one(i):
+        user, browser = browsers[i % len(browsers)]
+        try:
+            status, url, body = browser.post(f"/lesions/{lesions[user.pk].pk}/upload/",
+                                             files=[("images", f"u{i}.jpg", image_bytes("JPEG", size=(64 + i, 48)))])
+            if status != 200 or "/cases/" not in url:
+                errors.append((i, status, url))
+        except Exception as exc:  # an HTTP 5xx raises here
+            errors.append((i, repr(exc)))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(100)))
+    assert errors == []
+    assert Case.objects.count() == 100
+    # Each clinician's uploads landed in their own lesion, none twice.
+    for user in users:
+        assert Case.objects.filter(lesion=lesions[user.pk]).count() == len(range(users.index(user), 100, 8))
+    wait_all_done([celery_worker], 100, timeout=300)
+    assert all(c.predictions.count() == 1 for c in Case.objects.all())
