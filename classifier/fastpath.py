@@ -130,12 +130,13 @@ def export_onnx(model: torch.nn.Module, input_size: int, path) -> Path:
     return path
 
 
-def quantize_int8(fp32_path, int8_path, calibration: torch.Tensor, batch_size: int = 16) -> Path:
+def quantize_int8(fp32_path, int8_path, calibration: torch.Tensor, batch_size: int = 16, fp32_convs: int = 1) -> Path:
     """Static int8 quantisation (QDQ; weights per channel, activations by min/max on ``calibration``).
 
-    The first convolution (it sees raw pixels, where rounding costs most) and the linear head stay
-    in fp32, the usual practice: on the ISIC validation split this took decision flips from 0.6% to
-    0.15% and the largest probability difference from 0.020 to 0.004, for under 2% of the compute.
+    The first ``fp32_convs`` convolutions (they see raw pixels, where rounding costs most) and the
+    linear head stay in fp32, the usual practice: on the ISIC validation split keeping the first one
+    took decision flips from 0.6% to 0.15% and the largest probability difference from 0.020 to
+    0.004, for under 2% of the compute.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -167,7 +168,7 @@ def quantize_int8(fp32_path, int8_path, calibration: torch.Tensor, batch_size: i
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=convs[:1] + head,
+            nodes_to_exclude=convs[:fp32_convs] + head,
         )
         tmp.replace(int8_path)
     finally:
@@ -243,15 +244,28 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     }
 
     export_onnx(predictor.runner.model, meta.input_size, paths["onnx-fp32"])
-    quantize_int8(paths["onnx-fp32"], paths["onnx-int8"], inputs.calibration, batch_size)
-    for name in ("onnx-fp32", "onnx-int8"):
+
+    def check(name, **extra):
         runner = OnnxRunner(paths[name], threads)
         probs = run_batched(runner, inputs.validation, batch_size)
         runtimes[name] = {
             "file": paths[name].name,
             "img_s": measure_speed(runner, speed_images, batch_size),
             **agreement(reference, probs, labels, meta.threshold),
+            **extra,
         }
+        return runtimes[name]["passed"]
+
+    check("onnx-fp32")
+    # int8, keeping the first convolution in fp32; if that misses the guard, the first two.
+    attempts = []
+    for fp32_convs in (1, 2):
+        quantize_int8(paths["onnx-fp32"], paths["onnx-int8"], inputs.calibration, batch_size, fp32_convs)
+        passed = check("onnx-int8", fp32_convolutions=fp32_convs, earlier_attempts=list(attempts))
+        attempts.append({k: runtimes["onnx-int8"][k] for k in ("fp32_convolutions", "decision_flips", "auc_delta",
+                                                                "max_probability_difference", "img_s")})
+        if passed:
+            break
     accepted = [n for n, r in runtimes.items() if r["passed"]]
     chosen = max(accepted, key=lambda n: runtimes[n]["img_s"])
     report = {
@@ -276,7 +290,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     return report
 
 
-def inputs_from_dataset(model_path, data_dir, n_calibration: int = 256, seed: int = 0) -> BuildInputs:
+def inputs_from_dataset(model_path, data_dir, n_calibration: int = 1024, seed: int = 0) -> BuildInputs:
     """Calibration images from the model's training split, validation images from its validation split.
 
     The split is remade with the seed and fraction recorded in the model file; when the data's
@@ -317,7 +331,7 @@ def get_args_parser(add_help=True):
                                 "check them against PyTorch fp32.", add_help=add_help)
     p.add_argument("--model", required=True, help="model file (.safetensors)")
     p.add_argument("--data", required=True, help="dataset folder the model was trained on (labels.csv or benign/ malignant/)")
-    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--calibration-images", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
     return p

@@ -266,7 +266,7 @@ RETRAIN_BATCH_SIZE = env_int("RETRAIN_BATCH_SIZE", 32)
 TRAINING_DEVICE = env("TRAINING_DEVICE", "auto")
 TRAINING_STALE_AFTER = env_int("TRAINING_STALE_AFTER", 7200)
 # Training images the int8 artefact is calibrated on when a model version is published.
-FAST_PATH_CALIBRATION_IMAGES = env_int("FAST_PATH_CALIBRATION_IMAGES", 256)
+FAST_PATH_CALIBRATION_IMAGES = env_int("FAST_PATH_CALIBRATION_IMAGES", 1024)
 
 LOGGING = {
     "version": 1,
