@@ -1,13 +1,13 @@
 """Build a model version's fast CPU artefacts (classifier.fastpath) from the data it was trained on."""
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from django.conf import settings
 
 from classifier import fastpath
-from classifier.data import DatasetError
-from classifier.modelfile import ModelFileError
 from skinweb.models_registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,18 @@ def build(version: ModelVersion) -> dict:
             report = {"chosen": "torch", "error": "no training images here to calibrate int8 on "
                       "(set TRAINING_DATASETS); workers use PyTorch fp32"}
         else:
-            try:
-                inputs = fastpath.inputs_from_dataset(version.path, data, settings.FAST_PATH_CALIBRATION_IMAGES)
-                report = fastpath.build_artefacts(version.path, inputs)
-            except (ModelFileError, DatasetError, fastpath.FastPathError, OSError, RuntimeError) as exc:
-                log.exception("building the fast path of %s failed", version.version)
-                report = {"chosen": "torch", "error": f"{type(exc).__name__}: {exc}"}
+            # In a child process: export and quantisation need a gigabyte or more for a moment, and a
+            # worker process keeps its peak; the worker itself stays at its inference footprint.
+            result = subprocess.run(
+                [sys.executable, "-m", "classifier.fastpath", "--model", str(version.path), "--data", str(data),
+                 "--calibration-images", str(settings.FAST_PATH_CALIBRATION_IMAGES)],
+                capture_output=True, text=True, cwd=settings.BASE_DIR,
+            )
+            report = fastpath.read_report(version.path) if result.returncode == 0 else None
+            if report is None:
+                log.error("building the fast path of %s failed:\n%s", version.version, result.stderr[-3000:])
+                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+                report = {"chosen": "torch", "error": f"the build failed ({last})"}
     ModelVersion.objects.filter(pk=version.pk).update(fast_path=report)
     version.fast_path = report
     return report
