@@ -260,7 +260,7 @@ def fill_history(lesion, user, total):
     now = timezone.now()
     batch = []
     for i in range(max(0, total - have)):
-        batch.append(Case(lesion=lesion, created_by=user, image=template.image.name, original_name=f"h{i}.jpg",
+        batch.append(Case(lesion=lesion, clinic_id=lesion.patient.clinic_id, created_by=user, image=template.image.name, original_name=f"h{i}.jpg",
                           sha256=template.sha256, width=template.width, height=template.height,
                           status="done", created_at=now, finished_at=now))
     created = Case.objects.bulk_create(batch, batch_size=1000)

@@ -213,3 +213,25 @@ def test_only_staff_can_post_to_the_administrators_pages(client, world, role):
     assert case.truth_label == "" and not case.use_for_training
     assert version.status == ModelVersion.Status.CANDIDATE and not version.cancel_requested
     assert ModelVersion.objects.count() == 1  # no training run started
+
+
+def test_cases_follow_their_patient_to_another_clinic(client, world):
+    """Cases carry a denormalised clinic (the history's index); it must never disagree with the
+    patient's, or a clinic would keep seeing a patient it no longer has."""
+    case, patient = world["case"], world["patient"]
+    assert case.clinic_id == patient.clinic_id
+    patient.clinic = world["bob"].clinic
+    patient.save()
+    case.refresh_from_db()
+    assert case.clinic_id == world["bob"].clinic_id
+    client.force_login(world["alice"])
+    assert client.get(reverse("clinic:case_detail", args=[case.pk])).status_code == 404
+    assert "N-001" not in client.get(reverse("clinic:case_list")).content.decode()
+    client.force_login(world["bob"])
+    assert client.get(reverse("clinic:case_detail", args=[case.pk])).status_code == 200
+    # A lesion moved to another patient takes its cases along.
+    lesion = world["lesion"]
+    lesion.patient = make_patient(world["alice"].clinic, "N-002")
+    lesion.save()
+    case.refresh_from_db()
+    assert case.clinic_id == world["alice"].clinic_id

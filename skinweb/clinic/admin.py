@@ -102,10 +102,6 @@ class CaseAdmin(admin.ModelAdmin):
     def patient_identifier(self, case):
         return case.lesion.patient.identifier
 
-    @admin.display(description="clinic")
-    def clinic(self, case):
-        return case.lesion.patient.clinic
-
     @admin.display(description="AI decision", ordering="prediction__decision")
     def ai_decision(self, case):
         return case.prediction.decision if case.prediction else "—"

@@ -72,6 +72,11 @@ class Patient(models.Model):
     def __str__(self):
         return self.identifier
 
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        # Cases carry their clinic (the history's index); keep it in step if a patient is moved.
+        Case.objects.filter(lesion__patient=self).exclude(clinic_id=self.clinic_id).update(clinic_id=self.clinic_id)
+
 
 class LesionQuerySet(ClinicQuerySet):
     clinic_path = "patient__clinic"
@@ -91,6 +96,11 @@ class Lesion(models.Model):
 
     def __str__(self):
         return f"{self.get_site_display()}{' – ' + self.label if self.label else ''}"
+
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        clinic_id = Patient.objects.filter(pk=self.patient_id).values_list("clinic_id", flat=True).first()
+        Case.objects.filter(lesion=self).exclude(clinic_id=clinic_id).update(clinic_id=clinic_id)
 
     def add_image(self, user, original_name: str, image) -> "Case":
         """Store a normalised image (uploads.NormalisedImage) as a new case dated now.
@@ -122,7 +132,9 @@ def case_image_name(instance, filename):
 
 
 class CaseQuerySet(ClinicQuerySet):
-    clinic_path = "lesion__patient__clinic"
+    # Denormalised from lesion.patient.clinic (kept in step by Case/Lesion/Patient.save): the
+    # history filters and orders on one index instead of joining and sorting the clinic's cases.
+    clinic_path = "clinic"
 
     def with_related(self):
         return self.select_related("lesion__patient", "prediction__model_version", "feedback")
@@ -157,6 +169,7 @@ class Case(models.Model):
         FOLLOW_UP = "follow_up", "Clinical follow-up"
 
     lesion = models.ForeignKey(Lesion, on_delete=models.PROTECT, related_name="cases")
+    clinic = models.ForeignKey("accounts.Clinic", on_delete=models.PROTECT, related_name="+", editable=False)
     image = models.FileField(upload_to=case_image_name)
     original_name = models.CharField(max_length=255, blank=True)
     sha256 = models.CharField(max_length=64, db_index=True)
@@ -194,10 +207,18 @@ class Case(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "created_at"], name="case_status_created")]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="case_status_created"),
+            models.Index(fields=["clinic", "-created_at", "-id"], name="case_history"),
+        ]
 
     def __str__(self):
         return f"Case {self.pk}"
+
+    def save(self, *args, **kwargs):
+        if self.clinic_id is None:
+            self.clinic_id = self.lesion.patient.clinic_id
+        super().save(*args, **kwargs)
 
     @property
     def patient(self):
