@@ -123,14 +123,24 @@ class Command(BaseCommand):
         raise CommandError("redis-server did not start")
 
     def stop_all(self):
+        """SIGTERM each process group this command started (a worker's pool and beat children
+        included), then SIGKILL whatever is still there after 20 seconds."""
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                self.signal_group(proc, signal.SIGTERM)
         for name, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            self.signal_group(proc, signal.SIGKILL)  # children that outlived their parent
+
+    @staticmethod
+    def signal_group(proc, sig):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def banner(self, url):
         published = ModelVersion.objects.published()
