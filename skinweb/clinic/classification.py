@@ -4,8 +4,6 @@ Runs in Celery workers (tasks.py) but is a plain function, testable without Cele
 """
 
 import logging
-import os
-import socket
 import threading
 import time
 
@@ -21,6 +19,7 @@ from classifier import ModelFileError, Predictor
 from skinweb.clinic.models import Case, Prediction
 from skinweb.models_registry.models import ModelVersion
 from skinweb.models_registry.tasks import request_fast_path
+from skinweb.workers import dead_on_this_host, worker_identity
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +55,6 @@ class CaseBusy(Exception):
     """The case is being classified by another worker's batch right now; try again later."""
 
 
-def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def claim_is_live(case: Case) -> bool:
     """Is another worker process still working on this running case?
 
@@ -68,16 +63,8 @@ def claim_is_live(case: Case) -> bool:
     """
     if case.status != Case.Status.RUNNING or not case.started_at or not case.claimed_by:
         return False
-    host, _, pid = case.claimed_by.rpartition(":")
-    if case.claimed_by == worker_identity():
+    if case.claimed_by == worker_identity() or dead_on_this_host(case.claimed_by):
         return False
-    if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except (ProcessLookupError, ValueError):
-            return False
-        except PermissionError:
-            pass
     age = (timezone.now() - case.started_at).total_seconds()
     return age < settings.INFERENCE_CLAIM_TIMEOUT
 

@@ -9,10 +9,8 @@ candidate and its parent on the same validation images and on the clinic's held-
 import csv
 import json
 import logging
-import os
 import random
 import shutil
-import socket
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +26,7 @@ from classifier.modelfile import ModelFileError, read_metadata
 from classifier.predictor import Predictor
 from skinweb.clinic.models import Case
 from skinweb.models_registry.models import ModelVersion
+from skinweb.workers import dead_on_this_host, worker_identity
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +161,6 @@ def jsonable(obj):
     return obj
 
 
-def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def owned_elsewhere(version: ModelVersion) -> bool:
     """Is another live process training this run? (A message redelivered while the first delivery
     still runs must not start a second training in the same folder.)"""
@@ -174,15 +169,7 @@ def owned_elsewhere(version: ModelVersion) -> bool:
         return False
     if (timezone.now() - version.heartbeat_at).total_seconds() > settings.TRAINING_STALE_AFTER:
         return False
-    host, _, pid = owner.rpartition(":")
-    if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except (ProcessLookupError, ValueError):
-            return False
-        except PermissionError:
-            pass
-    return True
+    return not dead_on_this_host(owner)
 
 
 def run_training(version_id: int) -> ModelVersion:
