@@ -58,6 +58,11 @@ def get_args_parser(add_help=True):
     p.add_argument("--target-sensitivity", type=float, default=0.90)
     p.add_argument("--patience", type=int, default=12, help="stop after this many epochs without a better AUC")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loading processes for augmentation (0: in the training process; use several on a GPU)")
+    p.add_argument("--time-budget", type=float, default=0, metavar="SECONDS",
+                   help="fit the schedule to this much training time: after the first epoch, the number of "
+                   "epochs becomes what fits (at most --epochs); 0: no budget")
     p.add_argument("--version", default="", help="model version id (default: derived from date and weights)")
     return p
 
@@ -91,9 +96,10 @@ class EMA:
         self.steps = state["steps"]
 
 
-def make_loader(dataset, batch_size, shuffle, seed=0):
+def make_loader(dataset, batch_size, shuffle, seed=0, workers=0, pin_memory=False):
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
+                                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=None, progress=None):
@@ -135,14 +141,22 @@ def evaluate(model, loader, criterion, device):
     return total / len(y), y, p
 
 
-def lr_lambda(warmup_steps, total_steps):
-    def f(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+class WarmupCosine:
+    """Linear warm-up, then cosine decay to zero at ``total_steps`` (which a time budget may shorten)."""
+
+    def __init__(self, warmup_steps, total_steps):
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def __call__(self, step):
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return f
+
+def epochs_within(budget_s, first_epoch_s, wanted, done=1):
+    """How many epochs fit ``budget_s`` given the first epoch's time (at least ``done``, at most ``wanted``)."""
+    return max(done, min(wanted, int(budget_s // max(first_epoch_s, 1e-6))))
 
 
 STOPPED = 3  # exit status when on_epoch asked to stop
@@ -194,8 +208,12 @@ def main(args, on_epoch=None) -> int:
     # Validation images go through the same preset as the predictor (their resize is a no-op here).
     val_set = CachedImages(val_samples, size, ClassificationPresetEval(size))
     log.info("decoded %d images in %.0f s", len(samples), time.perf_counter() - t0)
-    train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed)
-    val_loader = make_loader(val_set, args.batch_size * 2, shuffle=False)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, workers=args.workers,
+                               pin_memory=pin)
+    val_loader = make_loader(val_set, args.batch_size * 2, shuffle=False, pin_memory=pin)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
     n_pos = sum(s.label for s in train_samples)
     pos_weight = torch.tensor((len(train_samples) - n_pos) / max(n_pos, 1), device=device)
@@ -208,9 +226,8 @@ def main(args, on_epoch=None) -> int:
     else:
         optimizer = torch.optim.AdamW(groups, lr=args.lr)
     steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch)
-    )
+    schedule = WarmupCosine(args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = EMA(model, args.ema_decay) if args.ema_decay else None
 
     start_epoch, best_auc, best_epoch = 0, -1.0, -1
@@ -224,6 +241,9 @@ def main(args, on_epoch=None) -> int:
             ema.load_state_dict(ckpt["ema"])
         torch.set_rng_state(ckpt["rng"])
         start_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
+        if args.time_budget and ckpt.get("epochs"):  # the budget fixed the schedule's length: keep it
+            args.epochs = ckpt["epochs"]
+            schedule.total_steps = args.epochs * steps_per_epoch
         log.info("resumed after epoch %d (best validation AUC %.4f at epoch %d)", ckpt["epoch"] + 1, best_auc, best_epoch + 1)
     elif args.resume:
         log.info("no checkpoint in %s: starting from scratch", out)
@@ -233,7 +253,10 @@ def main(args, on_epoch=None) -> int:
         recipe["init"] = init_meta.version
     train_fp, val_fp = fingerprint(train_samples), fingerprint(val_samples)
     started = time.perf_counter()
+    wanted_epochs, resumed_budget = args.epochs, start_epoch > 0  # a resumed run keeps its length
     for epoch in range(start_epoch, args.epochs):
+        if epoch >= args.epochs:  # a time budget shortened the run
+            break
         if epoch - best_epoch > args.patience and best_epoch >= 0:
             log.info("early stop: no better validation AUC for %d epochs", args.patience)
             break
@@ -249,6 +272,16 @@ def main(args, on_epoch=None) -> int:
             best_auc, best_epoch = auc, epoch
             export(eval_model, args, y, p, out, recipe, train_fp, val_fp, epoch)
         seconds = time.perf_counter() - t
+        if args.time_budget and epoch < 2 and not resumed_budget:
+            # Fitted after the first epoch and again after the second: the first also pays for
+            # start-up (loader processes, cuDNN's algorithm search) and can be several times slower.
+            fitted = epoch + 1 + epochs_within(args.time_budget - (time.perf_counter() - started), seconds,
+                                               wanted_epochs - epoch - 1, done=0)
+            if fitted != args.epochs:
+                log.info("time budget %.0f s at %.1f s per epoch: %d epochs instead of %d", args.time_budget,
+                         seconds, fitted, args.epochs)
+                args.epochs = fitted
+                schedule.total_steps = args.epochs * steps_per_epoch
         record = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
                   "val_auc": round(auc, 5), "best_val_auc": round(best_auc, 5), "lr": scheduler.get_last_lr()[0],
                   "seconds": round(seconds, 1)}
@@ -259,7 +292,8 @@ def main(args, on_epoch=None) -> int:
                  epoch + 1, args.epochs, train_loss, val_loss, auc, " (best)" if improved else "", seconds,
                  time.strftime("%H:%M:%S", time.gmtime(remaining)))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": torch.get_rng_state(), "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch}
+                 "rng": torch.get_rng_state(), "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch,
+                 "epochs": args.epochs}
         if ema is not None:
             state["ema"] = ema.state_dict()
         torch.save(state, out / "checkpoint.tmp")

@@ -7,12 +7,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn import metrics as skm
 
 from classifier import metrics
 from classifier.data import DatasetError, load_samples, split_by_group
 from classifier.modelfile import read_metadata
+from classifier.train import epochs_within
 from tests.conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "isic"
@@ -134,6 +136,25 @@ def test_train_resumes_from_the_checkpoint(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "resumed after epoch 1" in r.stderr
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_time_budget_shortens_the_schedule(tmp_path):
+    """--time-budget fits the number of epochs to the time after the first epoch: a budget smaller
+    than one epoch leaves one epoch of --epochs 50, with the cosine schedule ending there."""
+    out = tmp_path / "budget"
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "50", "--image-size", "32",
+            "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--time-budget", "0.01")
+    assert r.returncode == 0, r.stderr
+    assert "epochs instead of 50" in r.stderr
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epochs"] == 1
+
+
+def test_epochs_within():
+    assert epochs_within(300, 3.0, 200) == 100
+    assert epochs_within(300, 3.0, 50) == 50
+    assert epochs_within(1, 3.0, 50) == 1
+    assert epochs_within(-5, 3.0, 50, done=0) == 0
 
 
 def test_evaluate_prints_one_json_object(trained, tmp_path):
