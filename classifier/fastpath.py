@@ -86,22 +86,29 @@ class OnnxRunner:
         return torch.from_numpy(logits).reshape(-1)
 
 
-class TorchRunner:
-    """The PyTorch model itself: the fp32 reference on CPU, fp16 autocast on CUDA."""
+CUDA_DTYPES = {"torch-cuda-fp16": torch.float16, "torch-cuda-bf16": torch.bfloat16, "torch-cuda-fp32": None}
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
+
+class TorchRunner:
+    """The PyTorch model itself: the fp32 reference on CPU; on CUDA channels_last, with fp16 or bf16
+    autocast when ``dtype`` says so (the fast-path report says which passed the accuracy guard)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None):
         self.device = device
+        self.dtype = dtype if device.type == "cuda" else None
         self.model = model.to(device).eval()
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16):
+            batch = batch.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            if self.dtype is None:
                 logits = self.model(batch)
+            else:
+                with torch.autocast("cuda", dtype=self.dtype):
+                    logits = self.model(batch)
         else:
             logits = self.model(batch)
         return logits.float().reshape(-1).cpu()
@@ -219,7 +226,8 @@ class BuildInputs:
     description: str  # where the images came from, for the report
 
 
-def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threads: int | None = None) -> dict:
+def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threads: int | None = None,
+                    onnx: bool = True) -> dict:
     """Export, quantise, check against fp32 and time each runtime; write and return the report."""
     from classifier.predictor import Predictor  # import here: predictor imports this module
 
@@ -243,8 +251,6 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         }
     }
 
-    export_onnx(predictor.runner.model, meta.input_size, paths["onnx-fp32"])
-
     def check(name, **extra):
         runner = OnnxRunner(paths[name], threads)
         probs = run_batched(runner, inputs.validation, batch_size)
@@ -256,10 +262,12 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         }
         return runtimes[name]["passed"]
 
-    check("onnx-fp32")
-    # int8, keeping the first convolution in fp32; if that misses the guard, the first two.
     attempts = []
-    for fp32_convs in (1, 2):
+    if onnx:
+        export_onnx(predictor.runner.model, meta.input_size, paths["onnx-fp32"])
+        check("onnx-fp32")
+    # int8, keeping the first convolution in fp32; if that misses the guard, the first two.
+    for fp32_convs in (1, 2) if onnx else ():
         quantize_int8(paths["onnx-fp32"], paths["onnx-int8"], inputs.calibration, batch_size, fp32_convs)
         passed = check("onnx-int8", fp32_convolutions=fp32_convs, earlier_attempts=list(attempts))
         attempts.append({k: runtimes["onnx-int8"][k] for k in ("fp32_convolutions", "decision_flips", "auc_delta",
@@ -268,6 +276,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
             break
     accepted = [n for n, r in runtimes.items() if r["passed"]]
     chosen = max(accepted, key=lambda n: runtimes[n]["img_s"])
+    chosen_cuda = check_cuda(predictor.runner.model, inputs, reference, labels, meta.threshold, runtimes)
     report = {
         "format": REPORT_FORMAT,
         "model_version": meta.version,
@@ -280,6 +289,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         "guard": {"max_decision_flip_rate": MAX_FLIP_RATE, "max_auc_delta": MAX_AUC_DELTA},
         "runtimes": runtimes,
         "chosen": chosen,
+        "chosen_cuda": chosen_cuda,
         "seconds": round(time.perf_counter() - started, 1),
     }
     tmp = paths["report"].with_suffix(".tmp")
@@ -288,6 +298,35 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     log.info("fast path for %s: %s (%s)", meta.version, chosen,
              ", ".join(f"{n} {r['img_s']:.1f} img/s{'' if r['passed'] else ' rejected'}" for n, r in runtimes.items()))
     return report
+
+
+def check_cuda(model, inputs, reference, labels, threshold, runtimes, batch_size: int = 64,
+               device: torch.device | None = None) -> str | None:
+    """On a machine with CUDA: run fp16 and bf16 autocast against the CPU fp32 reference on the
+    validation images, with the same guard, and time each; returns the fastest that passed
+    (``torch-cuda-fp32`` when neither did), or None without CUDA (a GPU worker then runs fp32)."""
+    if device is None:
+        if not torch.cuda.is_available():
+            return None
+        device = torch.device("cuda")
+    import copy
+
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    speed_images = inputs.validation[: batch_size * 4].repeat(4, 1, 1, 1)
+    for name, dtype in CUDA_DTYPES.items():
+        runner = TorchRunner(copy.deepcopy(model), device, dtype)
+        probs = run_batched(runner, inputs.validation, batch_size)
+        runtimes[name] = {
+            "file": f"{name} on {where}",
+            "img_s": measure_speed(runner, speed_images, batch_size),
+            "batch_size": batch_size,
+            **agreement(reference, probs, labels, threshold),
+        }
+        del runner
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    accepted = [n for n in CUDA_DTYPES if runtimes[n]["passed"]]
+    return max(accepted, key=lambda n: runtimes[n]["img_s"]) if accepted else "torch-cuda-fp32"
 
 
 def inputs_from_dataset(model_path, data_dir, n_calibration: int = 1024, seed: int = 0) -> BuildInputs:
@@ -334,6 +373,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--calibration-images", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX artefacts: check and time only PyTorch "
+                   "(and CUDA fp16/bf16 where a GPU is present)")
     return p
 
 
@@ -346,7 +387,7 @@ def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
         inputs = inputs_from_dataset(args.model, args.data, args.calibration_images)
-        report = build_artefacts(args.model, inputs, args.batch_size, args.threads or None)
+        report = build_artefacts(args.model, inputs, args.batch_size, args.threads or None, onnx=not args.no_onnx)
     except (ModelFileError, DatasetError, FastPathError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

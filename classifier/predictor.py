@@ -37,7 +37,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8")
+RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8", "torch-cuda-fp16", "torch-cuda-bf16", "torch-cuda-fp32")
 
 
 class Predictor:
@@ -53,17 +53,23 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path, device: str = "auto", runtime: str = "auto") -> "Predictor":
-        """Load a model file. ``runtime="auto"``: on CUDA the PyTorch model in fp16; on the CPU the
-        fastest artefact that passed the accuracy guard (see classifier.fastpath), else PyTorch fp32."""
+        """Load a model file. ``runtime="auto"`` picks what the fast-path report (classifier.fastpath)
+        accepted: on the CPU the fastest artefact that passed the accuracy guard, on CUDA the fastest
+        of fp16/bf16 autocast that passed it; without a report, PyTorch fp32 on either."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
         dev = resolve_device(device)
         if runtime == "auto":
-            report = fastpath.read_report(path) if dev.type == "cpu" else None
-            runtime = report["chosen"] if report else "torch"
-        if runtime.startswith("torch"):
+            report = fastpath.read_report(path)
+            if dev.type == "cuda":
+                runtime = (report or {}).get("chosen_cuda") or "torch-cuda-fp32"
+            else:
+                runtime = report["chosen"] if report else "torch"
+        if runtime.startswith("torch-cuda"):
+            dev = resolve_device("cuda")
+        elif runtime.startswith("torch"):
             runtime = "torch"
-        if runtime != "torch":
+        if runtime.startswith("onnx"):
             metadata = read_metadata(path)
             onnx_path = fastpath.artefact_paths(path)[runtime]
             try:
@@ -72,13 +78,17 @@ class Predictor:
                 log.warning("%s; using PyTorch fp32", exc)
             else:
                 return cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime)
+            runtime = "torch"
         state, metadata = load_model_file(path)
         model = build_model(metadata.arch, pretrained="none")
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         except RuntimeError as exc:
             raise ModelFileError(f"{Path(path).name}: weights do not fit a {metadata.arch} ({exc})") from exc
-        return cls(model, metadata, dev, runtime="torch")
+        if dev.type == "cuda" and runtime == "torch":
+            runtime = "torch-cuda-fp32"
+        runner = TorchRunner(model, dev, fastpath.CUDA_DTYPES.get(runtime))
+        return cls(model, metadata, dev, runner=runner, runtime=runtime)
 
     @property
     def version(self) -> str:

@@ -31,14 +31,14 @@ NO_MODEL_MESSAGE = (
 
 # One loaded model per worker process and device. Loading happens on first use, never at import:
 # the prefork pool forks after import, and CUDA state must not cross a fork.
-_predictors: dict[tuple[str, str, str], Predictor] = {}
+_predictors: dict[tuple, Predictor] = {}
 _lock = threading.Lock()
 
 
 def get_predictor(version: ModelVersion) -> Predictor:
     # The runtime is part of the key: when the fast artefacts of the published version are built,
     # the next batch switches to them without a restart.
-    key = (version.version, settings.INFERENCE_DEVICE, version.runtime)
+    key = (version.version, settings.INFERENCE_DEVICE, version.runtime, version.fast_path.get("chosen_cuda"))
     with _lock:
         if key not in _predictors:
             # A newly published version replaces the cached one: keep only the current model in memory.
@@ -46,7 +46,7 @@ def get_predictor(version: ModelVersion) -> Predictor:
             log.info("loading model %s on %s", version.version, settings.INFERENCE_DEVICE)
             _predictors[key] = Predictor.from_file(version.path, device=settings.INFERENCE_DEVICE)
     predictor = _predictors[key]
-    if predictor.device.type == "cpu" and not version.fast_path.get("chosen"):
+    if not version.fast_path.get("chosen"):
         request_fast_path(version)  # once per version: later calls find it requested
     return predictor
 
