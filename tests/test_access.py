@@ -17,7 +17,11 @@ pytestmark = pytest.mark.django_db
 # Status of a GET by a user of the clinic that owns the record. Every named URL outside the
 # admin must be listed: test_every_url_is_in_the_matrix fails otherwise.
 OWNER_GET = {
+    "clinic:dashboard": 200,
     "clinic:case_list": 200,
+    "clinic:case_export": 200,
+    "clinic:case_report": 200,
+    "clinic:case_heatmap": 404,  # the failed case has no prediction, so no heat map
     "clinic:patient_list": 200,
     "clinic:patient_create": 200,
     "clinic:patient_detail": 200,

@@ -178,6 +178,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> None:
     log.info("classified %d case(s) with %s on %s (%s) in %.0f ms per image", len(ready), version.version,
              predictor.device, predictor.runtime, ms)
 
+    explain = []
     for c, p in zip(ready, probabilities):
         try:
             prediction = Prediction.objects.create(
@@ -195,3 +196,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> None:
             # Another delivery of the same task got there first.
             prediction = Prediction.objects.get(case=c, model_version=version)
         c.mark_done(prediction)
+        explain.append(prediction.pk)
+    from skinweb.clinic import tasks  # here: tasks imports this module
+
+    tasks.enqueue_explanations(explain)  # the results are visible now; their heat maps follow

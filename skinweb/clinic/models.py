@@ -131,6 +131,10 @@ def case_image_name(instance, filename):
     return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{ext}"
 
 
+def heatmap_name(instance, filename):
+    return f"heatmaps/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
+
+
 class CaseQuerySet(ClinicQuerySet):
     # Denormalised from lesion.patient.clinic (kept in step by Case/Lesion/Patient.save): the
     # history filters and orders on one index instead of joining and sorting the clinic's cases.
@@ -297,12 +301,21 @@ class Prediction(models.Model):
     runtime = models.CharField(max_length=20, blank=True, help_text="torch, onnx-fp32 or onnx-int8")
     batch_size = models.PositiveIntegerField(default=1, help_text="Images classified in the same forward pass")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Grad-CAM of the evidence for the decision (transparent PNG the size of the image), computed by a
+    # worker after the prediction is stored (skinweb.clinic.explanations).
+    heatmap = models.FileField(upload_to=heatmap_name, blank=True)
+    explained_at = models.DateTimeField(null=True, blank=True)
+    explanation_error = models.TextField(blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["case", "model_version"], name="one_prediction_per_version")]
 
     def __str__(self):
         return f"{self.decision} ({self.probability:.2f}) by {self.model_version_id}"
+
+    @property
+    def explanation_pending(self) -> bool:
+        return not self.heatmap and not self.explanation_error
 
 
 class Feedback(models.Model):

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from skinweb.clinic import classification, tasks
-from skinweb.clinic.models import Case
+from skinweb.clinic.models import Case, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +34,16 @@ def sweep_stale_cases(send=None) -> list[int]:
         log.warning("re-sent the classification of %d case(s) whose message may have been lost: %s",
                     len(resent), resent[:20])
     return resent
+
+
+def sweep_missing_heatmaps(send=None) -> list[int]:
+    """Ask again for heat maps that should long have been computed (their message was lost)."""
+    send = send or tasks.enqueue_explanations
+    cutoff = timezone.now() - timedelta(seconds=settings.SWEEP_QUEUED_AFTER)
+    ids = list(Prediction.objects.filter(heatmap="", explanation_error="", created_at__lt=cutoff)
+               .values_list("pk", flat=True)[:1000])
+    for start in range(0, len(ids), 16):
+        send(ids[start:start + 16])
+    if ids:
+        log.warning("asked again for %d heat map(s): %s", len(ids), ids[:20])
+    return ids

@@ -31,11 +31,33 @@ def classify_case(self, case_id: int) -> None:
         raise self.retry(countdown=max(1.0, float(busy.args[0]) + 1))
 
 
+def enqueue_explanations(prediction_ids) -> None:
+    """Ask for the heat maps of these predictions (one task per batch), once the transaction commits."""
+    ids = list(prediction_ids)
+
+    def send():
+        try:
+            explain.apply_async((ids,), retry=False)
+        except OperationalError as exc:
+            log.warning("broker unavailable, heat maps of %s left for the sweep: %s", ids, exc)
+
+    if ids:
+        transaction.on_commit(send)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def explain(prediction_ids) -> None:
+    from skinweb.clinic.explanations import explain_predictions
+
+    explain_predictions(prediction_ids)
+
+
 @shared_task(ignore_result=True)
 def sweep() -> None:
     """Periodic (Celery beat): re-send lost classifications, fail training runs that went silent."""
-    from skinweb.clinic.sweep import sweep_stale_cases
+    from skinweb.clinic.sweep import sweep_missing_heatmaps, sweep_stale_cases
     from skinweb.models_registry.training import mark_stale_runs
 
     sweep_stale_cases()
+    sweep_missing_heatmaps()
     mark_stale_runs()

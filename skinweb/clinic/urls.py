@@ -5,7 +5,8 @@ from skinweb.clinic import views
 app_name = "clinic"
 
 urlpatterns = [
-    path("", views.case_list, name="case_list"),
+    path("", views.dashboard, name="dashboard"),
+    path("cases/", views.case_list, name="case_list"),
     path("patients/", views.patient_list, name="patient_list"),
     path("patients/new/", views.patient_create, name="patient_create"),
     path("patients/<int:pk>/", views.patient_detail, name="patient_detail"),
@@ -18,4 +19,7 @@ urlpatterns = [
     path("cases/<int:pk>/retry/", views.case_retry, name="case_retry"),
     path("cases/<int:pk>/flag/", views.case_flag, name="case_flag"),
     path("cases/<int:pk>/image/", views.case_image, name="case_image"),
+    path("cases/<int:pk>/heatmap/", views.case_heatmap, name="case_heatmap"),
+    path("cases/<int:pk>/report.pdf", views.case_report, name="case_report"),
+    path("cases/export.csv", views.case_export, name="case_export"),
 ]

@@ -6,14 +6,16 @@ from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count, Max
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 from PIL import Image
 
 from skinweb.audit.models import record
-from skinweb.clinic import tasks
+from skinweb.clinic import insights, reports, tasks
 from skinweb.clinic.access import object_view
 from skinweb.clinic.forms import CaseFilterForm, FeedbackForm, LesionForm, PatientForm, UploadForm
 from skinweb.clinic.models import Case, Lesion, Patient
@@ -33,6 +35,25 @@ NO_MODEL_BANNER = (
 def _no_model_warning(request):
     if ModelVersion.objects.published() is None:
         messages.warning(request, NO_MODEL_BANNER)
+
+
+@require_GET
+def dashboard(request):
+    """The clinic's home page: what waits for review, the latest results, and how the AI and the
+    clinicians compare with histopathology on this clinic's own confirmed cases, per model version."""
+    _no_model_warning(request)
+    cases = Case.objects.visible_to(request.user)
+    waiting = cases.awaiting_review().with_related().order_by("finished_at", "pk")
+    context = {
+        "waiting": waiting[:10],
+        "n_waiting": waiting.count(),
+        "recent": cases.filter(status=Case.Status.DONE).with_related().order_by("-finished_at", "-pk")[:8],
+        "n_in_progress": cases.filter(status__in=[Case.Status.QUEUED, Case.Status.RUNNING]).count(),
+        "n_failed": cases.filter(status=Case.Status.FAILED).count(),
+        "versions": insights.agreement_by_version(cases),
+        "published": ModelVersion.objects.published(),
+    }
+    return render(request, "clinic/dashboard.html", context)
 
 
 @require_GET
@@ -104,31 +125,36 @@ def lesion_create(request, patient):
     return render(request, "clinic/lesion_form.html", {"form": form, "patient": patient})
 
 
+def _lesion_page(request, lesion, form, status=200):
+    cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("created_at", "pk")
+    context = {"lesion": lesion, "timeline": insights.timeline(cases), "form": form}
+    return render(request, "clinic/lesion_detail.html", context, status=status)
+
+
 @object_view(Lesion)
 def lesion_detail(request, lesion):
-    cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("created_at")
+    """The lesion's timeline: its visits side by side in date order, the probability trend, the
+    feedback of each visit, rises flagged; and the upload form for a new visit."""
     _no_model_warning(request)
-    return render(
-        request, "clinic/lesion_detail.html", {"lesion": lesion, "cases": cases, "form": UploadForm()}
-    )
+    record(request, "view", lesion)
+    return _lesion_page(request, lesion, UploadForm())
 
 
 @object_view(Lesion, methods=("GET", "POST"))
 def lesion_upload(request, lesion):
     """Each good image becomes a case queued for classification; each bad one gets a message."""
     form = UploadForm(request.POST, request.FILES) if request.method == "POST" else UploadForm()
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    if request.method == "POST" and wants_json:
+        return _upload_json(request, lesion, form)
     if request.method == "POST" and form.is_valid():
         accepted, rejected = [], []
         for upload in form.cleaned_data["images"]:
             try:
-                image = normalise_image(upload)
+                case = _store_upload(request, lesion, upload)
             except ValidationError as exc:
                 rejected.append(f"{upload.name}: {exc.messages[0]}")
                 continue
-            with transaction.atomic():
-                case = lesion.add_image(request.user, upload.name, image)
-                record(request, "upload", case, lesion=lesion.pk, sha256=case.sha256)
-                tasks.enqueue(case.pk)
             accepted.append(case)
         if accepted:
             names = ", ".join(c.original_name for c in accepted)
@@ -139,8 +165,36 @@ def lesion_upload(request, lesion):
             )
         for message in rejected:
             form.add_error("images", message)
-    cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("created_at")
-    return render(request, "clinic/lesion_detail.html", {"lesion": lesion, "cases": cases, "form": form})
+    return _lesion_page(request, lesion, form)
+
+
+def _store_upload(request, lesion, upload) -> Case:
+    """Store one checked image as a case and queue it (raises ValidationError for a bad image)."""
+    image = normalise_image(upload)
+    with transaction.atomic():
+        case = lesion.add_image(request.user, upload.name, image)
+        record(request, "upload", case, lesion=lesion.pk, sha256=case.sha256)
+        tasks.enqueue(case.pk)
+    return case
+
+
+def _upload_json(request, lesion, form):
+    """The page's drag-and-drop uploader sends one file per request and shows the answer beside it."""
+    if not form.is_valid():
+        return JsonResponse({"ok": False, "errors": [str(e) for e in form.errors.get("images", ["Invalid upload."])]},
+                            status=400)
+    results = []
+    for upload in form.cleaned_data["images"]:
+        try:
+            case = _store_upload(request, lesion, upload)
+        except ValidationError as exc:
+            results.append({"name": upload.name, "ok": False, "error": exc.messages[0]})
+        else:
+            results.append({"name": upload.name, "ok": True, "case": case.pk,
+                            "url": reverse("clinic:case_detail", args=[case.pk]),
+                            "status_url": reverse("clinic:case_status", args=[case.pk]) + "?part=badge"})
+    ok = all(r["ok"] for r in results)
+    return JsonResponse({"ok": ok, "files": results}, status=200 if ok else 400)
 
 
 @object_view(Case)
@@ -162,6 +216,10 @@ def case_status(request, case):
 
     Once the result is in, the panel brings the feedback form with it, so nothing needs a reload.
     """
+    if request.GET.get("part") == "viewer":  # the image with its heat map, polled until the map is in
+        return render(request, "clinic/case_viewer.html", {"case": case})
+    if request.GET.get("part") == "badge":  # the uploader's line for this case, polled until the result
+        return render(request, "clinic/case_badge_live.html", {"case": case})
     return render(request, "clinic/case_status.html", {"case": case, "form": FeedbackForm(instance=case.feedback)})
 
 
@@ -223,4 +281,46 @@ def case_image(request, case):
         except OSError:
             raise Http404("The stored image is missing")
     response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@object_view(Case)
+def case_heatmap(request, case):
+    """The Grad-CAM overlay of the case's current prediction (a transparent PNG), to its clinic only."""
+    prediction = case.prediction
+    if prediction is None or not prediction.heatmap:
+        raise Http404("This case has no heat map")
+    try:
+        response = FileResponse(default_storage.open(prediction.heatmap.name, "rb"), content_type="image/png")
+    except OSError:
+        raise Http404("The stored heat map is missing")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@object_view(Case)
+def case_report(request, case):
+    """The case's one-page PDF report (a download; the export is audited)."""
+    try:
+        pdf = reports.case_pdf(case, request.user)
+    except (OSError, Image.DecompressionBombError):
+        messages.error(request, "The report could not be made: the stored image cannot be read.")
+        return redirect("clinic:case_detail", pk=case.pk)
+    record(request, "export_pdf", case)
+    response = HttpResponse(pdf, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="skinweb-case-{case.pk}.pdf"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_GET
+def case_export(request):
+    """The case history as CSV, with the same filters as the history page (audited with them)."""
+    form = CaseFilterForm(request.GET)
+    cases = form.filter(Case.objects.visible_to(request.user).with_related())
+    filters = {k: v for k, v in request.GET.items() if v}
+    record(request, "export_csv", request.user.clinic or request.user, filters=filters, rows=cases.count())
+    response = StreamingHttpResponse(reports.csv_lines(cases), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="skinweb-cases-{timezone.localdate():%Y%m%d}.csv"'
+    response["Cache-Control"] = "private, no-store"
     return response

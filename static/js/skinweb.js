@@ -1,0 +1,160 @@
+// skinweb's page behaviour. A static file (the Content Security Policy allows no inline script);
+// listeners are delegated from the document, so parts swapped in by htmx work without rebinding.
+"use strict";
+
+// Heat map overlay on the case page: a switch shows it, a slider sets its opacity.
+document.addEventListener("change", (event) => {
+  const toggle = event.target.closest("[data-heatmap-toggle]");
+  if (!toggle) return;
+  const viewer = toggle.closest("#case-viewer");
+  viewer.querySelector("[data-heatmap]").hidden = !toggle.checked;
+  viewer.querySelector("[data-heatmap-opacity]").disabled = !toggle.checked;
+});
+
+document.addEventListener("input", (event) => {
+  const slider = event.target.closest("[data-heatmap-opacity]");
+  if (!slider) return;
+  slider.closest("#case-viewer").querySelector("[data-heatmap]").style.opacity = String(slider.value / 100);
+  slider.setAttribute("aria-valuetext", `${slider.value}%`);
+});
+
+// Uploader on the lesion page: choose or drop several images, see a preview and a progress bar per
+// file, and each file's result (or the reason it was refused) beside it, without leaving the page.
+// Without JavaScript the form posts as a plain multipart form.
+const ACCEPTED_TYPES = ["image/jpeg", "image/png"];
+
+function uploadItem(list, file) {
+  const item = document.createElement("li");
+  item.className = "d-flex align-items-center gap-2 py-1 border-bottom";
+  const preview = document.createElement("img");
+  preview.alt = "";
+  preview.className = "rounded";
+  const body = document.createElement("div");
+  body.className = "flex-grow-1";
+  const name = document.createElement("div");
+  name.className = "small text-break";
+  name.textContent = file.name;
+  const progress = document.createElement("progress");
+  progress.className = "w-100";
+  progress.max = 100;
+  progress.value = 0;
+  progress.setAttribute("aria-label", `Upload progress of ${file.name}`);
+  const status = document.createElement("div");
+  status.className = "small";
+  status.setAttribute("role", "status");
+  body.append(name, progress, status);
+  item.append(preview, body);
+  list.append(item);
+  if (ACCEPTED_TYPES.includes(file.type)) {
+    const reader = new FileReader();
+    reader.onload = () => { preview.src = reader.result; };
+    reader.readAsDataURL(file);
+  }
+  return { item, progress, status };
+}
+
+function uploadOne(form, file, row) {
+  return new Promise((resolve) => {
+    const data = new FormData();
+    data.append("csrfmiddlewaretoken", form.querySelector("[name=csrfmiddlewaretoken]").value);
+    data.append("images", file);
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", form.action);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.addEventListener("progress", (e) => {
+      if (e.lengthComputable) row.progress.value = Math.round((100 * e.loaded) / e.total);
+    });
+    xhr.addEventListener("load", () => {
+      let answer = null;
+      try { answer = JSON.parse(xhr.responseText); } catch (err) { answer = null; }
+      const result = answer && answer.files ? answer.files[0] : null;
+      row.progress.value = 100;
+      if (result && result.ok) {
+        row.status.textContent = "";
+        const link = document.createElement("a");
+        link.href = result.url;
+        link.textContent = `Case ${result.case}`;
+        const live = document.createElement("span");
+        live.setAttribute("hx-get", result.status_url);
+        live.setAttribute("hx-trigger", "load");
+        live.setAttribute("hx-swap", "outerHTML");
+        live.textContent = " queued…";
+        row.status.append(link, " ", live);
+        if (window.htmx) window.htmx.process(live);
+        resolve(true);
+      } else {
+        const reason = result ? result.error : (answer && answer.errors ? answer.errors.join(" ") : `The server answered ${xhr.status}.`);
+        row.status.textContent = `Not uploaded: ${reason}`;
+        row.status.classList.add("text-danger");
+        resolve(false);
+      }
+    });
+    xhr.addEventListener("error", () => {
+      row.status.textContent = "Not uploaded: the connection failed. Check the network and upload this file again.";
+      row.status.classList.add("text-danger");
+      resolve(false);
+    });
+    xhr.send(data);
+  });
+}
+
+function setUpUploader(form) {
+  const input = form.querySelector("input[type=file]");
+  const zone = form.querySelector("[data-drop-zone]");
+  const list = form.querySelector("[data-upload-list]");
+  let files = [];
+  form.querySelector("[data-drop-hint]").hidden = false;
+
+  const choose = (chosen) => {
+    files = Array.from(chosen);
+    list.replaceChildren();
+    files.rows = files.map((file) => {
+      const row = uploadItem(list, file);
+      if (!ACCEPTED_TYPES.includes(file.type)) {
+        row.status.textContent = "This is not a JPEG or PNG image; it will be checked on upload and most likely refused.";
+        row.status.classList.add("text-warning-emphasis");
+      }
+      return row;
+    });
+  };
+  input.addEventListener("change", () => choose(input.files));
+  ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (e) => {
+    e.preventDefault();
+    zone.classList.add("drag-over");
+  }));
+  ["dragleave", "drop"].forEach((type) => zone.addEventListener(type, () => zone.classList.remove("drag-over")));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer && e.dataTransfer.files.length) {
+      input.files = e.dataTransfer.files;
+      choose(e.dataTransfer.files);
+    }
+  });
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!files.length) {
+      input.focus();
+      input.reportValidity();
+      return;
+    }
+    const button = form.querySelector("[type=submit]");
+    button.disabled = true;
+    const rows = files.rows;
+    // Three at a time: quick on a clinic's connection, gentle on the server.
+    const queue = files.map((file, i) => [file, rows[i]]);
+    const workers = Array.from({ length: Math.min(3, queue.length) }, async () => {
+      while (queue.length) {
+        const [file, row] = queue.shift();
+        await uploadOne(form, file, row);
+      }
+    });
+    await Promise.all(workers);
+    button.disabled = false;
+    files = [];
+    input.value = "";
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-upload-form]").forEach(setUpUploader);
+});
