@@ -25,7 +25,7 @@ run-packages:
 	@$(MAKE) --no-print-directory apt-install NEED="redis-server"
 
 test-packages:
-	@$(MAKE) --no-print-directory apt-install NEED="redis-server postgresql docker-compose"
+	@$(MAKE) --no-print-directory apt-install NEED="redis-server postgresql docker-compose chromium"
 
 apt-install:
 	@missing=""; \

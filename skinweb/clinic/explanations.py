@@ -8,6 +8,7 @@ batch's predictions in one backward pass, with the PyTorch weights of the versio
 import logging
 import threading
 
+import numpy as np
 import torch
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -22,6 +23,7 @@ from skinweb.clinic.models import Prediction
 log = logging.getLogger(__name__)
 
 HEATMAP_MAX_PX = 1024
+EXPLAIN_CHUNK = 2
 _explainers: dict[str, Explainer] = {}
 _lock = threading.Lock()
 
@@ -68,7 +70,11 @@ def explain_predictions(prediction_ids) -> int:
         if not ready:
             continue
         try:
-            maps = explainer.heatmaps(torch.stack(batch), [p.decision == "malignant" for p in ready])
+            # A few images per backward pass: Grad-CAM keeps every activation for the gradients
+            # (about 120 MB per 224 px image), and the worker's memory budget is 1 GB.
+            decisions = [p.decision == "malignant" for p in ready]
+            maps = np.concatenate([explainer.heatmaps(torch.stack(batch[i:i + EXPLAIN_CHUNK]), decisions[i:i + EXPLAIN_CHUNK])
+                                   for i in range(0, len(batch), EXPLAIN_CHUNK)])
         except Exception as exc:
             log.exception("Grad-CAM failed for predictions %s", [p.pk for p in ready])
             _fail(ready, f"The heat map could not be computed ({type(exc).__name__}).")

@@ -91,7 +91,7 @@ class Visit:
     y: float = 0.0
 
 
-def timeline(cases, width: float = 600, height: float = 160, pad: float = 24) -> dict:
+def timeline(cases, width: float = 600, height: float = 160, pad: float = 36) -> dict:
     """The lesion's visits in date order, with chart coordinates for their probabilities and the
     rises to flag (an increase of at least RISE since the previous result, or one that crosses the
     threshold from below)."""

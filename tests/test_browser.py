@@ -1,0 +1,192 @@
+"""A dermatologist's journey in a real browser (Debian's Chromium driven by Playwright) against the
+real stack: Django's live server, a real redis-server, a real Celery worker process and the starter
+model. Every page is checked with axe-core (no serious or critical accessibility violations) and
+saved as a screenshot under tests/artifacts/ (SKINWEB_TEST_ARTIFACTS to put them elsewhere).
+"""
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from classifier.modelfile import DEFAULT_MODEL_PATH
+from skinweb.clinic.models import Case
+from skinweb.models_registry.models import ModelVersion
+from tests.builders import make_clinic, make_user
+from tests.conftest import ROOT, WorkerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+FIXTURE_IMAGES = sorted((ROOT / "tests" / "fixtures" / "isic" / "images").glob("*.jpg"))
+ARTIFACTS = Path(os.environ.get("SKINWEB_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
+PASSWORD = "a long browser-test password"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (make test installs it)")
+
+
+@pytest.fixture
+def browser_page(monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; the ORM calls this test makes between
+    # browser steps are ordinary blocking calls, which Django must be told are fine here.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        context.close()
+        browser.close()
+
+
+@pytest.fixture
+def stack(live_server, worker_env, settings, tmp_path):
+    """The starter model published, and a real worker on the inference queue."""
+    version = ModelVersion.import_file(DEFAULT_MODEL_PATH)
+    version.publish(reason="browser test")
+    # No calibration data: the worker runs PyTorch fp32 at once instead of building int8 artefacts.
+    worker = WorkerProcess({**worker_env, "TRAINING_DATASETS": ""}, tmp_path / "worker.log").start()
+    yield live_server.url
+    worker.stop()
+
+
+class Journey:
+    def __init__(self, page, base):
+        self.page, self.base, self.shots = page, base, []
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def go(self, path):
+        self.page.goto(self.base + path)
+
+    def check(self, name):
+        """axe-core on the page as it is now, then a full-page screenshot."""
+        from axe_playwright_python.sync_playwright import Axe
+
+        results = Axe().run(self.page)
+        serious = [(v["id"], v["impact"], v["help"], [n["target"] for n in v["nodes"]][:3])
+                   for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+        assert not serious, f"accessibility violations on {name}: {serious}"
+        path = ARTIFACTS / f"{len(self.shots) + 1:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        self.shots.append(path)
+
+    def log_in(self, username):
+        self.go("/accounts/login/")
+        self.page.get_by_label("Username").fill(username)
+        self.page.get_by_label("Password").fill(PASSWORD)
+        self.page.get_by_role("button", name="Log in").click()
+        self.page.wait_for_url(self.base + "/")
+
+
+def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
+    page = browser_page
+    north = make_clinic("North Dermatology")
+    alice = make_user("alice", north)
+    alice.set_password(PASSWORD)
+    alice.save()
+    root = make_user("root", None, staff=True)
+    root.set_password(PASSWORD)
+    root.save()
+    j = Journey(page, stack)
+
+    # Log in: the clinic's home page.
+    j.go("/accounts/login/")
+    j.check("login")
+    j.log_in("alice")
+    assert page.get_by_role("heading", name="North Dermatology").is_visible()
+    j.check("dashboard-empty")
+
+    # A patient and a lesion.
+    page.get_by_role("link", name="New patient").first.click()
+    page.get_by_label("Identifier").fill("BR-0001")
+    page.get_by_label("Birth year").fill("1968")
+    page.get_by_label("Sex").select_option("female")
+    j.check("patient-form")
+    page.get_by_role("button", name="Create patient").click()
+    page.get_by_label("Anatomical site").select_option(index=1)
+    page.get_by_label("Label").fill("left scapula")
+    page.get_by_role("button", name="Record lesion").click()
+    assert page.get_by_role("heading", name="Upload dermoscopic images").is_visible()
+
+    # Two images at once: previews and progress per file, then both results without a reload.
+    page.set_input_files("input[type=file]", [str(p) for p in FIXTURE_IMAGES[:2]])
+    assert page.locator("[data-upload-list] li").count() == 2
+    page.get_by_role("button", name="Upload and classify").click()
+    results = page.locator("[data-testid=upload-result]")
+    for i in range(2):
+        results.nth(i).locator(".badge", has_text="ign").or_(results.nth(i).locator(".badge", has_text="alignant")).wait_for()
+    assert Case.objects.filter(status=Case.Status.DONE).count() == 2
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # the same page, never reloaded
+    j.check("upload-results")
+
+    # The first case: result with its threshold, heat map overlay toggled and faded.
+    page.locator("[data-upload-list] a").first.click()
+    page.get_by_text("Decision support, not a diagnosis").wait_for()
+    assert page.get_by_text("at a decision threshold of").is_visible()
+    toggle = page.get_by_role("switch", name="Show heat map")
+    toggle.wait_for(timeout=60_000)  # the heat map follows the result
+    overlay = page.locator("[data-heatmap]")
+    assert overlay.is_hidden()
+    toggle.check()
+    assert overlay.is_visible()
+    page.get_by_label("Opacity").fill("30")
+    assert overlay.evaluate("el => getComputedStyle(el).opacity") == "0.3"
+    j.check("case-heatmap")
+    toggle.uncheck()
+    assert overlay.is_hidden()
+    toggle.check()
+
+    # Feedback.
+    page.get_by_label("Yes, I agree").check()
+    page.get_by_label("Clinical diagnosis").select_option("nevus")
+    page.get_by_label("Management").select_option("monitor")
+    page.get_by_role("button", name="Save feedback").click()
+    page.get_by_text("Feedback saved (revision 1)").wait_for()
+    case_url = page.url
+    page.get_by_role("button", name="Flag for expert review").click()  # to the administrators' relabel queue
+    page.get_by_text("Sent to the relabel queue").wait_for()
+
+    # The PDF report opens and holds the case.
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download PDF report").click()
+    pdf = PdfReader(io.BytesIO(Path(download.value.path()).read_bytes()))
+    text = " ".join(pdf.pages[0].extract_text().split())
+    assert "BR-0001" in text and "left scapula" in text and "not a diagnosis" in text and "Nevus" in text
+    shutil.copyfile(download.value.path(), ARTIFACTS / "case-report.pdf")
+
+    # The history, filtered to cases with feedback: just this one.
+    page.get_by_role("link", name="Cases").click()
+    page.get_by_label("Feedback").select_option("given")
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator("table tbody tr")
+    assert rows.count() == 1 and "BR-0001" in rows.first.inner_text()
+    j.check("history-filtered")
+
+    # The lesion's timeline: both visits side by side.
+    page.goto(case_url)
+    page.get_by_role("link", name="left scapula").first.click()
+    assert page.locator(".timeline-visit").count() == 2
+    assert page.locator(".trend-chart").is_visible()
+    j.check("lesion-timeline")
+
+    # The dashboard counts the reviewed case out of the waiting list.
+    page.get_by_role("link", name="Home").click()
+    assert page.get_by_test_id("n-waiting").inner_text() == "1"
+    j.check("dashboard")
+
+    # An administrator relabels the case for retraining.
+    page.get_by_role("button", name="Log out").click()
+    j.log_in("root")
+    j.go("/manage/relabel/")
+    case = Case.objects.filter(feedback__isnull=False).get()
+    row = page.locator("tr", has=page.locator(f"a[href='/cases/{case.pk}/']"))
+    row.get_by_role("button", name="Malignant").click()
+    page.get_by_text("malignant").first.wait_for()
+    case.refresh_from_db()
+    assert case.truth_label == "malignant" and case.truth_set_by == root
+    j.check("relabel")
+    assert len(j.shots) == 9
