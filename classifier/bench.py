@@ -35,8 +35,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--images", type=int, default=64, help="how many images (repeated when the folder has fewer)")
     p.add_argument("--data", help="folder of images (labels.csv or benign/ malignant/); default: the ISIC dev "
                    "set beside the checkout, else the test fixtures")
-    p.add_argument("--batch-size", type=int, default=int(os.environ.get("INFERENCE_BATCH_SIZE", 8)),
-                   help="the product's batch size (default: the worker's, INFERENCE_BATCH_SIZE or 8)")
+    p.add_argument("--batch-size", type=int, default=int(os.environ.get("INFERENCE_BATCH_SIZE", 4)),
+                   help="the product's batch size (default: the worker's, INFERENCE_BATCH_SIZE or 4)")
     p.add_argument("--runtime", default="auto", help="the product's runtime (default: as the worker chooses)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -10,7 +10,7 @@ case "$1" in
       --timeout 60 --access-logfile -
     ;;
   worker)
-    exec celery -A skinweb worker -Q "${WORKER_QUEUES:-inference,default}" --concurrency "${WORKER_CONCURRENCY:-1}" --loglevel INFO
+    exec celery -A skinweb worker -Q "${WORKER_QUEUES:-inference,default,explain}" --concurrency "${WORKER_CONCURRENCY:-1}" --loglevel INFO
     ;;
   beat)
     exec celery -A skinweb beat --loglevel INFO --schedule /tmp/celerybeat-schedule

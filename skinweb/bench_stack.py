@@ -97,14 +97,14 @@ class Browser:
 
 
 class Stack:
-    def __init__(self, workdir: Path, model: Path | None):
+    def __init__(self, workdir: Path, model: Path | None, database_url: str = ""):
         self.workdir, self.procs = workdir, []
         self.redis_port, self.web_port = free_port(), free_port()
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "skinweb.settings",
             "SKINWEB_VAR_DIR": str(workdir),
-            "DATABASE_URL": "",
+            "DATABASE_URL": database_url,
             "SQLITE_PATH": str(workdir / "bench.sqlite3"),
             "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "SECRET_KEY": secrets.token_urlsafe(50),
@@ -134,14 +134,18 @@ class Stack:
             self.run("publish_model", str(self.model))
         self.start("worker", [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference,default",
                               "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO"])
+        # Heat maps in their own process at a lower CPU priority, as `make run` does.
+        self.start("explainer", ["nice", "-n", "10", sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q",
+                                 "explain", "--concurrency", "1", "--without-mingle", "--without-gossip",
+                                 "--loglevel", "INFO", "--hostname", "explainer@%h"])
         self.start("web", [sys.executable, "-m", "gunicorn", "skinweb.wsgi:application", "--bind",
                            f"127.0.0.1:{self.web_port}", "--workers", "2", "--timeout", "120"])
         wait_for_port(self.web_port)
         return f"http://127.0.0.1:{self.web_port}"
 
-    def worker_peak_rss_mb(self) -> dict:
-        """Peak resident memory (VmHWM) of the worker's processes: the main one and its pool child."""
-        worker = self.procs[1].pid
+    def worker_peak_rss_mb(self, index=1) -> dict:
+        """Peak resident memory (VmHWM) of a worker's processes: the main one and its pool child."""
+        worker = self.procs[index].pid
         out = {}
         for status in Path("/proc").glob("[0-9]*/status"):
             try:
@@ -281,7 +285,9 @@ def fill_history(lesion, user, total):
     return Case.objects.count()
 
 
-def measure_history(browser, user, n_requests):
+def measure_page(browser, user, n_requests, path, filtered_query):
+    """Latency of a page (p50/p95 over HTTP) and its SQL query count on the first page, the last
+    page and a filtered page (measured in this process with Django's test client)."""
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -289,26 +295,51 @@ def measure_history(browser, user, n_requests):
     from skinweb.clinic.models import Case
 
     for _ in range(3):
-        browser.get("/")  # warm-up
+        browser.get(path)  # warm-up
     times = []
     for _ in range(n_requests):
         t0 = time.perf_counter()
-        status, _ = browser.get("/")
+        status, _ = browser.get(path)
         times.append(time.perf_counter() - t0)
         if status != 200:
-            raise RuntimeError(f"the history page answered {status}")
+            raise RuntimeError(f"{path} answered {status}")
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(user)
-    client.get("/")  # the first request after login writes the session: not the page's own queries
+    client.get(path)  # the first request after login writes the session: not the page's own queries
     last_page = (Case.objects.count() + 24) // 25
     queries = {}
-    for label, url in (("first page", "/"), ("last page", f"/?page={last_page}"), ("filtered", "/?ai=malignant")):
+    for label, url in (("first page", path), ("last page", f"{path}?page={last_page}"),
+                       ("filtered", f"{path}?{filtered_query}")):
         with CaptureQueriesContext(connection) as ctx:
             if client.get(url).status_code != 200:
                 raise RuntimeError(f"{url} did not answer 200")
         queries[label] = len(ctx.captured_queries)
     return {"p50_ms": pct(times, 50) * 1000, "p95_ms": pct(times, 95) * 1000, "requests": n_requests,
             "queries": queries}
+
+
+def wait_heatmaps(lesion_id, timeout=600) -> dict:
+    """Seconds until every prediction of the lesion has its heat map (computed after the results)."""
+    from skinweb.clinic.models import Prediction
+
+    start = time.monotonic()
+    predictions = Prediction.objects.filter(case__lesion_id=lesion_id)
+    while time.monotonic() - start < timeout:
+        pending = predictions.filter(heatmap="", explanation_error="").count()
+        if pending == 0:
+            break
+        time.sleep(0.5)
+    return {"done": predictions.exclude(heatmap="").count(), "failed": predictions.exclude(explanation_error="").count(),
+            "after_burst_s": time.monotonic() - start}
+
+
+def measure_history(browser, user, n_requests):
+    return measure_page(browser, user, n_requests, "/cases/", "status=done")
+
+
+def measure_dashboard(browser, user, n_requests):
+    """The clinic home page: its agreement table aggregates every case of the clinic."""
+    return measure_page(browser, user, n_requests, "/", "page=1")
 
 
 def get_args_parser():
@@ -322,6 +353,8 @@ def get_args_parser():
     p.add_argument("--images", default=str(FIXTURES), help="folder of JPEG images to upload")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
+    p.add_argument("--database-url", default="", help="an empty PostgreSQL database to run on (postgres://…); "
+                   "default: SQLite in the temporary folder")
     return p
 
 
@@ -335,7 +368,7 @@ def main(args) -> int:
         print(f"error: no model file {model}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="skinweb-bench-"))
-    stack = Stack(workdir, model)
+    stack = Stack(workdir, model, args.database_url)
     result = {}
     try:
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -351,6 +384,7 @@ def main(args) -> int:
         lesion = Lesion.objects.create(patient=patient, site="posterior torso")
         log("waiting for the worker to build the model's fast path …")
         version = wait_fast_path()
+        result["database"] = "postgresql" if args.database_url else "sqlite"
         result["model_version"] = version.version
         result["runtime"] = version.runtime
         browser = Browser(base)
@@ -364,9 +398,13 @@ def main(args) -> int:
         log(f"burst of {args.uploads} uploads from {args.clients} clients …")
         result["burst"] = measure_burst(base, lesion.pk, images, args.uploads, args.clients)
         result["worker_peak_rss_mb"] = stack.worker_peak_rss_mb()
+        log("waiting for the burst's heat maps …")
+        result["heatmaps"] = wait_heatmaps(lesion.pk)
+        result["explainer_peak_rss_mb"] = stack.worker_peak_rss_mb(2)
         log(f"history page at {args.history_cases} cases …")
         result["history"] = {"cases": fill_history(lesion, user, args.history_cases),
                               **measure_history(browser, user, args.history_requests)}
+        result["dashboard"] = measure_dashboard(browser, user, args.history_requests)
     finally:
         stack.down()
         if not args.keep:
@@ -383,8 +421,15 @@ def main(args) -> int:
           f"max {b['max_s']:.1f} s; {b['throughput_img_s']:.1f} images/s; {b['forward_passes']} forward passes "
           f"(mean batch {b['mean_batch']:.1f})")
     print("worker peak resident memory: " + ", ".join(f"{k} {v:.0f} MB" for k, v in result["worker_peak_rss_mb"].items()))
+    hm = result["heatmaps"]
+    print(f"heat maps: {hm['done']} done, {hm['failed']} failed, the last {hm['after_burst_s']:.1f} s after the burst's "
+          f"last result; explainer peak resident memory: "
+          + ", ".join(f"{k} {v:.0f} MB" for k, v in result["explainer_peak_rss_mb"].items()))
     print(f"history page at {h['cases']} cases: p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms over "
           f"{h['requests']} requests; SQL queries {h['queries']}")
+    d = result["dashboard"]
+    print(f"clinic home page at {h['cases']} cases: p50 {d['p50_ms']:.1f} ms, p95 {d['p95_ms']:.1f} ms; "
+          f"SQL queries {d['queries']['first page']}")
     return 0
 
 

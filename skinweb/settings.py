@@ -228,9 +228,13 @@ CELERY_TASK_QUEUES = [
     Queue("default", routing_key="default"),
     Queue("inference", routing_key="inference"),
     Queue("training", routing_key="training"),
+    Queue("explain", routing_key="explain"),
 ]
 CELERY_TASK_ROUTES = {
     "skinweb.clinic.tasks.sweep": {"queue": "default"},
+    # Heat maps: their own queue, so a worker (or a lower-priority process) apart from classification
+    # can take them; results never wait behind explanations.
+    "skinweb.clinic.tasks.explain": {"queue": "explain"},
     "skinweb.clinic.tasks.*": {"queue": "inference"},
     "skinweb.models_registry.tasks.train_model": {"queue": "training"},
     "skinweb.models_registry.tasks.shadow_check": {"queue": "training"},
@@ -251,9 +255,10 @@ INFERENCE_DEVICE = env("INFERENCE_DEVICE", "auto")
 # Batching: a worker classifies up to INFERENCE_BATCH_SIZE queued cases in one forward pass, waiting
 # up to INFERENCE_BATCH_WAIT_MS for a burst of uploads to arrive. A case another worker claimed
 # less than INFERENCE_CLAIM_TIMEOUT seconds ago is left to that worker.
-# 8 on the CPU: int8 throughput is flat from batch 1 to 16 at 224 px (25–26 images/s on 2 cores) while
-# activation memory grows with the batch; a GPU worker wants more (docker/ sets 64 for it).
-INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 8)
+# 4 on the CPU: int8 throughput is flat from batch 1 to 16 at 224 px (25–26 images/s on 2 cores) while
+# activation memory grows with the batch (the worker's 1 GB budget); a GPU worker wants more
+# (docker/ sets 64 for it).
+INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 4)
 INFERENCE_BATCH_WAIT_MS = env_int("INFERENCE_BATCH_WAIT_MS", 100)
 INFERENCE_CLAIM_TIMEOUT = env_int("INFERENCE_CLAIM_TIMEOUT", 120)
 # Dataset folders (labels.csv layout, separated by ":") for int8 calibration and, later, retraining.

@@ -26,4 +26,5 @@ def test_stack_benchmark_runs_through_the_real_stack(model_file):
     assert out["single_upload"]["n"] == 2 and out["history"]["cases"] == 60
     # One query plan for the history page, whatever the page: no N+1.
     assert len(set(out["history"]["queries"].values())) == 1
+    assert out["dashboard"]["p50_ms"] > 0 and out["heatmaps"]["done"] + out["heatmaps"]["failed"] >= 6
     assert out["worker_peak_rss_mb"]

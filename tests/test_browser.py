@@ -49,7 +49,8 @@ def stack(live_server, worker_env, settings, tmp_path):
     version = ModelVersion.import_file(DEFAULT_MODEL_PATH)
     version.publish(reason="browser test")
     # No calibration data: the worker runs PyTorch fp32 at once instead of building int8 artefacts.
-    worker = WorkerProcess({**worker_env, "TRAINING_DATASETS": ""}, tmp_path / "worker.log").start()
+    worker = WorkerProcess({**worker_env, "TRAINING_DATASETS": ""}, tmp_path / "worker.log",
+                           queues="inference,explain").start()
     yield live_server.url
     worker.stop()
 
@@ -112,6 +113,15 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     page.get_by_role("button", name="Record lesion").click()
     assert page.get_by_role("heading", name="Upload dermoscopic images").is_visible()
 
+    # A file that is not an image gets its own message and leaves nothing behind.
+    bogus = tmp_path / "referral-letter.jpg"
+    bogus.write_bytes(b"%PDF-1.4 this is not a JPEG")
+    page.set_input_files("input[type=file]", [str(bogus)])
+    page.get_by_role("button", name="Upload and classify").click()
+    page.get_by_text("Not uploaded:").wait_for()
+    assert "referral-letter.jpg" in page.locator("[data-upload-list]").inner_text()
+    assert Case.objects.count() == 0
+
     # Two images at once: previews and progress per file, then both results without a reload.
     page.set_input_files("input[type=file]", [str(p) for p in FIXTURE_IMAGES[:2]])
     assert page.locator("[data-upload-list] li").count() == 2
@@ -138,7 +148,9 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     j.check("case-heatmap")
     toggle.uncheck()
     assert overlay.is_hidden()
-    toggle.check()
+    toggle.focus()
+    page.keyboard.press("Space")  # the switch works from the keyboard too
+    assert overlay.is_visible()
 
     # Feedback.
     page.get_by_label("Yes, I agree").check()
@@ -173,6 +185,13 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     assert page.locator(".trend-chart").is_visible()
     j.check("lesion-timeline")
 
+    # On a tablet (portrait): the same page, one column, still accessible.
+    page.set_viewport_size({"width": 768, "height": 1024})
+    page.goto(case_url)
+    assert page.get_by_role("link", name="Download PDF report").is_visible()
+    j.check("case-tablet")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
     # The dashboard counts the reviewed case out of the waiting list.
     page.get_by_role("link", name="Home").click()
     assert page.get_by_test_id("n-waiting").inner_text() == "1"
@@ -189,4 +208,4 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     case.refresh_from_db()
     assert case.truth_label == "malignant" and case.truth_set_by == root
     j.check("relabel")
-    assert len(j.shots) == 9
+    assert len(j.shots) == 10

@@ -58,6 +58,12 @@ class Command(BaseCommand):
                  "--concurrency", "1", "--loglevel", "INFO", "--hostname", "demo-worker@%h",
                  "--beat", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
             )
+            # Heat maps in their own process at a lower CPU priority: results never wait for them.
+            self.start(
+                "explainer",
+                ["nice", "-n", "10", sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "explain",
+                 "--concurrency", "1", "--loglevel", "INFO", "--hostname", "demo-explainer@%h"],
+            )
             # Retraining gets its own process, so that classification goes on during a run.
             self.start(
                 "trainer",
