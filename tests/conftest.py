@@ -76,11 +76,21 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def use_broker(url):
+    """Point this process's Celery app at ``url``, dropping connections an earlier test may have
+    pooled to the default broker (a send that failed still leaves its pool bound to that URL)."""
+    celery_app.conf.broker_url = url
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+        celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
 @pytest.fixture(scope="session")
 def redis(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
-    celery_app.conf.broker_url = server.url
+    use_broker(server.url)
     yield server
     server.stop()
 

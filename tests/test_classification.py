@@ -12,6 +12,7 @@ from classifier import predictor as classifier_predictor
 from classifier.bench import FIXTURES
 
 from skinweb.clinic import classification
+from skinweb.clinic import tasks as clinic_tasks
 from skinweb.clinic.models import Case, Prediction
 from skinweb.models_registry import fastpath as registry_fastpath
 from skinweb.models_registry import tasks
@@ -171,6 +172,7 @@ def test_a_case_claimed_by_a_dead_worker_is_taken_over_at_once(case, published_m
 def test_loading_a_version_without_fast_artefacts_requests_them_once(case, published_model, django_capture_on_commit_callbacks, monkeypatch):
     sent = []
     monkeypatch.setattr(tasks, "send", sent.append)
+    monkeypatch.setattr(clinic_tasks, "enqueue_explanations", lambda ids: None)  # no broker in this test
     with django_capture_on_commit_callbacks(execute=True):
         classification.classify_case(case.pk)
         classification.classify_case(make_case(case.lesion).pk)
