@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from classifier.model import build_model
+from classifier.model import model_for_weights
 from classifier.modelfile import ModelFileError, load_model_file
 from classifier.presets import ClassificationPresetEval
 
@@ -59,7 +59,7 @@ class Explainer:
     @classmethod
     def from_file(cls, path, device: str = "cpu") -> "Explainer":
         state, metadata = load_model_file(path)
-        model = build_model(metadata.arch, pretrained="none")
+        model = model_for_weights(metadata.arch)
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         except RuntimeError as exc:

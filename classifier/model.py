@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-# torchvision builders, imported on first use: a worker running an ONNX artefact never needs them
-# (torchvision costs ~160 MB of resident memory).
+# torchvision builders, imported on first use by training only: inference and Grad-CAM build the
+# trunk with vgg16_features below (torchvision costs a worker ~160 MB of resident memory).
 ARCHITECTURES = {"vgg16": ("vgg16", "VGG16_Weights"), "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights")}
 
 
@@ -28,6 +28,35 @@ class VGGClassifier(nn.Module):
 
 class PretrainedWeightsUnavailable(RuntimeError):
     pass
+
+
+# torchvision's VGG16 configuration ("D"): output channels per convolution, "M" for max pooling.
+VGG16_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def vgg16_features(batch_norm: bool) -> nn.Sequential:
+    """The VGG16 trunk with torchvision's layer order and parameter names (``features.N``), built
+    without importing torchvision: loading a model file for inference or Grad-CAM needs no builder
+    library (torchvision costs a worker about 160 MB). Training uses torchvision's own builder and
+    initialisation (``build_model``); a test checks that both give the same state dict keys and shapes."""
+    layers, channels = [], 3
+    for v in VGG16_LAYERS:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2d(channels, v, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(v))
+        layers.append(nn.ReLU(inplace=True))
+        channels = v
+    return nn.Sequential(*layers)
+
+
+def model_for_weights(arch: str) -> VGGClassifier:
+    """An uninitialised-by-design classifier to load a model file's weights into (inference)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    return VGGClassifier(vgg16_features(batch_norm=arch == "vgg16_bn"))
 
 
 def build_model(arch: str = "vgg16", pretrained: str = "none", dropout: float = 0.5) -> VGGClassifier:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from classifier import fastpath
 from classifier.fastpath import TorchRunner
-from classifier.model import build_model
+from classifier.model import model_for_weights
 from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, read_metadata
 from classifier.presets import ClassificationPresetEval
 
@@ -80,7 +80,7 @@ class Predictor:
                 return cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime)
             runtime = "torch"
         state, metadata = load_model_file(path)
-        model = build_model(metadata.arch, pretrained="none")
+        model = model_for_weights(metadata.arch)
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         except RuntimeError as exc:

@@ -129,7 +129,28 @@ def test_eval_preset_matches_torchvision_without_importing_it():
         assert torch.allclose(preset(rgb), reference(rgb), atol=1e-5)
 
 
-def test_inference_does_not_import_torchvision():
-    code = ("import sys; from classifier import Predictor; "
+def test_inference_does_not_import_torchvision(model_file):
+    """Neither loading a model file (PyTorch runtime) and classifying, nor Grad-CAM, imports
+    torchvision: a worker saves its ~160 MB."""
+    image = sorted((FIXTURES / "images").iterdir())[0]
+    code = ("import sys; from classifier import Predictor; from classifier.explain import Explainer; "
+            f"p = Predictor.from_file({str(model_file)!r}, device='cpu', runtime='torch'); "
+            f"x = p.preprocess([{str(image)!r}]); p.run(x); "
+            f"Explainer.from_file({str(model_file)!r}).heatmaps(x, [True]); "
             "assert 'torchvision' not in sys.modules, 'torchvision imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
+def test_inference_builder_matches_torchvision_layer_for_layer(arch):
+    from classifier.model import build_model, model_for_weights
+
+    ours, theirs = model_for_weights(arch).state_dict(), build_model(arch).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+    ref = build_model(arch).eval()
+    mine = model_for_weights(arch).eval()
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(mine(x), ref(x))
