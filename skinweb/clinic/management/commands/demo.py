@@ -129,17 +129,25 @@ class Command(BaseCommand):
         raise CommandError("redis-server did not start")
 
     def stop_all(self):
-        """SIGTERM each process group this command started (a worker's pool and beat children
-        included), then SIGKILL whatever is still there after 20 seconds."""
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                self.signal_group(proc, signal.SIGTERM)
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            self.signal_group(proc, signal.SIGKILL)  # children that outlived their parent
+        """Stop what this command started: SIGTERM to each main process (a Celery worker then shuts
+        down warmly, its pool and beat children with it), SIGKILL to each process group still there
+        after 20 seconds (children that outlived their parent included), and Redis last, so that
+        workers can hand back unfinished messages on the way out."""
+        # A second Ctrl-C must not cut the clean-up short and leave processes behind: it is bounded
+        # by the timeouts below anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        others = [p for name, p in self.procs if name != "redis"]
+        redis = [p for name, p in self.procs if name == "redis"]
+        for group in (others, redis):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in group:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                self.signal_group(proc, signal.SIGKILL)
 
     @staticmethod
     def signal_group(proc, sig):
