@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from classifier.model import model_for_weights
-from classifier.modelfile import ModelFileError, load_model_file
+from classifier.model import load_classifier
 from classifier.presets import ClassificationPresetEval
 
 # Colour map anchors (perceptually ordered, dark blue → red → yellow), interpolated to 256 steps.
@@ -58,12 +57,7 @@ class Explainer:
 
     @classmethod
     def from_file(cls, path, device: str = "cpu") -> "Explainer":
-        state, metadata = load_model_file(path)
-        model = model_for_weights(metadata.arch)
-        try:
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        except RuntimeError as exc:
-            raise ModelFileError(f"weights do not fit a {metadata.arch} ({exc})") from exc
+        model, metadata = load_classifier(path)
         return cls(model, metadata, device)
 
     def heatmaps(self, batch: torch.Tensor, malignant) -> np.ndarray:
@@ -99,10 +93,15 @@ def heatmap_png(heat: np.ndarray, size: tuple[int, int]) -> bytes:
     return out.getvalue()
 
 
-def blend(image: Image.Image, heat: np.ndarray, opacity: float = 0.6) -> Image.Image:
-    """The image with the heat map laid over it (for reports)."""
+def lay_over(image: Image.Image, overlay: Image.Image, opacity: float = 0.6) -> Image.Image:
+    """``image`` with a transparent ``overlay`` (resized to it) composited at ``opacity``."""
     base = image.convert("RGBA")
-    overlay = heatmap_rgba(heat, base.size)
+    overlay = overlay.convert("RGBA").resize(base.size, Image.BILINEAR)
     alpha = (np.asarray(overlay)[..., 3].astype(np.float32) * opacity).astype(np.uint8)
     overlay.putalpha(Image.fromarray(alpha, mode="L"))
     return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+def blend(image: Image.Image, heat: np.ndarray, opacity: float = 0.6) -> Image.Image:
+    """The image with the heat map laid over it."""
+    return lay_over(image, heatmap_rgba(heat, image.size), opacity)

@@ -59,6 +59,21 @@ def model_for_weights(arch: str) -> VGGClassifier:
     return VGGClassifier(vgg16_features(batch_norm=arch == "vgg16_bn"))
 
 
+def load_classifier(path):
+    """(model in fp32, metadata) from a model file; ModelFileError when the weights do not fit."""
+    from pathlib import Path
+
+    from classifier.modelfile import ModelFileError, load_model_file
+
+    state, metadata = load_model_file(path)
+    model = model_for_weights(metadata.arch)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise ModelFileError(f"{Path(path).name}: weights do not fit a {metadata.arch} ({exc})") from exc
+    return model, metadata
+
+
 def build_model(arch: str = "vgg16", pretrained: str = "none", dropout: float = 0.5) -> VGGClassifier:
     """Build a classifier; ``pretrained="imagenet"`` downloads torchvision's ImageNet weights."""
     if arch not in ARCHITECTURES:

@@ -3,15 +3,14 @@
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 from classifier import fastpath
 from classifier.fastpath import TorchRunner
-from classifier.model import model_for_weights
-from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, read_metadata
+from classifier.model import load_classifier
+from classifier.modelfile import ModelMetadata, read_metadata
 from classifier.presets import ClassificationPresetEval
 
 log = logging.getLogger(__name__)
@@ -79,12 +78,7 @@ class Predictor:
             else:
                 return cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime)
             runtime = "torch"
-        state, metadata = load_model_file(path)
-        model = model_for_weights(metadata.arch)
-        try:
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        except RuntimeError as exc:
-            raise ModelFileError(f"{Path(path).name}: weights do not fit a {metadata.arch} ({exc})") from exc
+        model, metadata = load_classifier(path)
         if dev.type == "cuda" and runtime == "torch":
             runtime = "torch-cuda-fp32"
         runner = TorchRunner(model, dev, fastpath.CUDA_DTYPES.get(runtime))

@@ -18,6 +18,7 @@ from PIL import Image
 
 from classifier.explain import Explainer, heatmap_png
 from classifier.modelfile import ModelFileError
+from classifier.predictor import resolve_device
 from skinweb.clinic.models import Prediction
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def get_explainer(version) -> Explainer:
     with _lock:
         if version.version not in _explainers:
             _explainers.clear()  # keep one model's weights, as the predictor cache does
-            device = "cuda" if settings.INFERENCE_DEVICE in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+            device = str(resolve_device(settings.INFERENCE_DEVICE))
             _explainers[version.version] = Explainer.from_file(version.path, device=device)
         return _explainers[version.version]
 

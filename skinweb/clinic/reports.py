@@ -2,8 +2,8 @@
 
 import csv
 import io
+from xml.sax.saxutils import escape
 
-import numpy as np
 from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
@@ -13,7 +13,8 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Image as PdfImage
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
-from xml.sax.saxutils import escape
+
+from classifier.explain import lay_over
 
 DISCLAIMER = (
     "Decision support, not a diagnosis. The probability comes from an automated classifier (VGG16) trained on "
@@ -35,10 +36,7 @@ def _image(name, max_px=IMAGE_PX) -> Image.Image:
 def _overlay(image: Image.Image, heatmap_name: str) -> Image.Image:
     """The image with its stored Grad-CAM overlay composited at 60% opacity."""
     with default_storage.open(heatmap_name, "rb") as f, Image.open(f) as heat:
-        overlay = heat.convert("RGBA").resize(image.size, Image.BILINEAR)
-    alpha = (np.asarray(overlay)[..., 3].astype(np.float32) * 0.6).astype(np.uint8)
-    overlay.putalpha(Image.fromarray(alpha, mode="L"))
-    return Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
+        return lay_over(image, heat, 0.6)
 
 
 def _flowable(img: Image.Image, width_mm: float) -> PdfImage:
