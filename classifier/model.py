@@ -27,7 +27,7 @@ class VGGClassifier(nn.Module):
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
-    pass
+    """ImageNet weights were asked for and cannot be had (not cached, not fetchable, or no such weights)."""
 
 
 # torchvision's VGG16 configuration ("D"): output channels per convolution, "M" for max pooling.
@@ -75,23 +75,29 @@ def load_classifier(path):
 
 
 def build_model(arch: str = "vgg16", pretrained: str = "none", dropout: float = 0.5) -> VGGClassifier:
-    """Build a classifier; ``pretrained="imagenet"`` downloads torchvision's ImageNet weights."""
+    """Build a classifier; ``pretrained="imagenet"`` starts ``vgg16`` from torchvision's ImageNet weights,
+    read from the local cache that ``python -m classifier.imagenet`` fills (fetching them once if needed)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if pretrained not in ("imagenet", "none"):
+        raise ValueError(f"pretrained must be 'imagenet' or 'none', not {pretrained!r}")
     from torchvision import models
 
-    builder_name, weights_name = ARCHITECTURES[arch]
-    builder, weights = getattr(models, builder_name), getattr(models, weights_name).IMAGENET1K_V1
+    backbone = getattr(models, ARCHITECTURES[arch][0])(weights=None)
+    model = VGGClassifier(backbone.features, dropout=dropout)
     if pretrained == "imagenet":
-        try:
-            backbone = builder(weights=weights)
-        except Exception as exc:  # urllib, SSL, hash mismatch: all mean "no weights"
+        if arch != "vgg16":
             raise PretrainedWeightsUnavailable(
-                f"could not load torchvision's ImageNet weights for {arch} ({exc}). "
-                "Check the internet connection, or train from scratch with --pretrained none."
-            ) from exc
-    elif pretrained == "none":
-        backbone = builder(weights=None)
-    else:
-        raise ValueError(f"pretrained must be 'imagenet' or 'none', not {pretrained!r}")
-    return VGGClassifier(backbone.features, dropout=dropout)
+                f"no ImageNet weights are available for {arch}: only vgg16's (python -m classifier.imagenet); "
+                "use --arch vgg16, or train from scratch with --pretrained none")
+        from classifier.imagenet import WeightsUnavailable, load_trunk
+
+        try:
+            state = load_trunk()
+        except WeightsUnavailable as exc:
+            raise PretrainedWeightsUnavailable(str(exc)) from exc
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("head.") for k in missing):
+            raise PretrainedWeightsUnavailable(f"the cached ImageNet weights do not fit {arch} "
+                                               f"(missing {missing}, unexpected {unexpected})")
+    return model

