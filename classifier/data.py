@@ -29,6 +29,8 @@ class Sample:
     label: int  # 1 = malignant
     group: str  # lesion id, or the image itself when unknown
     split: str = ""  # "train" or "val" when labels.csv fixes it, else "" (split_samples decides)
+    source: str = ""  # the part of the dataset it came from (labels.csv's ``source``), for per-source figures
+    diagnosis: str = ""  # the finer diagnosis (labels.csv's ``diagnosis``), for per-diagnosis figures
 
 
 def load_samples(root) -> list[Sample]:
@@ -61,7 +63,8 @@ def _read_labels_csv(root: Path) -> list[Sample]:
             split = (row.get("split") or "").strip().lower()
             if split not in ("", "train", "val"):
                 raise DatasetError(f"labels.csv line {line}: split {row['split']!r} is not train or val")
-            samples.append(Sample(path, CLASSES.index(label), group, split))
+            samples.append(Sample(path, CLASSES.index(label), group, split, (row.get("source") or "").strip(),
+                                  (row.get("diagnosis") or "").strip().lower()))
     return samples
 
 
@@ -76,29 +79,35 @@ def _read_image_folder(root: Path) -> list[Sample]:
     return samples
 
 
-def split_samples(samples, val_fraction=0.2, seed=0):
+def split_samples(samples, val_fraction=0.2, seed=0, train_only_sources=()):
     """Training and validation samples: a ``split`` column in labels.csv decides where it is given
-    (retraining keeps the base dataset's validation images fixed that way); the rest is split by
-    lesion with split_by_group."""
-    fixed_train = [s for s in samples if s.split == "train"]
+    (retraining keeps the base dataset's validation images fixed that way), sources named in
+    ``train_only_sources`` go to training whole (a part without lesion ids, whose images of one
+    lesion could otherwise fall on both sides); the rest is split by lesion with split_by_group."""
+    fixed_train = [s for s in samples if s.split == "train" or (not s.split and s.source in train_only_sources)]
     fixed_val = [s for s in samples if s.split == "val"]
-    train, val = split_by_group([s for s in samples if not s.split], val_fraction, seed)
+    rest = [s for s in samples if not s.split and s.source not in train_only_sources]
+    train, val = split_by_group(rest, val_fraction, seed)
     return fixed_train + train, fixed_val + val
 
 
 def split_by_group(samples, val_fraction=0.2, seed=0):
     """Stratified split that keeps every image of one lesion on the same side.
 
-    A lesion counts as malignant if any of its images is; each class's lesions are shuffled with
-    ``seed`` and the first ``val_fraction`` of them (by image count) go to validation.
+    Strata are (source, label): a lesion counts as malignant if any of its images is, and belongs
+    to the source of its first image. Each stratum's lesions are shuffled with ``seed`` and the
+    first ``val_fraction`` of them (by image count) go to validation, so every source keeps its
+    share on both sides.
     """
     groups: dict[str, list[Sample]] = {}
     for s in samples:
         groups.setdefault(s.group, []).append(s)
     rng = random.Random(seed)
     train, val = [], []
-    for label in (0, 1):
-        keys = sorted(g for g, members in groups.items() if max(m.label for m in members) == label)
+    strata = sorted({(members[0].source, max(m.label for m in members)) for members in groups.values()})
+    for source, label in strata:
+        keys = sorted(g for g, members in groups.items()
+                      if members[0].source == source and max(m.label for m in members) == label)
         rng.shuffle(keys)
         target = val_fraction * sum(len(groups[k]) for k in keys)
         taken = 0

@@ -1,9 +1,16 @@
 """Evaluate a model on a labelled dataset; print ONE JSON object on stdout (logs go to stderr).
 
-    python -m classifier.evaluate --data DIR [--model PATH] [--batch-size N] [--roc PNG]
+    python -m classifier.evaluate --data DIR [--model PATH] [--split all|validation] [--roc PNG]
 
 DIR is labels.csv layout or benign/ and malignant/ folders. Without --model, the starter model
-that `make run` publishes (classifier/models/starter.safetensors) is used.
+that `make run` publishes (classifier/models/starter.safetensors) is used. ``--split validation``
+keeps only the model's own validation images (the split remade from its recorded recipe).
+
+Besides the overall figures, the JSON has AUC (95% CI) per source and per diagnosis, the headline
+(melanoma vs nevus + seborrheic keratosis on the ISIC 2017 part), ``dihedral_flip_rate`` (the
+share of images whose decision changes across the 8 rotations/mirror images, as the worker would
+decide them) and the calibration error and Brier score. Every image is run in all 8 orientations
+(``--no-flips``: only as the model needs, 1 or 8).
 """
 
 import argparse
@@ -13,12 +20,14 @@ import sys
 import time
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
-from classifier import metrics
-from classifier.data import DatasetError, load_samples
+from classifier import metrics, validation
+from classifier.data import DatasetError, load_samples, split_samples
 from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError
 from classifier.predictor import Predictor
+from classifier.presets import DIHEDRAL_VIEWS, dihedral
 
 log = logging.getLogger("classifier.evaluate")
 
@@ -32,16 +41,26 @@ def get_args_parser(add_help=True):
     p.add_argument("--threshold", type=float, default=None, help="override the model's stored threshold")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC interval")
     p.add_argument("--roc", metavar="PNG", help="also draw the ROC curve with the operating point")
+    p.add_argument("--split", choices=["all", "validation"], default="all",
+                   help="all images, or only the model's validation split (remade from its recipe)")
+    p.add_argument("--no-flips", action="store_true", help="skip the 8-orientation check (dihedral_flip_rate)")
     return p
 
 
-def predict_all(predictor, samples, batch_size):
-    probs = []
+def predict_all(predictor, samples, batch_size, flips=True):
+    """(probabilities as the worker computes them, the network's logits for each orientation or None)."""
+    probs, views = [], []
     for start in range(0, len(samples), batch_size):
-        batch = samples[start:start + batch_size]
-        probs.extend(predictor.probabilities([s.path for s in batch]))
+        batch = predictor.preprocess([s.path for s in samples[start:start + batch_size]])
+        if flips:
+            logits = torch.stack([predictor.runner(dihedral(batch, k)) for k in range(DIHEDRAL_VIEWS)], dim=1)
+            views.append(logits.numpy())
+            z = logits.mean(1) if predictor.metadata.views > 1 else logits[:, 0]
+            probs.extend(predictor.calibrate(z).tolist())
+        else:
+            probs.extend(predictor.run(batch))
         log.info("%d/%d images", min(start + batch_size, len(samples)), len(samples))
-    return np.array(probs)
+    return np.array(probs), (np.concatenate(views) if views else None)
 
 
 def draw_roc(path, y, p, threshold, auc):
@@ -77,12 +96,24 @@ def main(args) -> int:
     if not samples:
         log.error("no images in %s", args.data)
         return 2
+    if args.split == "validation":
+        recipe = predictor.metadata.training.get("recipe", {})
+        _, samples = split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
+                                   tuple(recipe.get("train_only_sources", ())))
     t = time.perf_counter()
     y = np.array([s.label for s in samples])
-    p = predict_all(predictor, samples, args.batch_size)
+    p, view_logits = predict_all(predictor, samples, args.batch_size, flips=not args.no_flips)
     threshold = predictor.threshold if args.threshold is None else args.threshold
     result = metrics.binary_metrics(y, p, threshold, n_boot=args.bootstrap)
-    result["model_version"] = predictor.version
+    result.update(validation.group_report(y, p, samples, threshold, n_boot=args.bootstrap))
+    result["calibration"] = {"ece": round(validation.expected_calibration_error(y, p), 4),
+                             "brier": round(validation.brier(y, p), 4), "bins": 10}
+    if view_logits is not None:
+        meta = predictor.metadata
+        result["dihedral_flip_rate"] = round(validation.flip_rate(validation.decisions_per_orientation(
+            view_logits, meta.tta, meta.calibration, threshold)), 4)
+    result.update(model_version=predictor.version, tta=predictor.metadata.tta, runtime=predictor.runtime,
+                  split=args.split)
     result["seconds"] = round(time.perf_counter() - t, 1)
     if args.roc:
         draw_roc(args.roc, y, p, threshold, result["auc"])

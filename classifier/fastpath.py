@@ -186,8 +186,10 @@ def quantize_int8(fp32_path, int8_path, calibration: torch.Tensor, batch_size: i
     return int8_path
 
 
-def run_batched(runner, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    return torch.cat([runner(b) for b in images.split(batch_size)]).sigmoid().numpy()
+def run_batched(runner, images: torch.Tensor, batch_size: int, calibrate=torch.sigmoid) -> np.ndarray:
+    """Probabilities for ``images``: the runner's logits through the model's calibration, so the
+    guard counts decision flips at the threshold where the model file puts it."""
+    return calibrate(torch.cat([runner(b) for b in images.split(batch_size)])).numpy()
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -242,7 +244,8 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     started = time.perf_counter()
 
     reference_runner = predictor.runner
-    reference = run_batched(reference_runner, inputs.validation, batch_size)
+    calibrate = predictor.calibrate
+    reference = run_batched(reference_runner, inputs.validation, batch_size, calibrate)
     labels = inputs.validation_labels
     speed_images = inputs.validation[: max(batch_size * 4, 64)]
     runtimes = {
@@ -255,7 +258,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
 
     def check(name, **extra):
         runner = OnnxRunner(paths[name], threads)
-        probs = run_batched(runner, inputs.validation, batch_size)
+        probs = run_batched(runner, inputs.validation, batch_size, calibrate)
         runtimes[name] = {
             "file": paths[name].name,
             "img_s": measure_speed(runner, speed_images, batch_size),
@@ -278,7 +281,8 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
             break
     accepted = [n for n, r in runtimes.items() if r["passed"]]
     chosen = max(accepted, key=lambda n: runtimes[n]["img_s"])
-    chosen_cuda = check_cuda(predictor.runner.model, inputs, reference, labels, meta.threshold, runtimes)
+    chosen_cuda = check_cuda(predictor.runner.model, inputs, reference, labels, meta.threshold, runtimes,
+                             calibrate=calibrate)
     report = {
         "format": REPORT_FORMAT,
         "model_version": meta.version,
@@ -303,7 +307,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
 
 
 def check_cuda(model, inputs, reference, labels, threshold, runtimes, batch_size: int = 64,
-               device: torch.device | None = None) -> str | None:
+               device: torch.device | None = None, calibrate=torch.sigmoid) -> str | None:
     """On a machine with CUDA: run fp16 and bf16 autocast against the CPU fp32 reference on the
     validation images, with the same guard, and time each; returns the fastest that passed
     (``torch-cuda-fp32`` when neither did), or None without CUDA (a GPU worker then runs fp32)."""
@@ -317,7 +321,7 @@ def check_cuda(model, inputs, reference, labels, threshold, runtimes, batch_size
     speed_images = inputs.validation[: batch_size * 4].repeat(4, 1, 1, 1)
     for name, dtype in CUDA_DTYPES.items():
         runner = TorchRunner(copy.deepcopy(model), device, dtype)
-        probs = run_batched(runner, inputs.validation, batch_size)
+        probs = run_batched(runner, inputs.validation, batch_size, calibrate)
         runtimes[name] = {
             "file": f"{name} on {where}",
             "img_s": measure_speed(runner, speed_images, batch_size),
@@ -345,7 +349,8 @@ def inputs_from_dataset(model_path, data_dir, n_calibration: int = 1024, seed: i
     meta = read_metadata(model_path)
     recipe = meta.training.get("recipe", {})
     samples = load_samples(data_dir)
-    train, val = split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0))
+    train, val = split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
+                               tuple(recipe.get("train_only_sources", ())))
     same = fingerprint(val).get("labels_sha256") == meta.training.get("validation", {}).get("labels_sha256")
     rng = np.random.default_rng(seed)
     calibration = [train[i] for i in rng.permutation(len(train))[:n_calibration]]

@@ -18,6 +18,7 @@ FORMAT = "skinweb-classifier/1"
 # The starter model shipped with skinweb; `make run` publishes it.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "starter.safetensors"
 METADATA_KEY = "skinweb"
+TTA_MODES = ("none", "dihedral8")
 
 
 class ModelFileError(Exception):
@@ -33,10 +34,23 @@ class ModelMetadata:
     std: tuple = (0.229, 0.224, 0.225)
     class_names: tuple = ("benign", "malignant")
     threshold: float = 0.5
+    # Test-time averaging: "none", or "dihedral8" (the logit is the mean over the 8 rotations and
+    # mirror images, so the decision cannot depend on how the image was turned).
+    tta: str = "none"
+    # Platt calibration of the (averaged) logit: p = sigmoid(scale * logit + bias); {} for none.
+    calibration: dict = dataclasses.field(default_factory=dict)
+    # The threshold's validation sensitivity/specificity and the borderline band around it
+    # (classifier.validation.operating_point); {} for files made before it existed.
+    operating_point: dict = dataclasses.field(default_factory=dict)
     created: str = ""
     training: dict = dataclasses.field(default_factory=dict)
     metrics: dict = dataclasses.field(default_factory=dict)
     format: str = FORMAT
+
+    @property
+    def views(self) -> int:
+        """Forward passes per image: 8 with dihedral averaging, else 1."""
+        return 8 if self.tta == "dihedral8" else 1
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -50,6 +64,10 @@ class ModelMetadata:
         meta = cls(**{k: v for k, v in data.items() if k in known})
         if not 0.0 < float(meta.threshold) < 1.0:
             raise ModelFileError(f"threshold {meta.threshold!r} is not between 0 and 1")
+        if meta.tta not in TTA_MODES:
+            raise ModelFileError(f"unknown test-time averaging {meta.tta!r}; expected one of {', '.join(TTA_MODES)}")
+        if meta.calibration and not all(isinstance(meta.calibration.get(k), (int, float)) for k in ("scale", "bias")):
+            raise ModelFileError(f"calibration {meta.calibration!r} lacks a numeric scale and bias")
         if int(meta.input_size) < 32:
             raise ModelFileError(f"input size {meta.input_size!r} is below 32 px")
         return meta

@@ -11,7 +11,7 @@ from classifier import fastpath
 from classifier.fastpath import TorchRunner
 from classifier.model import load_classifier
 from classifier.modelfile import ModelMetadata, read_metadata
-from classifier.presets import ClassificationPresetEval
+from classifier.presets import ClassificationPresetEval, dihedral
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,21 @@ class Predictor:
         return self.run(self.preprocess(images))
 
     def run(self, batch: torch.Tensor) -> list[float]:
-        """Probabilities of malignancy for an already preprocessed batch."""
-        return self.runner(batch).sigmoid().tolist()
+        """Probabilities of malignancy for an already preprocessed batch: the model file's test-time
+        averaging (all 8 rotations/mirror images in one forward pass, logits averaged) and
+        calibration applied."""
+        return self.calibrate(self.logits(batch)).tolist()
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The (view-averaged, uncalibrated) logit of each image of a preprocessed batch."""
+        views = self.metadata.views
+        if views == 1:
+            return self.runner(batch)
+        return self.runner(torch.cat([dihedral(batch, k) for k in range(views)])).view(views, len(batch)).mean(0)
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        cal = self.metadata.calibration or {}
+        return (logits * float(cal.get("scale", 1.0)) + float(cal.get("bias", 0.0))).sigmoid()
 
     def predict(self, images) -> list[Prediction]:
         images = list(images)

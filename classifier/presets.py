@@ -57,3 +57,15 @@ class ClassificationPresetTrain:
 
     def __call__(self, img):
         return self.transforms(img)
+
+
+DIHEDRAL_VIEWS = 8
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 rotations and mirror images of an image (or a batch), k = 0 the identity:
+    k % 4 quarter turns, mirrored left-right first when k >= 4. Dermoscopy has no "up", so all eight
+    are the same lesion."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))

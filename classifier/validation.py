@@ -1,0 +1,234 @@
+"""What the validation split says about a model: figures per source and diagnosis, the headline
+(melanoma against nevus + seborrheic keratosis on the ISIC 2017 part), stability under the 8
+rotations/mirror images, calibration, and the operating point stored with the model."""
+
+import numpy as np
+
+from classifier import metrics
+
+HEADLINE_SOURCE = "isic2017"
+HEADLINE_POSITIVE = {"melanoma"}
+HEADLINE_NEGATIVE = {"nevus", "seborrheic_keratosis"}
+
+
+def headline_mask(samples) -> np.ndarray:
+    """Images of the headline comparison: melanoma, nevus or seborrheic keratosis from the ISIC 2017 part."""
+    return np.array([s.source == HEADLINE_SOURCE and s.diagnosis in HEADLINE_POSITIVE | HEADLINE_NEGATIVE
+                     for s in samples])
+
+
+def headline_and_pooled(y, scores, samples) -> dict:
+    """The two AUCs a training log follows each epoch (scores may be logits: AUC only needs their order)."""
+    y, scores = np.asarray(y), np.asarray(scores)
+    m = headline_mask(samples)
+    return {"auc": round(metrics.roc_auc(y, scores), 5),
+            "headline_auc": round(metrics.roc_auc(y[m], scores[m]), 5) if m.any() else float("nan")}
+
+
+# Statistics -------------------------------------------------------------------------------------
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
+
+
+def expected_calibration_error(y, p, bins: int = 10) -> float:
+    """ECE with equal-width bins: the bin-size-weighted mean |observed share - mean probability|."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    return float(sum(abs(y[which == b].mean() - p[which == b].mean()) * (which == b).sum()
+                     for b in range(bins) if (which == b).any()) / len(y))
+
+
+def brier(y, p) -> float:
+    return float(np.mean((np.asarray(p, dtype=float) - np.asarray(y, dtype=float)) ** 2))
+
+
+def fit_platt(logits, y, iterations: int = 100) -> dict:
+    """Platt scaling, p = sigmoid(scale * logit + bias), fitted by Newton's method on the log loss.
+
+    A temperature alone (bias 0) cannot undo the shift that a class-weighted loss puts into the
+    logits, so the bias is fitted too. Both are monotone maps: AUC and rankings are unchanged."""
+    z, y = np.asarray(logits, dtype=float), np.asarray(y, dtype=float)
+    a, b = 1.0, 0.0
+    for _ in range(iterations):
+        p = sigmoid(a * z + b)
+        g = np.array([np.sum((p - y) * z), np.sum(p - y)])
+        w = p * (1 - p) + 1e-12
+        h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"method": "platt", "scale": float(a), "bias": float(b)}
+
+
+def apply_calibration(logits, calibration: dict | None) -> np.ndarray:
+    calibration = calibration or {}
+    return sigmoid(calibration.get("scale", 1.0) * np.asarray(logits, dtype=float) + calibration.get("bias", 0.0))
+
+
+def cross_fitted_calibration(logits, y, groups, folds: int = 5) -> np.ndarray:
+    """Each image's calibrated probability from a Platt fit on the other folds (folds by lesion):
+    the calibration error of a fit that has not seen the image it is measured on."""
+    import zlib
+
+    fold = np.array([zlib.crc32(str(g).encode()) % folds for g in groups])
+    out = np.empty(len(y))
+    for f in range(folds):
+        held = fold == f
+        out[held] = apply_calibration(np.asarray(logits)[held], fit_platt(np.asarray(logits)[~held], np.asarray(y)[~held]))
+    return out
+
+
+# Rotations and mirror images -----------------------------------------------------------------------
+
+def dihedral_composition() -> np.ndarray:
+    """table[g, k] = the view index of dihedral(dihedral(x, g), k), measured on a small asymmetric array."""
+    import torch
+
+    from classifier.presets import DIHEDRAL_VIEWS, dihedral
+
+    base = torch.arange(9.0).view(3, 3)
+    views = [dihedral(base, k) for k in range(DIHEDRAL_VIEWS)]
+    table = np.zeros((DIHEDRAL_VIEWS, DIHEDRAL_VIEWS), dtype=int)
+    for g in range(DIHEDRAL_VIEWS):
+        for k in range(DIHEDRAL_VIEWS):
+            composed = dihedral(dihedral(base, g), k)
+            table[g, k] = next(i for i, v in enumerate(views) if torch.equal(v, composed))
+    return table
+
+
+def decisions_per_orientation(view_logits, tta: str, calibration, threshold) -> np.ndarray:
+    """(n, 8) decisions the model would give for each of the 8 rotated/mirrored uploads of each image.
+
+    ``view_logits[:, k]`` is the network's logit for view k. Uploading view g and averaging over the
+    8 views (tta "dihedral8") averages the logits of views table[g, :], a permutation of all 8;
+    without averaging, the upload's logit is view g's own."""
+    view_logits = np.asarray(view_logits, dtype=float)
+    if tta == "dihedral8":
+        table = dihedral_composition()
+        z = np.stack([view_logits[:, table[g]].mean(axis=1) for g in range(view_logits.shape[1])], axis=1)
+    else:
+        z = view_logits
+    return apply_calibration(z, calibration) >= threshold
+
+
+def flip_rate(decisions) -> float:
+    """Share of images whose decision is not the same in all orientations."""
+    d = np.asarray(decisions)
+    return float(np.mean(d.any(axis=1) & ~d.all(axis=1)))
+
+
+# Reports -------------------------------------------------------------------------------------------
+
+def _auc_with_ci(y, p, n_boot) -> dict:
+    y = np.asarray(y)
+    if y.all() or not y.any():
+        return {"auc": None, "auc_ci95": None}
+    return {"auc": round(metrics.roc_auc(y, p), 4),
+            "auc_ci95": [round(v, 4) for v in metrics.bootstrap_auc_ci(y, p, n_boot=n_boot)]}
+
+
+def _rate(hits, n):
+    return round(float(hits) / n, 4) if n else None
+
+
+def group_report(y, p, samples, threshold, n_boot: int = 1000) -> dict:
+    """AUC (95% CI) and the decision rates at ``threshold`` per source and per diagnosis, and the
+    headline. Per diagnosis, the AUC pits a malignant diagnosis against every benign image and a
+    benign diagnosis against every malignant image."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=float)
+    called = p >= threshold
+    sources, diagnoses = np.array([s.source for s in samples]), np.array([s.diagnosis for s in samples])
+    per_source = {}
+    for name in sorted(set(sources)):
+        m = sources == name
+        per_source[name or "(none)"] = {
+            "n": int(m.sum()), "n_malignant": int(y[m].sum()), **_auc_with_ci(y[m], p[m], n_boot),
+            "sensitivity": _rate((called & y & m).sum(), (y & m).sum()),
+            "specificity": _rate((~called & ~y & m).sum(), (~y & m).sum()),
+        }
+    per_diagnosis = {}
+    for name in sorted(set(diagnoses) - {""}):
+        d = diagnoses == name
+        malignant = bool(y[d].all())
+        pair = d | (~y if malignant else y)
+        per_diagnosis[name] = {
+            "n": int(d.sum()), "label": "malignant" if malignant else "benign",
+            "called_malignant": _rate((called & d).sum(), d.sum()),
+            **_auc_with_ci(y[pair], p[pair], n_boot),
+        }
+    mel_vs = np.isin(diagnoses, list(HEADLINE_POSITIVE | HEADLINE_NEGATIVE))
+    head = headline_mask(samples)
+    return {
+        "per_source": per_source,
+        "per_diagnosis": per_diagnosis,
+        "melanoma_vs_nevus_sk": {"n": int(mel_vs.sum()), "n_melanoma": int((mel_vs & y).sum()),
+                                 **_auc_with_ci(y[mel_vs], p[mel_vs], n_boot)},
+        "headline": {"definition": "melanoma vs nevus + seborrheic keratosis, ISIC 2017 part",
+                     "n": int(head.sum()), "n_melanoma": int((head & y).sum()),
+                     "sensitivity": _rate((called & y & head).sum(), (y & head).sum()),
+                     "specificity": _rate((~called & ~y & head).sum(), (~y & head).sum()),
+                     **_auc_with_ci(y[head], p[head], n_boot)},
+    }
+
+
+def operating_point(y, p, threshold, band_sensitivities=(0.97, 0.80)) -> dict:
+    """The threshold's validation sensitivity and specificity, and the borderline band around it:
+    the probabilities between the thresholds that reach the two ``band_sensitivities``; a result
+    in the band is one a modest change of the operating point would decide the other way."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=float)
+    c = metrics.confusion(y, p, threshold)
+    lo = min(metrics.threshold_for_sensitivity(y, p, band_sensitivities[0]), threshold)
+    hi = max(metrics.threshold_for_sensitivity(y, p, band_sensitivities[1]), threshold)
+    in_band = (p >= lo) & (p < hi)
+    return {
+        "threshold": float(threshold),
+        "sensitivity": _rate(c["tp"], c["tp"] + c["fn"]),
+        "specificity": _rate(c["tn"], c["tn"] + c["fp"]),
+        "n_malignant": int(y.sum()), "n_benign": int((~y).sum()),
+        "band": [float(lo), float(hi)],
+        "band_definition": (f"probabilities between the thresholds reaching {band_sensitivities[0]:.0%} and "
+                            f"{band_sensitivities[1]:.0%} sensitivity on validation"),
+        "band_share": _rate(in_band.sum(), len(p)),
+    }
+
+
+def choose_and_report(y, view_logits, samples, target_sensitivity=0.90, flip_target=0.02, n_boot=1000) -> dict:
+    """From the network's logits for the 8 views of each validation image: whether to average the
+    views (when a single view's decisions flip across orientations more often than ``flip_target``),
+    the Platt calibration of the chosen logit, the threshold for ``target_sensitivity``, the
+    operating point, and the validation figures to store with the model."""
+    y = np.asarray(y)
+    view_logits = np.asarray(view_logits, dtype=float)
+    single = view_logits[:, 0]
+    single_cal = fit_platt(single, y)
+    single_thr = metrics.threshold_for_sensitivity(y, apply_calibration(single, single_cal), target_sensitivity)
+    single_flips = flip_rate(decisions_per_orientation(view_logits, "none", single_cal, single_thr))
+    tta = "dihedral8" if single_flips > flip_target else "none"
+    z = view_logits.mean(axis=1) if tta == "dihedral8" else single
+    calibration = fit_platt(z, y)
+    p_raw, p = sigmoid(z), apply_calibration(z, calibration)
+    threshold = metrics.threshold_for_sensitivity(y, p, target_sensitivity)
+    flips = flip_rate(decisions_per_orientation(view_logits, tta, calibration, threshold))
+    cross = cross_fitted_calibration(z, y, [s.group for s in samples])
+    validation = metrics.binary_metrics(y, p, threshold, n_boot=n_boot)
+    validation.update(group_report(y, p, samples, threshold, n_boot))
+    validation.update({
+        "tta": tta,
+        "dihedral_flip_rate": round(flips, 4),
+        "single_view_flip_rate": round(single_flips, 4),
+        "single_view_auc": round(metrics.roc_auc(y, single), 4),
+        "calibration": {
+            "ece_before": round(expected_calibration_error(y, p_raw), 4),
+            "ece_after": round(expected_calibration_error(y, p), 4),
+            "ece_after_cross_fitted": round(expected_calibration_error(y, cross), 4),
+            "brier_before": round(brier(y, p_raw), 4),
+            "brier_after": round(brier(y, p), 4),
+            "brier_after_cross_fitted": round(brier(y, cross), 4),
+            "bins": 10,
+        },
+    })
+    return {"tta": tta, "calibration": calibration, "threshold": float(threshold),
+            "operating_point": operating_point(y, p, threshold), "validation": validation}
