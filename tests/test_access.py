@@ -239,3 +239,24 @@ def test_cases_follow_their_patient_to_another_clinic(client, world):
     lesion.save()
     case.refresh_from_db()
     assert case.clinic_id == world["alice"].clinic_id
+
+
+@pytest.mark.parametrize("role", ["alice", "root"])
+def test_no_view_redirects_off_the_site(client, world, role):
+    """Every URL, GET and POST, with ``next`` pointing elsewhere: no redirect leaves this host."""
+    login(client, world, role)
+    case = world["case"]
+    data = {"case": case.pk, "cases": [case.pk], "label": "malignant", "source": "histopathology",
+            "use_for_training": "1", "agrees_with_ai": "no", "clinical_diagnosis": "nevus", "management": "monitor"}
+    hostile = ["https://evil.example/phish", "//evil.example/phish", "https:evil.example", "\\\\evil.example"]
+    redirects = 0
+    for name, route in project_urls():
+        if name == "logout":
+            continue
+        url = url_for(name, route, world)
+        for target in hostile:
+            for r in (client.get(url, {"next": target}), client.post(url, {**data, "next": target})):
+                if r.status_code in (301, 302, 303, 307, 308):
+                    redirects += 1
+                    assert "evil.example" not in r.url and not r.url.startswith("//"), (name, r.url)
+    assert redirects > 0

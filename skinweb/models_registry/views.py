@@ -15,6 +15,7 @@ from skinweb.audit.models import record
 from skinweb.clinic.models import Case, Label
 from skinweb.models_registry import tasks, training
 from skinweb.models_registry.models import ModelVersion
+from skinweb.redirects import redirect_to_next
 
 PAGE_SIZE = 50
 HEADLINE = [("auc", "AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
@@ -105,7 +106,7 @@ def relabel(request):
     form = LabelForm(request.POST)
     if not ids or not form.is_valid():
         messages.error(request, "Choose at least one case, a label and its source.")
-        return redirect(request.POST.get("next") or "manage:relabel_queue")
+        return redirect_to_next(request, "manage:relabel_queue")
     cases = list(relabel_scope(request.user).filter(pk__in=[i for i in ids if i.isdigit()]))
     if not cases:
         raise Http404("No such case")
@@ -115,7 +116,7 @@ def relabel(request):
                       form.cleaned_data["use_for_training"])
     messages.success(request, f"Ground truth {form.cleaned_data['label']} ({form.cleaned_data['source']}) "
                               f"set on {len(cases)} case(s).")
-    return redirect(request.POST.get("next") or "manage:relabel_queue")
+    return redirect_to_next(request, "manage:relabel_queue")
 
 
 @staff_required
@@ -130,7 +131,7 @@ def training_switch(request, pk):
         Case.objects.filter(pk=case.pk).update(use_for_training=value)
         case.use_for_training = value
         record(request, "relabel", case, old=old, new=truth_snapshot(case))
-    return redirect(request.POST.get("next") or "manage:relabel_queue")
+    return redirect_to_next(request, "manage:relabel_queue")
 
 
 @staff_required
