@@ -72,11 +72,14 @@ MIDDLEWARE = [
 ]
 
 # Login throttling (django-axes): AXES_FAILURE_LIMIT failed logins for one username from one IP
-# lock that pair out for AXES_COOLOFF_MINUTES; attempts are kept in the database (admin: Axes).
+# lock that pair out for AXES_COOLOFF_MINUTES, and AXES_ADDRESS_FAILURE_LIMIT failures from one IP
+# over all usernames (password spraying) lock the address; attempts are kept in the database.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_ADDRESS_FAILURE_LIMIT = env_int("AXES_ADDRESS_FAILURE_LIMIT", 20)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "skinweb.accounts.throttle.SprayAwareHandler"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 PROXY_COUNT = env_int("PROXY_COUNT", 0)  # trusted reverse proxies in front (X-Forwarded-For)

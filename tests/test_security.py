@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from skinweb.accounts import middleware
@@ -101,3 +102,22 @@ def test_audit_records_the_client_address_behind_a_proxy(client, settings):
     assert client_ip(request) == "203.0.113.9"  # the left-most entry is the client's claim, not trusted
     settings.PROXY_COUNT = 0
     assert client_ip(request) == "10.0.0.2"
+
+
+def test_one_address_spraying_many_usernames_is_locked_out(client, settings):
+    """One password tried against many usernames from one address: no username reaches its own
+    limit, but the address reaches AXES_ADDRESS_FAILURE_LIMIT and is refused, for every username."""
+    clinic = make_clinic()
+    names = [f"user{i}" for i in range(settings.AXES_ADDRESS_FAILURE_LIMIT // 2 + 1)]
+    for name in names:
+        make_user(name, clinic)
+    tries = [name for name in names for _ in range(2)][: settings.AXES_ADDRESS_FAILURE_LIMIT]
+    assert max(tries.count(n) for n in names) < settings.AXES_FAILURE_LIMIT
+    for name in tries[:-1]:
+        assert login(client, name, "Winter2026!").status_code == 200
+    assert login(client, tries[-1], "Winter2026!").status_code == 429
+    make_user("victor", clinic)
+    assert login(client, "victor", PASSWORD).status_code == 429  # the address, not the username
+    # Another address is not affected.
+    other = Client(REMOTE_ADDR="203.0.113.9")
+    assert other.post(reverse("login"), {"username": "victor", "password": PASSWORD}).status_code == 302
