@@ -1,11 +1,22 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required
+from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
 
 admin.site.site_header = "skinweb administration"
 admin.site.site_title = "skinweb admin"
 
+
+@login_not_required
+def favicon(request):
+    """Browsers ask for /favicon.ico whatever the page says: send them to the static copy."""
+    return redirect(static("favicon.ico"))
+
+
 urlpatterns = [
+    path("favicon.ico", favicon),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

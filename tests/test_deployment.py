@@ -64,3 +64,28 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
                         "HTTPS": "1", "ALLOWED_HOSTS": "skin.example.org", "DEBUG": "0"})
     assert result.returncode == 0, result.stderr
     assert "System check identified no issues" in result.stdout, result.stdout + result.stderr
+
+
+def test_demo_without_debug_serves_pages_static_files_and_the_favicon(tmp_path):
+    """`manage.py demo` with DEBUG unset: its static step makes pages render (every page was a 500
+    before: the hashed names come from the manifest that collectstatic writes) and whitenoise
+    serves the files, the favicon included."""
+    script = """
+from django.core.management import call_command
+from django.test import Client
+from skinweb.clinic.management.commands.demo import Command
+call_command("migrate", verbosity=0)
+Command().prepare_static()
+c = Client()
+page = c.get("/accounts/login/")
+assert page.status_code == 200, page.status_code
+icon = c.get("/favicon.ico")
+assert icon.status_code == 302 and icon.url.startswith("/static/favicon.") and icon.url != "/static/favicon.ico", icon.url
+served = c.get(icon.url)
+assert served.status_code == 200 and b"".join(served.streaming_content)[:4] == b"\\x00\\x00\\x01\\x00"
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin", "SKINWEB_VAR_DIR": str(tmp_path),
+                                            "SECRET_KEY": "k" * 60, "ALLOWED_HOSTS": "testserver"})
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr[-3000:]

@@ -43,6 +43,7 @@ class Command(BaseCommand):
 
     def handle(self, addr, port, **options):
         call_command("migrate", interactive=False, verbosity=0)
+        self.prepare_static()
         self.seed()
         self.procs = []
         # Ctrl-C and SIGTERM both stop everything this command started (the finally below), also
@@ -86,6 +87,13 @@ class Command(BaseCommand):
             self.stdout.write("\nstopping…")
         finally:
             self.stop_all()
+
+    def prepare_static(self):
+        """Without DEBUG, pages name static files by their hashed copies (whitenoise's manifest):
+        collect them first, or every page would fail. Quick when nothing changed."""
+        if not settings.DEBUG:
+            self.stdout.write("DEBUG is off: collecting static files")
+            call_command("collectstatic", interactive=False, verbosity=0)
 
     def seed(self):
         clinic, _ = Clinic.objects.get_or_create(name=DEMO_CLINIC)
