@@ -5,9 +5,11 @@
 
 DIR is a dataset folder (labels.csv, or benign/ and malignant/). The split into training and
 validation keeps all images of one lesion together. Every epoch writes ``checkpoint.pt`` (resume
-with --resume after a kill) and a line of ``metrics.jsonl``; the best epoch by validation AUC is
-exported as ``model.safetensors`` with its threshold, chosen on the validation split to reach
---target-sensitivity, and its validation metrics.
+with --resume after a kill) and a line of ``metrics.jsonl``; the best epoch by the headline AUC
+(melanoma vs nevus + seborrheic keratosis on the ISIC 2017 part; the pooled AUC on data without
+it) is exported as ``model.safetensors`` with what classifier.validation makes of its validation
+split: test-time averaging when single views flip, calibration, the threshold for
+--target-sensitivity with its borderline band, figures per source and diagnosis.
 """
 
 import argparse
@@ -25,12 +27,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from classifier import metrics
+from classifier import metrics, validation
 from classifier.data import CachedImages, DatasetError, fingerprint, load_samples, split_samples
 from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, save_model_file
 from classifier.predictor import resolve_device
-from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval, ClassificationPresetTrain
+from classifier.presets import (
+    DIHEDRAL_VIEWS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassificationPresetEval,
+    ClassificationPresetTrain,
+    dihedral,
+)
 
 log = logging.getLogger("classifier.train")
 
@@ -54,6 +63,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--warmup-epochs", type=int, default=2)
     p.add_argument("--ema-decay", type=float, default=0.998, help="weight averaging per step; 0 turns it off")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--train-only-sources", default="isic2018test600",
+                   help="comma-separated sources kept whole in training (no lesion ids to split them by)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-sensitivity", type=float, default=0.90)
     p.add_argument("--patience", type=int, default=12, help="stop after this many epochs without a better AUC")
@@ -126,6 +137,22 @@ def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=
 
 
 @torch.inference_mode()
+def view_logits(model, loader, device) -> np.ndarray:
+    """(n, 8) logits: every image of the loader in each of the 8 rotations/mirror images."""
+    model.eval()
+    out = []
+    for images, _ in loader:
+        images = images.to(device)
+        views = []
+        for k in range(DIHEDRAL_VIEWS):
+            x = dihedral(images, k).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                views.append(model(x).float().cpu())
+        out.append(torch.stack(views, dim=1).numpy())
+    return np.concatenate(out)
+
+
+@torch.inference_mode()
 def evaluate(model, loader, criterion, device):
     """Return (mean loss, labels, probabilities) over the loader."""
     model.eval()
@@ -178,7 +205,8 @@ def main(args, on_epoch=None) -> int:
     except (DatasetError, OSError) as exc:
         log.error("cannot read the dataset: %s", exc)
         return 2
-    train_samples, val_samples = split_samples(samples, args.val_fraction, args.seed)
+    train_only = tuple(s for s in args.train_only_sources.split(",") if s)
+    train_samples, val_samples = split_samples(samples, args.val_fraction, args.seed, train_only)
     if not train_samples or not val_samples or len({s.label for s in val_samples}) < 2:
         log.error("the dataset is too small to split into training and validation with both classes")
         return 2
@@ -249,6 +277,7 @@ def main(args, on_epoch=None) -> int:
         log.info("no checkpoint in %s: starting from scratch", out)
 
     recipe = {k: v for k, v in vars(args).items() if k not in ("data", "out", "resume", "version")}
+    recipe["train_only_sources"] = list(train_only)
     if args.init:
         recipe["init"] = init_meta.version
     train_fp, val_fp = fingerprint(train_samples), fingerprint(val_samples)
@@ -267,10 +296,14 @@ def main(args, on_epoch=None) -> int:
         eval_model = ema.module if ema is not None else model
         val_loss, y, p = evaluate(eval_model, val_loader, criterion, device)
         auc = metrics.roc_auc(y, p)
-        improved = auc > best_auc
+        headline = validation.headline_and_pooled(y, p, val_samples)["headline_auc"]
+        # Chosen by the headline (ISIC 2017 melanoma vs nevus + SK); data without it by the pooled AUC.
+        score = headline if np.isfinite(headline) else auc
+        improved = score > best_auc
         if improved:
-            best_auc, best_epoch = auc, epoch
-            export(eval_model, args, y, p, out, recipe, train_fp, val_fp, epoch)
+            best_auc, best_epoch = score, epoch
+            export(eval_model, args, y, view_logits(eval_model, val_loader, device), val_samples, out, recipe,
+                   train_fp, val_fp, epoch)
         seconds = time.perf_counter() - t
         if args.time_budget and epoch < 2 and not resumed_budget:
             # Fitted after the first epoch and again after the second: the first also pays for
@@ -283,7 +316,8 @@ def main(args, on_epoch=None) -> int:
                 args.epochs = fitted
                 schedule.total_steps = args.epochs * steps_per_epoch
         record = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-                  "val_auc": round(auc, 5), "best_val_auc": round(best_auc, 5), "lr": scheduler.get_last_lr()[0],
+                  "val_auc": round(auc, 5), "val_headline_auc": round(headline, 5), "best_val_auc": round(best_auc, 5),
+                  "lr": scheduler.get_last_lr()[0],
                   "seconds": round(seconds, 1)}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -306,20 +340,23 @@ def main(args, on_epoch=None) -> int:
     return 0
 
 
-def export(model, args, y, p, out, recipe, train_fp, val_fp, epoch):
-    """Write the model file for this epoch's weights, with its threshold and validation metrics."""
-    threshold = metrics.threshold_for_sensitivity(y, p, args.target_sensitivity)
-    val_metrics = metrics.binary_metrics(y, p, threshold, n_boot=500)
+def export(model, args, y, logits_by_view, val_samples, out, recipe, train_fp, val_fp, epoch):
+    """Write the model file for this epoch's weights, with what the validation split says about it
+    (classifier.validation): test-time averaging if needed, calibration, threshold, figures."""
+    report = validation.choose_and_report(y, logits_by_view, val_samples, args.target_sensitivity, n_boot=500)
     meta = ModelMetadata(
         version=args.version,
         arch=args.arch,
         input_size=args.image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        threshold=threshold,
+        threshold=report["threshold"],
+        tta=report["tta"],
+        calibration=report["calibration"],
+        operating_point=report["operating_point"],
         training={"dataset": str(args.data), "train": train_fp, "validation": val_fp, "recipe": recipe,
                   "epoch": epoch + 1, "target_sensitivity": args.target_sensitivity},
-        metrics={"validation": val_metrics},
+        metrics={"validation": report["validation"]},
     )
     meta = save_model_file(out / "model.tmp", model, meta)
     (out / "model.tmp").replace(out / "model.safetensors")
