@@ -178,6 +178,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> None:
     log.info("classified %d case(s) with %s on %s (%s) in %.0f ms per image", len(ready), version.version,
              predictor.device, predictor.runtime, ms)
 
+    band_low, band_high = version.operating_point["band"]
     explain = []
     for c, p in zip(ready, probabilities):
         try:
@@ -186,6 +187,8 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> None:
                 model_version=version,
                 probability=p,
                 threshold=predictor.threshold,
+                band_low=band_low,
+                band_high=band_high,
                 decision=predictor.decide(p),
                 elapsed_ms=round(ms, 1),
                 device=str(predictor.device),

@@ -295,6 +295,9 @@ class Prediction(models.Model):
     model_version = models.ForeignKey("models_registry.ModelVersion", on_delete=models.PROTECT, related_name="+")
     probability = models.FloatField(help_text="Probability of malignancy")
     threshold = models.FloatField(help_text="Decision threshold the model version used")
+    # The model version's borderline band around the threshold, as it was when this was written.
+    band_low = models.FloatField(null=True, blank=True, help_text="Lower end of the borderline band")
+    band_high = models.FloatField(null=True, blank=True, help_text="Upper end of the borderline band")
     decision = models.CharField(max_length=10, choices=Label.choices)
     elapsed_ms = models.FloatField(help_text="Model time: preprocessing and forward pass")
     device = models.CharField(max_length=20)
@@ -316,6 +319,37 @@ class Prediction(models.Model):
     @property
     def explanation_pending(self) -> bool:
         return not self.heatmap and not self.explanation_error
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """The borderline band: stored with the prediction, else the model version's (older rows)."""
+        if self.band_low is not None and self.band_high is not None:
+            return self.band_low, self.band_high
+        low, high = self.model_version.operating_point["band"]
+        return low, high
+
+    @property
+    def band_extent(self) -> tuple[float, float]:
+        """(start, width) of the band in percent of the 0-1 scale, for the probability bar."""
+        low, high = self.band
+        return round(100 * low, 2), round(100 * (high - low), 2)
+
+    @property
+    def borderline(self) -> bool:
+        """Close enough to the threshold that a modest change of operating point would flip it."""
+        low, high = self.band
+        return low <= self.probability < high
+
+    @property
+    def certainty(self) -> str:
+        """"malignant", "benign" or "borderline": what the pages, the PDF and the CSV show first."""
+        return "borderline" if self.borderline else self.decision
+
+    @property
+    def summary(self) -> str:
+        """One line for lists and exports, e.g. "borderline, leaning malignant: 0.26 (threshold 0.24)"."""
+        lead = f"borderline, leaning {self.decision}" if self.borderline else self.decision
+        return f"{lead}: {self.probability:.2f} (threshold {self.threshold:.2f})"
 
 
 class Feedback(models.Model):

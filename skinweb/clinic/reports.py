@@ -85,9 +85,12 @@ def case_pdf(case, generated_by) -> bytes:
     if p is not None:
         story.append(Paragraph("AI result", styles["Heading3"]))
         story.append(rows_table([
-            ("Decision", p.decision),
+            ("Result", f"BORDERLINE, leaning {p.decision}: the model is not sure either way" if p.borderline
+             else p.decision),
             ("Probability of malignancy", f"{p.probability:.3f}"),
-            ("Decision threshold", f"{p.threshold:.3f} (malignant at or above)"),
+            ("Decision threshold", f"{p.threshold:.3f} (malignant at or above); borderline band "
+                                   f"{p.band[0]:.2f}-{p.band[1]:.2f}"),
+            ("What the threshold means", p.model_version.threshold_in_words),
             ("Model version", p.model_version.version),
             ("Classified", f"{timezone.localtime(p.created_at):%Y-%m-%d %H:%M}"),
         ]))
@@ -122,7 +125,8 @@ def case_pdf(case, generated_by) -> bytes:
 
 
 CSV_COLUMNS = [
-    "case", "uploaded", "patient", "site", "lesion", "status", "probability", "threshold", "decision", "model_version",
+    "case", "uploaded", "patient", "site", "lesion", "status", "probability", "threshold", "decision", "certainty",
+    "band_low", "band_high", "model_version",
     "agrees_with_ai", "clinical_diagnosis", "management", "histopathology", "ground_truth",
 ]
 
@@ -141,6 +145,7 @@ def case_rows(cases):
             c.pk, timezone.localtime(c.created_at).strftime("%Y-%m-%d %H:%M"), c.lesion.patient.identifier,
             c.lesion.get_site_display(), c.lesion.label, c.status,
             f"{p.probability:.4f}" if p else "", f"{p.threshold:.4f}" if p else "", p.decision if p else "",
+            p.certainty if p else "", f"{p.band[0]:.4f}" if p else "", f"{p.band[1]:.4f}" if p else "",
             p.model_version.version if p else "",
             ("yes" if f.agrees_with_ai else "no") if f else "", f.clinical_diagnosis if f else "",
             f.management if f else "", f.histopathology_result if f else "", c.truth_label,

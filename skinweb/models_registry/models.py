@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 
 from django.conf import settings
@@ -7,6 +8,10 @@ from django.utils import timezone
 
 from classifier import fastpath
 from classifier.modelfile import read_metadata
+
+
+# Borderline band for versions whose model file predates stored bands (logit units around the threshold).
+DERIVED_BAND_LOGIT = 0.5
 
 
 class ModelVersionQuerySet(models.QuerySet):
@@ -109,6 +114,37 @@ class ModelVersion(models.Model):
             threshold=meta.threshold,
             metadata=json.loads(meta.to_json()),
         )
+
+    @property
+    def operating_point(self) -> dict:
+        """The threshold's validation sensitivity/specificity and the borderline band around it.
+
+        Model files store them since the calibrated starter; for older versions the band is derived:
+        half a unit either side of the threshold on the logit scale, marked ``derived``."""
+        stored = self.metadata.get("operating_point") or {}
+        if stored.get("band"):
+            return stored
+        v = self.validation_metrics.get("validation", {})
+        t = min(max(self.threshold, 1e-6), 1 - 1e-6)
+        logit = math.log(t / (1 - t))
+        return {
+            "threshold": self.threshold,
+            "sensitivity": v.get("sensitivity"),
+            "specificity": v.get("specificity"),
+            "band": [1 / (1 + math.exp(-(logit - DERIVED_BAND_LOGIT))), 1 / (1 + math.exp(-(logit + DERIVED_BAND_LOGIT)))],
+            "band_definition": f"within {DERIVED_BAND_LOGIT} of the threshold on the logit scale (this version's file "
+                               "predates stored bands)",
+            "derived": True,
+        }
+
+    @property
+    def threshold_in_words(self) -> str:
+        """What the threshold meant on validation data, per 100 lesions."""
+        op = self.operating_point
+        if op.get("sensitivity") is None or op.get("specificity") is None:
+            return ""
+        return (f"On validation data, at this threshold the model found {round(100 * op['sensitivity'])} of 100 "
+                f"malignant lesions and flagged {round(100 * (1 - op['specificity']))} of 100 benign ones.")
 
     @property
     def headline_metrics(self) -> dict:
