@@ -89,3 +89,27 @@ def test_pdf_and_csv_say_borderline(client, alice, banded_model):
     rows = list(csv.DictReader(io.StringIO(b"".join(client.get(reverse("clinic:case_export")).streaming_content)
                                            .decode())))
     assert rows[0]["certainty"] == "borderline" and rows[0]["band_low"] == "0.2000" and rows[0]["band_high"] == "0.4500"
+
+
+def test_every_list_of_results_shows_site_probability_threshold_decision_and_feedback(
+        client, alice, banded_model, django_assert_max_num_queries):
+    patient = make_patient(alice.clinic, "P-LIST")
+    lesion = make_lesion(patient, site="upper extremity", label="left forearm")
+    with_feedback = classified_at(lesion, alice, 0.31, "malignant")
+    with_feedback.record_feedback(alice, agrees_with_ai=True, clinical_diagnosis="nevus", management="monitor",
+                                  histopathology_result="", histopathology_date=None, notes="")
+    classified_at(lesion, alice, 0.05, "benign")
+    pages = {
+        "dashboard": reverse("clinic:dashboard"),
+        "history": reverse("clinic:case_list"),
+        "patient": reverse("clinic:patient_detail", args=[patient.pk]),
+        "lesion": reverse("clinic:lesion_detail", args=[lesion.pk]),
+    }
+    for name, url in pages.items():
+        body = " ".join(client.get(url).content.decode().split()).lower()
+        assert "upper extremity" in body or name == "lesion", name
+        assert "0.31" in body and "0.05" in body and "0.30" in body, name  # both probabilities, the threshold
+        assert 'data-certainty="borderline"' in body and 'data-certainty="benign"' in body, name
+        assert ("feedback ✓" in body or "agrees" in body) and "no feedback" in body, name
+    with django_assert_max_num_queries(12):
+        client.get(pages["patient"])

@@ -106,7 +106,7 @@ def patient_create(request):
 
 @object_view(Patient)
 def patient_detail(request, patient):
-    lesions = patient.lesions.prefetch_related("cases__prediction")
+    lesions = patient.lesions.prefetch_related("cases__prediction__model_version", "cases__feedback")
     record(request, "view", patient)
     return render(request, "clinic/patient_detail.html", {"patient": patient, "lesions": lesions})
 
