@@ -10,7 +10,7 @@ run: run-packages venv
 	DEBUG=1 $(BIN)/python manage.py demo
 
 test: test-packages venv
-	bash tests/run_all.sh
+	bash tests/run_all.sh $(ARGS)
 
 venv: $(STAMP)
 
