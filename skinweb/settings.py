@@ -20,8 +20,17 @@ def env(name, default=None):
     return os.environ.get(name, default)
 
 
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
 def env_bool(name, default=False):
-    return env(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+    """A boolean setting; anything but the usual spellings is refused (DEBUG=ture must not mean off)."""
+    value = env(name, str(default)).strip().lower()
+    if value not in TRUE | FALSE:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use one of 1/0, true/false, yes/no, on/off")
+    return value in TRUE
 
 
 def env_int(name, default):

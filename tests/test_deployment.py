@@ -89,3 +89,10 @@ print("ok")
                             text=True, env={"PATH": "/usr/bin:/bin", "SKINWEB_VAR_DIR": str(tmp_path),
                                             "SECRET_KEY": "k" * 60, "ALLOWED_HOSTS": "testserver"})
     assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+def test_a_misspelt_boolean_setting_is_refused(tmp_path):
+    result = run_check({"SKINWEB_VAR_DIR": str(tmp_path), "SECRET_KEY": "k" * 60, "DEBUG": "ture"})
+    assert result.returncode != 0 and "DEBUG='ture' is not a boolean" in result.stderr
+    result = run_check({"SKINWEB_VAR_DIR": str(tmp_path), "SECRET_KEY": "k" * 60, "DEBUG": "Off"})
+    assert "is not a boolean" not in result.stderr
