@@ -140,7 +140,7 @@ def read_cache(path: Path) -> np.ndarray:
 
 
 def as_features(rows: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rows).view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(np.array(rows).view(np.int16)).view(torch.bfloat16).float()  # a copy: memmaps are read-only
 
 
 class Trunk(nn.Module):

@@ -113,8 +113,7 @@ class Predictor:
 
     def run(self, batch: torch.Tensor) -> list[float]:
         """Probabilities of malignancy for an already preprocessed batch: the model file's test-time
-        averaging (all 8 rotations/mirror images in one forward pass, logits averaged) and
-        calibration applied."""
+        averaging (the 8 rotations/mirror images, logits averaged) and calibration applied."""
         return self.calibrate(self.logits(batch)).tolist()
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -122,7 +121,10 @@ class Predictor:
         views = self.metadata.views
         if views == 1:
             return self.runner(batch)
-        return self.runner(torch.cat([dihedral(batch, k) for k in range(views)])).view(views, len(batch)).mean(0)
+        # One call per view, not one batch of all views: the runner's activation memory stays that of
+        # the batch (8x the batch cost a CPU worker 2.6 GB instead of 0.85), and int8 speed is flat in
+        # the batch size.
+        return torch.stack([self.runner(dihedral(batch, k)) for k in range(views)]).mean(0)
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         cal = self.metadata.calibration or {}

@@ -136,7 +136,9 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     # The first case: result with its threshold, heat map overlay toggled and faded.
     page.locator("[data-upload-list] a").first.click()
     page.get_by_text("Decision support, not a diagnosis").wait_for()
-    assert page.get_by_text("at a decision threshold of").is_visible()
+    result = page.get_by_test_id("result")
+    assert result.is_visible() and "threshold of" in result.inner_text()
+    assert result.get_attribute("data-certainty") in ("benign", "malignant", "borderline")
     toggle = page.get_by_role("switch", name="Show heat map")
     toggle.wait_for(timeout=60_000)  # the heat map follows the result
     overlay = page.locator("[data-heatmap]")
