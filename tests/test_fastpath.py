@@ -12,6 +12,7 @@ import torch
 
 from classifier import Predictor, fastpath
 from classifier.bench import FIXTURES
+from classifier.data import load_samples, split_samples
 
 ROOT = FIXTURES.parent.parent.parent
 
@@ -54,7 +55,8 @@ def test_build_writes_the_artefacts_and_a_report(built):
     assert fastpath.read_report(path) == report
     assert {"torch-fp32", "onnx-fp32", "onnx-int8"} <= set(report["runtimes"])
     assert report["validation_images"] == len(inputs.validation) > 0
-    assert report["calibration_images"] == len(inputs.calibration) == 7  # the fixtures' training split
+    train, _ = split_samples(load_samples(FIXTURES), 0.2, 0)
+    assert report["calibration_images"] == len(inputs.calibration) == len(train) == 8  # the fixtures' training split
     for r in report["runtimes"].values():
         assert r["img_s"] > 0 and r["n"] == len(inputs.validation)
     # The fp32 export computes what PyTorch computes.
