@@ -18,8 +18,10 @@ import hashlib
 import io
 import logging
 import os
-import pickle  # nosec B403: only through RestrictedUnpickler, which resolves numpy's array globals alone
-import subprocess  # nosec B404: pip with a fixed argument list
+# pickle is used only through RestrictedUnpickler (numpy's array globals alone); pip runs with a fixed
+# argument list.
+import pickle  # nosec B403
+import subprocess  # nosec B404
 import sys
 import tarfile
 import tempfile
