@@ -20,14 +20,12 @@ import sys
 import time
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from classifier import metrics, validation
 from classifier.data import DatasetError, load_samples, split_samples
 from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError
 from classifier.predictor import Predictor
-from classifier.presets import DIHEDRAL_VIEWS, dihedral
 
 log = logging.getLogger("classifier.evaluate")
 
@@ -53,7 +51,7 @@ def predict_all(predictor, samples, batch_size, flips=True):
     for start in range(0, len(samples), batch_size):
         batch = predictor.preprocess([s.path for s in samples[start:start + batch_size]])
         if flips:
-            logits = torch.stack([predictor.runner(dihedral(batch, k)) for k in range(DIHEDRAL_VIEWS)], dim=1)
+            logits = predictor.view_logits(batch)
             views.append(logits.numpy())
             z = logits.mean(1) if predictor.metadata.views > 1 else logits[:, 0]
             probs.extend(predictor.calibrate(z).tolist())

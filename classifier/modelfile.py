@@ -49,8 +49,10 @@ class ModelMetadata:
 
     @property
     def views(self) -> int:
-        """Forward passes per image: 8 with dihedral averaging, else 1."""
-        return 8 if self.tta == "dihedral8" else 1
+        """Forward passes per image: the 8 rotations/mirror images with dihedral averaging, else 1."""
+        from classifier.presets import DIHEDRAL_VIEWS
+
+        return DIHEDRAL_VIEWS if self.tta == "dihedral8" else 1
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -11,7 +11,7 @@ from classifier import fastpath
 from classifier.fastpath import TorchRunner
 from classifier.model import load_classifier
 from classifier.modelfile import ModelMetadata, read_metadata
-from classifier.presets import ClassificationPresetEval, dihedral
+from classifier.presets import DIHEDRAL_VIEWS, ClassificationPresetEval, dihedral
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,15 @@ class Predictor:
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """The (view-averaged, uncalibrated) logit of each image of a preprocessed batch."""
-        views = self.metadata.views
-        if views == 1:
+        if self.metadata.views == 1:
             return self.runner(batch)
-        # One call per view, not one batch of all views: the runner's activation memory stays that of
-        # the batch (8x the batch cost a CPU worker 2.6 GB instead of 0.85), and int8 speed is flat in
-        # the batch size.
-        return torch.stack([self.runner(dihedral(batch, k)) for k in range(views)]).mean(0)
+        return self.view_logits(batch, self.metadata.views).mean(1)
+
+    def view_logits(self, batch: torch.Tensor, views: int = DIHEDRAL_VIEWS) -> torch.Tensor:
+        """(n, views) logits of the first ``views`` rotations/mirror images of each image. One runner
+        call per view, not one batch of all views: activation memory stays that of the batch (the
+        README's benchmark figures), and int8 speed is flat in the batch size."""
+        return torch.stack([self.runner(dihedral(batch, k)) for k in range(views)], dim=1)
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         cal = self.metadata.calibration or {}
