@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from classifier import validation
-from classifier.data import DatasetError, fingerprint, load_rgb, load_samples, split_samples
+from classifier.data import fingerprint, load_rgb
 from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import ModelMetadata, save_model_file
 from classifier.presets import DIHEDRAL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval, dihedral
-from classifier.train import EMA, WarmupCosine
+from classifier.train import EMA, WarmupCosine, load_split
 
 log = logging.getLogger("classifier.finetune")
 
@@ -191,13 +191,10 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    try:
-        samples = load_samples(args.data)
-    except (DatasetError, OSError) as exc:
-        log.error("cannot read the dataset: %s", exc)
+    split = load_split(args)
+    if split is None:
         return 2
-    train_only = tuple(s for s in args.train_only_sources.split(",") if s)
-    train_all, val = split_samples(samples, args.val_fraction, args.seed, train_only)
+    samples, train_all, val, train_only = split
     excluded = {s for s in args.exclude_sources.split(",") if s}
     log.info("data: %d images; training %d (%d malignant), validation %d (%d malignant)", len(samples),
              len(train_all), sum(s.label for s in train_all), len(val), sum(s.label for s in val))

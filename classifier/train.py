@@ -189,6 +189,23 @@ def epochs_within(budget_s, first_epoch_s, wanted, done=1):
 STOPPED = 3  # exit status when on_epoch asked to stop
 
 
+def load_split(args):
+    """(samples, training, validation, train-only sources) from ``--data``, ``--val-fraction``,
+    ``--seed`` and ``--train-only-sources``; None, with the reason logged, when the data cannot be
+    read or has too few images for both classes on both sides."""
+    try:
+        samples = load_samples(args.data)
+    except (DatasetError, OSError) as exc:
+        log.error("cannot read the dataset: %s", exc)
+        return None
+    train_only = tuple(s for s in args.train_only_sources.split(",") if s)
+    train, val = split_samples(samples, args.val_fraction, args.seed, train_only)
+    if not train or not val or len({s.label for s in val}) < 2:
+        log.error("the dataset is too small to split into training and validation with both classes")
+        return None
+    return samples, train, val, train_only
+
+
 def main(args, on_epoch=None) -> int:
     """Train; ``on_epoch(record)`` (optional) is called after each epoch's checkpoint with the
     epoch's metrics plus ``epochs`` and ``eta_s``, and stops the run when it returns False."""
@@ -200,16 +217,10 @@ def main(args, on_epoch=None) -> int:
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
 
-    try:
-        samples = load_samples(args.data)
-    except (DatasetError, OSError) as exc:
-        log.error("cannot read the dataset: %s", exc)
+    split = load_split(args)
+    if split is None:
         return 2
-    train_only = tuple(s for s in args.train_only_sources.split(",") if s)
-    train_samples, val_samples = split_samples(samples, args.val_fraction, args.seed, train_only)
-    if not train_samples or not val_samples or len({s.label for s in val_samples}) < 2:
-        log.error("the dataset is too small to split into training and validation with both classes")
-        return 2
+    samples, train_samples, val_samples, train_only = split
     log.info("data: %d images; training %d (%d malignant), validation %d (%d malignant), device %s",
              len(samples), len(train_samples), sum(s.label for s in train_samples), len(val_samples),
              sum(s.label for s in val_samples), device)
