@@ -1,6 +1,6 @@
-"""Fine-tune the ImageNet VGG16 on a CPU: blocks 1-4 frozen and cached, block 5 and the head trained.
+"""Fine-tune the ImageNet VGG16 on a CPU: the early blocks frozen and cached, the later ones and the head trained.
 
-    python -m classifier.finetune --data DIR --out DIR [--views 4] [--epochs 12] [--resume]
+    python -m classifier.finetune --data DIR --out DIR [--tune-from 5] [--views 4] [--epochs 12] [--resume]
 
 A full fine-tune of VGG16 at 224 px costs about half a second per image on two CPU cores. Blocks
 1-4 hold 90% of the network's multiply-adds, so they stay at their ImageNet weights and run once
@@ -8,7 +8,8 @@ per image and view: ``--views`` augmented views of every training image (random 
 rotations and mirror images, mild colour changes) and the 8 rotations/mirror images of every
 validation image are pushed through them once (bf16 on CPUs that have it) and cached on disk.
 Training then runs block 5 and the head over the cache, each epoch taking one cached view per
-image. Both stages resume after a kill (``--resume``): caching from the last finished chunk,
+image. ``--tune-from 4`` freezes blocks 1-3 only (their outputs are 4x larger on disk, and an epoch
+costs about 4x as much) and trains blocks 4-5 and the head. Both stages resume after a kill (``--resume``): caching from the last finished chunk,
 training from the last epoch's checkpoint.
 
 The finished model is a plain ``vgg16`` model file, usable by everything that reads one. Its
@@ -42,20 +43,23 @@ from classifier.train import EMA, WarmupCosine, load_split
 
 log = logging.getLogger("classifier.finetune")
 
-FROZEN = 24  # vgg16.features[:24]: blocks 1-4 and the fourth max-pool
+# vgg16.features[:FROZEN[b]] are the frozen blocks (with their max-pools) when block b is the first one trained.
+FROZEN = {4: 17, 5: 24}
 CHUNK = 64  # images per cached chunk: the unit of resumption
 
 
 def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Fine-tune block 5 of the ImageNet VGG16 over cached block-4 "
-                                "features (CPU recipe).", add_help=add_help)
+    p = argparse.ArgumentParser(description="Fine-tune the late blocks of the ImageNet VGG16 over cached "
+                                "features of the early ones (CPU recipe).", add_help=add_help)
     p.add_argument("--data", required=True, help="dataset folder (labels.csv, or benign/ and malignant/)")
     p.add_argument("--out", required=True, help="output folder: feature cache, checkpoint, metrics, model file")
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--tune-from", type=int, choices=sorted(FROZEN), default=5,
+                   help="first VGG16 block trained; the blocks before it are frozen and cached")
     p.add_argument("--views", type=int, default=4, help="cached augmented views per training image")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of block 5 (the head gets 10x)")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the trained blocks (the head gets 10x)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -105,18 +109,21 @@ def _to_tensor(path) -> torch.Tensor:
 
 
 def fill_cache(trunk, samples, path: Path, make_view, batch_size=16):
-    """Block-4 features (bf16 bits in a uint16 .npy) of ``make_view(image, index)`` for every sample.
+    """Frozen-trunk features (bf16 bits in a uint16 .npy) of ``make_view(image, index)`` for every sample.
 
     Progress is kept per chunk in ``path.done``; a killed run continues after the last full chunk.
     """
     n = len(samples)
     done_file = path.with_suffix(".done")
     done = int(done_file.read_text()) if done_file.exists() and path.exists() else 0
-    if done >= n:
-        return
     probe = ClassificationPresetEval(trunk.size)(_to_tensor(samples[0].path)).unsqueeze(0)
     with torch.inference_mode():
         shape = trunk(probe).shape[1:]
+    if done and np.load(path, mmap_mode="r").shape != (n, *shape):
+        raise SystemExit(f"{path} holds features of another shape than {(n, *shape)} (another --tune-from or "
+                         "--image-size, or other data): remove it or use another --out")
+    if done >= n:
+        return
     mode = "r+" if done else "w+"
     cache = np.lib.format.open_memmap(path, mode=mode, dtype=np.uint16, shape=(n, *shape))
     t = time.perf_counter()
@@ -144,23 +151,23 @@ def as_features(rows: np.ndarray) -> torch.Tensor:
 
 
 class Trunk(nn.Module):
-    def __init__(self, features, size):
+    def __init__(self, features, size, tune_from=5):
         super().__init__()
-        self.layers, self.size = features[:FROZEN], size
+        self.layers, self.size = features[:FROZEN[tune_from]], size
 
     def forward(self, x):
         return self.layers(x)
 
 
 class Top(nn.Module):
-    """Block 5, pooling and the head of a VGGClassifier, run on cached block-4 features."""
+    """The trained blocks, pooling and the head of a VGGClassifier, run on cached frozen-trunk features."""
 
-    def __init__(self, model):
+    def __init__(self, model, tune_from=5):
         super().__init__()
-        self.block5, self.pool, self.head = model.features[FROZEN:], model.pool, model.head
+        self.blocks, self.pool, self.head = model.features[FROZEN[tune_from]:], model.pool, model.head
 
     def forward(self, x):
-        return self.head(self.pool(self.block5(x))).squeeze(1)
+        return self.head(self.pool(self.blocks(x))).squeeze(1)
 
 
 @torch.inference_mode()
@@ -205,7 +212,7 @@ def main(args) -> int:
         log.error("%s", exc)
         return 2
     model = model.to(memory_format=torch.channels_last)
-    trunk = Trunk(model.features, args.image_size).eval()
+    trunk = Trunk(model.features, args.image_size, args.tune_from).eval()
     for p in trunk.parameters():
         p.requires_grad_(False)
 
@@ -233,13 +240,13 @@ def main(args) -> int:
     y_train = np.array([s.label for s in train_all], dtype=np.float32)
     y_val = np.array([s.label for s in val])
 
-    top = Top(model)
+    top = Top(model, args.tune_from)
     n_pos = float((y_train[train_idx] * sample_w).sum())
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - n_pos) / max(n_pos, 1e-9)))
     head_params = list(top.head.parameters())
     groups = [
-        {"params": [p for p in top.block5.parameters() if p.ndim > 1], "weight_decay": args.weight_decay, "lr": args.lr},
-        {"params": [p for p in top.block5.parameters() if p.ndim <= 1], "weight_decay": 0.0, "lr": args.lr},
+        {"params": [p for p in top.blocks.parameters() if p.ndim > 1], "weight_decay": args.weight_decay, "lr": args.lr},
+        {"params": [p for p in top.blocks.parameters() if p.ndim <= 1], "weight_decay": 0.0, "lr": args.lr},
         {"params": [p for p in head_params if p.ndim > 1], "weight_decay": args.weight_decay, "lr": args.lr * 10},
         {"params": [p for p in head_params if p.ndim <= 1], "weight_decay": 0.0, "lr": args.lr * 10},
     ]
@@ -262,7 +269,9 @@ def main(args) -> int:
 
     recipe = {k: v for k, v in vars(args).items()
               if k not in ("data", "out", "resume", "version", "cache_only", "bootstrap", "threads")}
-    recipe.update(method="frozen blocks 1-4 (cached), block 5 + head fine-tuned", train_only_sources=list(train_only))
+    trained = "block 5" if args.tune_from == 5 else f"blocks {args.tune_from}-5"
+    recipe.update(method=f"frozen blocks 1-{args.tune_from - 1} (cached), {trained} + head fine-tuned",
+                  train_only_sources=list(train_only))
     for epoch in range(start_epoch, args.epochs):
         t = time.perf_counter()
         erng = np.random.default_rng(args.seed * 1000 + epoch)

@@ -97,6 +97,29 @@ def test_finetune_resumes_without_recomputing_the_cache(finetuned, tmp_path, wei
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_tune_from_block_4_trains_blocks_4_and_5_and_refuses_a_cache_of_another_depth(finetuned, tmp_path,
+                                                                                         weights_dir):
+    out = tmp_path / "b4"
+    r = run(*FINETUNE, "--out", str(out), "--epochs", "1", "--tune-from", "4", weights_dir=weights_dir)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["recipe"]["method"].startswith("frozen blocks 1-3 (cached), blocks 4-5")
+    assert np.load(out / "cache" / "val-d0.npy", mmap_mode="r").shape[1:] == (256, 4, 4)  # block 3 of 32 px
+    from safetensors.torch import load_file
+
+    from classifier.model import load_classifier
+
+    state = load_classifier(out / "model.safetensors")[0].state_dict()
+    trunk = load_file(str(weights_dir / CACHE_NAME))
+    assert torch.equal(state["features.14.weight"], trunk["features.14.weight"].half().float())  # block 3: frozen
+    assert not torch.equal(state["features.17.weight"], trunk["features.17.weight"].half().float())  # block 4: trained
+    # The block-5 run's cache is block-4 features: reusing its folder with --tune-from 4 is refused, not misread.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(finetuned, mixed)
+    r = run(*FINETUNE, "--out", str(mixed), "--epochs", "1", "--tune-from", "4", "--resume", weights_dir=weights_dir)
+    assert r.returncode != 0 and "features of another shape" in r.stderr
+
+
 def test_the_cache_continues_after_a_kill_with_the_same_features(tmp_path, monkeypatch, weights_dir):
     from classifier import finetune
 
