@@ -16,7 +16,6 @@ costs speed, never correctness.
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -24,96 +23,22 @@ import numpy as np
 import torch
 
 from classifier import metrics
+from classifier.predictor import Predictor
+from classifier.runtime import (
+    CUDA_DTYPES,
+    REPORT_FORMAT,
+    FastPathError,
+    OnnxRunner,
+    TorchRunner,
+    artefact_paths,
+    default_threads,
+)
 
 log = logging.getLogger(__name__)
 
-REPORT_FORMAT = "skinweb-fastpath/1"
 # The int8 artefact is accepted only within these bounds against fp32 (issue 4).
 MAX_FLIP_RATE = 0.005
 MAX_AUC_DELTA = 0.005
-
-
-class FastPathError(RuntimeError):
-    pass
-
-
-def artefact_paths(model_path) -> dict[str, Path]:
-    model_path = Path(model_path)
-    stem = model_path.with_suffix("")
-    return {
-        "onnx-fp32": stem.with_suffix(".onnx"),
-        "onnx-int8": stem.with_suffix(".int8.onnx"),
-        "report": stem.with_suffix(".fast.json"),
-    }
-
-
-def read_report(model_path) -> dict | None:
-    """The fast-path report for a model file, or None when there is none or it is unreadable."""
-    path = artefact_paths(model_path)["report"]
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return report if report.get("format") == REPORT_FORMAT else None
-
-
-def default_threads() -> int:
-    return int(os.environ.get("SKINWEB_INFERENCE_THREADS", "0")) or (os.cpu_count() or 1)
-
-
-class OnnxRunner:
-    """Runs an ONNX graph on the CPU: a float32 NCHW batch in, one logit per image out."""
-
-    def __init__(self, path, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - onnxruntime is in requirements.txt
-            raise FastPathError("onnxruntime is not installed") from exc
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # The arena keeps the largest batch's activations allocated (bounded: workers cap the batch at
-        # INFERENCE_BATCH_SIZE); without it every call maps and faults in fresh pages, measured 17%
-        # slower at 224 px, batch 8 (21.5 against 26.1 images/s, 2 cores).
-        options.enable_cpu_mem_arena = True
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types for a bad file
-            raise FastPathError(f"cannot load {Path(path).name}: {exc}") from exc
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input_name: batch.contiguous().numpy()})
-        return torch.from_numpy(logits).reshape(-1)
-
-
-CUDA_DTYPES = {"torch-cuda-fp16": torch.float16, "torch-cuda-bf16": torch.bfloat16, "torch-cuda-fp32": None}
-
-
-class TorchRunner:
-    """The PyTorch model itself: the fp32 reference on CPU; on CUDA channels_last, with fp16 or bf16
-    autocast when ``dtype`` says so (the fast-path report says which passed the accuracy guard)."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None):
-        self.device = device
-        self.dtype = dtype if device.type == "cuda" else None
-        self.model = model.to(device).eval()
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            if self.dtype is None:
-                logits = self.model(batch)
-            else:
-                with torch.autocast("cuda", dtype=self.dtype):
-                    logits = self.model(batch)
-        else:
-            logits = self.model(batch)
-        return logits.float().reshape(-1).cpu()
 
 
 def export_onnx(model: torch.nn.Module, input_size: int, path) -> Path:
@@ -233,8 +158,6 @@ class BuildInputs:
 def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threads: int | None = None,
                     onnx: bool = True) -> dict:
     """Export, quantise, check against fp32 and time each runtime; write and return the report."""
-    from classifier.predictor import Predictor  # import here: predictor imports this module
-
     model_path = Path(model_path)
     paths = artefact_paths(model_path)
     predictor = Predictor.from_file(model_path, device="cpu", runtime="torch")

@@ -7,8 +7,7 @@ import time
 import torch
 from PIL import Image
 
-from classifier import fastpath
-from classifier.fastpath import TorchRunner
+from classifier import runtime as runtimes
 from classifier.model import load_classifier
 from classifier.modelfile import ModelMetadata, read_metadata
 from classifier.presets import DIHEDRAL_VIEWS, ClassificationPresetEval, dihedral
@@ -40,14 +39,14 @@ RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8", "torch-cuda-fp16", "torch
 
 
 class Predictor:
-    """Preprocessing plus a runner (PyTorch, or an ONNX artefact from classifier.fastpath)."""
+    """Preprocessing plus a runner (classifier.runtime: PyTorch, or an ONNX artefact built by classifier.fastpath)."""
 
     def __init__(self, model: torch.nn.Module | None, metadata: ModelMetadata, device: torch.device,
                  runner=None, runtime: str = "torch"):
         self.metadata = metadata
         self.device = device
         self.runtime = runtime
-        self.runner = runner if runner is not None else TorchRunner(model, device)
+        self.runner = runner if runner is not None else runtimes.TorchRunner(model, device)
         self.transform = ClassificationPresetEval(metadata.input_size, metadata.mean, metadata.std)
 
     @classmethod
@@ -59,7 +58,7 @@ class Predictor:
             raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
         dev = resolve_device(device)
         if runtime == "auto":
-            report = fastpath.read_report(path)
+            report = runtimes.read_report(path)
             if dev.type == "cuda":
                 runtime = (report or {}).get("chosen_cuda") or "torch-cuda-fp32"
             else:
@@ -70,10 +69,10 @@ class Predictor:
             runtime = "torch"
         if runtime.startswith("onnx"):
             metadata = read_metadata(path)
-            onnx_path = fastpath.artefact_paths(path)[runtime]
+            onnx_path = runtimes.artefact_paths(path)[runtime]
             try:
-                runner = fastpath.OnnxRunner(onnx_path)
-            except fastpath.FastPathError as exc:
+                runner = runtimes.OnnxRunner(onnx_path)
+            except runtimes.FastPathError as exc:
                 log.warning("%s; using PyTorch fp32", exc)
             else:
                 return cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime)
@@ -81,7 +80,7 @@ class Predictor:
         model, metadata = load_classifier(path)
         if dev.type == "cuda" and runtime == "torch":
             runtime = "torch-cuda-fp32"
-        runner = TorchRunner(model, dev, fastpath.CUDA_DTYPES.get(runtime))
+        runner = runtimes.TorchRunner(model, dev, runtimes.CUDA_DTYPES.get(runtime))
         return cls(model, metadata, dev, runner=runner, runtime=runtime)
 
     @property

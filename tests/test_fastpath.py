@@ -13,6 +13,7 @@ import torch
 from classifier import Predictor, fastpath
 from classifier.bench import FIXTURES
 from classifier.data import load_samples, split_samples
+from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner, artefact_paths, read_report
 
 ROOT = FIXTURES.parent.parent.parent
 
@@ -50,9 +51,9 @@ def test_guard_bounds_are_the_issue_s():
 
 def test_build_writes_the_artefacts_and_a_report(built):
     path, report, inputs = built
-    paths = fastpath.artefact_paths(path)
+    paths = artefact_paths(path)
     assert paths["onnx-fp32"].is_file() and paths["onnx-int8"].is_file()
-    assert fastpath.read_report(path) == report
+    assert read_report(path) == report
     assert {"torch-fp32", "onnx-fp32", "onnx-int8"} <= set(report["runtimes"])
     assert report["validation_images"] == len(inputs.validation) > 0
     train, _ = split_samples(load_samples(FIXTURES), 0.2, 0)
@@ -69,7 +70,7 @@ def test_build_writes_the_artefacts_and_a_report(built):
 def test_report_has_no_cuda_choice_without_a_gpu(built):
     _, report, _ = built
     if torch.cuda.is_available():
-        assert report["chosen_cuda"] in fastpath.CUDA_DTYPES
+        assert report["chosen_cuda"] in CUDA_DTYPES
     else:
         assert report["chosen_cuda"] is None and not any(n.startswith("torch-cuda") for n in report["runtimes"])
 
@@ -83,7 +84,7 @@ def test_cuda_guard_checks_each_precision_against_fp32(built):
     runtimes = {}
     chosen = fastpath.check_cuda(predictor.runner.model, inputs, reference, inputs.validation_labels,
                                  predictor.threshold, runtimes, batch_size=4, device=torch.device("cpu"))
-    assert set(runtimes) == set(fastpath.CUDA_DTYPES) and chosen in fastpath.CUDA_DTYPES
+    assert set(runtimes) == set(CUDA_DTYPES) and chosen in CUDA_DTYPES
     for r in runtimes.values():
         assert r["passed"] and r["n"] == len(inputs.validation) and r["img_s"] > 0
 
@@ -114,7 +115,7 @@ def test_a_missing_artefact_falls_back_to_pytorch(built, tmp_path):
     path, report, _ = built
     copy = tmp_path / "m.safetensors"
     shutil.copyfile(path, copy)
-    paths = fastpath.artefact_paths(copy)
+    paths = artefact_paths(copy)
     paths["report"].write_text(json.dumps({**report, "chosen": "onnx-int8"}))
     # The report names an int8 file that is not there.
     assert Predictor.from_file(copy, device="cpu").runtime == "torch"
@@ -145,8 +146,8 @@ def test_bench_prints_one_json_object(built):
 def test_onnx_runner_reports_a_corrupt_file(tmp_path):
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"not an onnx graph")
-    with pytest.raises(fastpath.FastPathError, match="cannot load x.onnx"):
-        fastpath.OnnxRunner(bad)
+    with pytest.raises(FastPathError, match="cannot load x.onnx"):
+        OnnxRunner(bad)
     assert torch.zeros(1).numel() == 1
 
 
@@ -154,5 +155,5 @@ def test_a_report_that_chose_pytorch_loads_pytorch(built, tmp_path):
     path, report, _ = built
     copy = tmp_path / "m.safetensors"
     shutil.copyfile(path, copy)
-    fastpath.artefact_paths(copy)["report"].write_text(json.dumps({**report, "chosen": "torch-fp32"}))
+    artefact_paths(copy)["report"].write_text(json.dumps({**report, "chosen": "torch-fp32"}))
     assert Predictor.from_file(copy, device="cpu").runtime == "torch"

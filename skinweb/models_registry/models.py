@@ -6,9 +6,8 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from classifier import fastpath
+from classifier import runtime
 from classifier.modelfile import read_metadata
-
 
 # Borderline band for versions whose model file predates stored bands (logit units around the threshold).
 DERIVED_BAND_LOGIT = 0.5
@@ -100,10 +99,10 @@ class ModelVersion(models.Model):
         shutil.copyfile(source, settings.MODEL_ROOT / filename)
         # Fast-path artefacts already built beside the source file come along (they are checked
         # against the version when a worker reads them); otherwise a worker builds them.
-        built = fastpath.artefact_paths(source)
-        report = fastpath.read_report(source)
+        built = runtime.artefact_paths(source)
+        report = runtime.read_report(source)
         if report and report.get("model_version") == meta.version:
-            for kind, dest in fastpath.artefact_paths(settings.MODEL_ROOT / filename).items():
+            for kind, dest in runtime.artefact_paths(settings.MODEL_ROOT / filename).items():
                 if built[kind].is_file():
                     shutil.copyfile(built[kind], dest)
         return cls.objects.create(
