@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -181,7 +180,7 @@ def wait_fast_path(timeout=900):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = ModelVersion.objects.published()
-        if v is None or v.fast_path.get("chosen"):
+        if v is None or v.fast_path.get("built") or v.fast_path.get("error"):
             return v
         time.sleep(1)
     return ModelVersion.objects.published()

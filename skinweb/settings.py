@@ -8,9 +8,8 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from csp.constants import NONE, SELF
-
 import dj_database_url
+from csp.constants import NONE, SELF
 from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -252,11 +251,15 @@ CELERY_TASK_ROUTES = {
     "skinweb.models_registry.tasks.shadow_check": {"queue": "training"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# The sweep (skinweb/clinic/sweep.py): every SWEEP_INTERVAL seconds, cases queued or running for
-# more than SWEEP_QUEUED_AFTER seconds without a live worker get their task sent again.
+# The sweeps, every SWEEP_INTERVAL seconds: cases queued or running for more than SWEEP_QUEUED_AFTER
+# seconds without a live worker get their task sent again (skinweb/clinic/sweep.py); training runs that
+# went silent fail, and the published version's fast path is asked for if it never was (models_registry).
 SWEEP_INTERVAL = env_int("SWEEP_INTERVAL", 60)
 SWEEP_QUEUED_AFTER = env_int("SWEEP_QUEUED_AFTER", 300)
-CELERY_BEAT_SCHEDULE = {"sweep": {"task": "skinweb.clinic.tasks.sweep", "schedule": float(SWEEP_INTERVAL)}}
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "skinweb.clinic.tasks.sweep", "schedule": float(SWEEP_INTERVAL)},
+    "registry-sweep": {"task": "skinweb.models_registry.tasks.sweep", "schedule": float(SWEEP_INTERVAL)},
+}
 # A message not acknowledged within this time is delivered again. Training runs take hours, so it
 # is long; classification is covered sooner by the database sweep of stale cases.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}

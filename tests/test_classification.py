@@ -10,7 +10,6 @@ from django.utils import timezone
 
 from classifier import predictor as classifier_predictor
 from classifier.bench import FIXTURES
-
 from skinweb.clinic import classification
 from skinweb.clinic import tasks as clinic_tasks
 from skinweb.clinic.models import Case, Prediction
@@ -91,7 +90,7 @@ def test_newly_published_version_is_loaded_and_recorded(case, published_model, t
     classification.classify_case(second.pk)
     second.refresh_from_db()
     assert second.prediction.model_version == v2 and second.prediction.threshold == 0.3
-    assert list(classification._predictors) == [("test-v2", "auto", "torch", None)]
+    assert list(classification._predictors) == [("test-v2", "auto", None)]  # only the current version is kept
     published_model.refresh_from_db()
     assert published_model.status == ModelVersion.Status.RETIRED
 
@@ -169,16 +168,32 @@ def test_a_case_claimed_by_a_dead_worker_is_taken_over_at_once(case, published_m
     assert case.status == Case.Status.DONE and case.claimed_by == classification.worker_identity()
 
 
-def test_loading_a_version_without_fast_artefacts_requests_them_once(case, published_model, django_capture_on_commit_callbacks, monkeypatch):
+def test_the_fast_path_is_asked_for_once_by_publishing_or_the_sweep_never_by_a_worker(
+        case, published_model, django_capture_on_commit_callbacks, monkeypatch):
     sent = []
     monkeypatch.setattr(tasks, "send", sent.append)
-    monkeypatch.setattr(clinic_tasks, "enqueue_explanations", lambda ids: None)  # no broker in this test
     with django_capture_on_commit_callbacks(execute=True):
-        classification.classify_case(case.pk)
-        classification.classify_case(make_case(case.lesion).pk)
+        classification.classify_case(case.pk)  # a worker only loads what is there
+    assert sent == [] and published_model.fast_path == {}
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.sweep()  # the registry's periodic task: the published version was never asked for
+        tasks.sweep()
+        assert tasks.request_fast_path(published_model) is False  # publishing again: already asked
     assert sent == [published_model.pk]
     published_model.refresh_from_db()
     assert "building_since" in published_model.fast_path
+
+
+def test_a_request_that_could_not_be_sent_is_asked_for_again(published_model, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(tasks.build_fast_path, "apply_async", broker_down)
+    tasks.send(published_model.pk)
+    published_model.refresh_from_db()
+    assert published_model.fast_path == {}
 
 
 def test_switches_to_the_fast_runtime_once_built_without_a_restart(case, published_model, settings):
@@ -187,16 +202,26 @@ def test_switches_to_the_fast_runtime_once_built_without_a_restart(case, publish
     classification.classify_case(case.pk)
     report = registry_fastpath.build(published_model)
     assert report["chosen"] in ("torch-fp32", "onnx-fp32", "onnx-int8")
-    published_model.refresh_from_db()
-    assert published_model.fast_path == report and published_model.runtime == report["chosen"]
+    published_model = ModelVersion.objects.get(pk=published_model.pk)
+    # One copy of the report: the file beside the model; the row says only that it is built.
+    assert published_model.fast_path == {"built": report["created"]}
+    assert published_model.fast_report == report and published_model.runtime == report["chosen"]
     second = make_case(case.lesion)
     classification.classify_case(second.pk)
     second.refresh_from_db()
     assert second.prediction.runtime == report["chosen"].replace("torch-fp32", "torch")
 
 
-def test_sweep_resends_cases_whose_message_may_be_lost(case, settings):
-    from skinweb.clinic.sweep import sweep_stale_cases
+def test_a_failed_build_is_recorded_and_workers_stay_on_pytorch(published_model, settings):
+    settings.TRAINING_DATASETS = []
+    published_model.metadata = {**published_model.metadata, "training": {}}
+    assert registry_fastpath.build(published_model) is None
+    published_model = ModelVersion.objects.get(pk=published_model.pk)
+    assert "no training images here" in published_model.fast_path["error"] and published_model.runtime == "torch"
+
+
+def test_sweep_resends_cases_whose_message_may_be_lost(case, settings, monkeypatch):
+    from skinweb.clinic import sweep
 
     old = timezone.now() - timedelta(seconds=settings.SWEEP_QUEUED_AFTER + 1)
     fresh = make_case(case.lesion)  # queued just now: its message is surely still in the broker
@@ -211,7 +236,9 @@ def test_sweep_resends_cases_whose_message_may_be_lost(case, settings):
     Case.objects.filter(pk=busy.pk).update(started_at=timezone.now(), enqueued_at=old)
 
     sent = []
-    assert sorted(sweep_stale_cases(send=sent.append)) == sorted([case.pk, stuck.pk]) == sorted(sent)
+    monkeypatch.setattr(clinic_tasks.classify_case, "delay", sent.append)
+    clinic_tasks.sweep()  # what beat runs: the plain function finds the cases, the task sends them
+    assert sorted(sent) == sorted([case.pk, stuck.pk])
     case.refresh_from_db()
     assert case.enqueued_at > old and fresh.pk not in sent and busy.pk not in sent
-    assert sweep_stale_cases(send=sent.append) == []  # just re-sent: not again until the next period
+    assert sweep.stale_cases() == []  # just sent again: not again until the next period

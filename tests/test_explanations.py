@@ -113,12 +113,10 @@ def test_case_page_shows_the_overlay_controls_and_serves_the_map_to_its_clinic_o
 
 @pytest.mark.django_db
 def test_sweep_asks_again_for_missing_heat_maps(published_model, settings):
-    from skinweb.clinic.sweep import sweep_missing_heatmaps
+    from skinweb.clinic import sweep
 
     settings.SWEEP_QUEUED_AFTER = 0
     case = make_case(make_lesion(make_patient(make_clinic("North"))))
     classification.classify_case(case.pk)
     case = Case.objects.get(pk=case.pk)
-    sent = []
-    assert sweep_missing_heatmaps(send=sent.append) == [case.prediction.pk]
-    assert sent == [[case.prediction.pk]]
+    assert sweep.missing_heatmaps() == [case.prediction.pk]

@@ -2,7 +2,7 @@
 
 Each test kills real processes on loopback and cleans up after itself. The recovery path under
 test is the one production uses: redelivery where the broker still has the message, and the
-sweep (skinweb/clinic/sweep.py, run by beat every minute) where it does not.
+sweep (skinweb/clinic/sweep.py, sent by tasks.sweep, run by beat every minute) where it does not.
 """
 
 import os
@@ -13,7 +13,7 @@ import pytest
 from django.urls import reverse
 
 from skinweb.clinic.models import Case
-from skinweb.clinic.sweep import sweep_stale_cases
+from skinweb.clinic import tasks
 from tests.builders import make_lesion, make_patient, upload
 from tests.conftest import WorkerProcess
 
@@ -31,7 +31,7 @@ def wait_all_done(workers, n, timeout=120, sweep=True):
         if len(s) == n and all(v == "done" for v in s.values()):
             return
         if sweep:
-            sweep_stale_cases()  # what beat runs every SWEEP_INTERVAL seconds
+            tasks.sweep()  # what beat runs every SWEEP_INTERVAL seconds
         time.sleep(0.5)
     logs = "\n".join(w.output()[-2000:] for w in workers)
     raise AssertionError(f"not all done: {statuses()}\n{logs}")

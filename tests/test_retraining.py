@@ -1,6 +1,5 @@
 """Relabel → retrain → evaluate → publish → roll back (issue 5)."""
 
-import shutil
 from datetime import timedelta
 
 import pytest
@@ -9,7 +8,7 @@ from django.utils import timezone
 
 from skinweb.audit.models import AuditEvent
 from skinweb.clinic.models import Case
-from skinweb.models_registry import training
+from skinweb.models_registry import tasks, training
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_case, make_clinic, make_lesion, make_model_file, make_patient, make_user
 from tests.conftest import ROOT
@@ -168,13 +167,28 @@ def test_a_cancelled_run_stops_after_its_epoch(admin_user, parent):
     assert run.status == "failed" and "Cancelled" in run.error and run.progress["epoch"] == 1
 
 
-def test_a_silent_run_is_marked_failed_not_left_training(admin_user, parent, settings):
+def test_a_silent_run_is_shown_then_marked_failed_by_the_sweep_not_by_a_page(client, admin_user, parent, settings):
     run = training.start_run(admin_user, epochs=1)
     ModelVersion.objects.filter(pk=run.pk).update(
         heartbeat_at=timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER + 5))
-    assert training.mark_stale_runs() == [run.version]
+    client.force_login(admin_user)
+    for url in (reverse("manage:model_list"), reverse("manage:model_detail", args=[run.pk])):
+        assert client.get(url).status_code == 200
+    run.refresh_from_db()
+    assert run.status == "training"  # GET requests change nothing
+    assert "has probably stopped" in client.get(reverse("manage:model_detail", args=[run.pk])).content.decode()
+    tasks.sweep()  # the registry's periodic task
     run.refresh_from_db()
     assert run.status == "failed" and "stopped" in run.error
+
+
+def test_a_silent_run_does_not_block_a_new_one(admin_user, parent, settings):
+    run = training.start_run(admin_user, epochs=1)
+    ModelVersion.objects.filter(pk=run.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER + 5))
+    assert training.start_run(admin_user, epochs=1).status == "training"
+    run.refresh_from_db()
+    assert run.status == "failed"
 
 
 def test_publishing_a_worse_candidate_needs_a_reason_and_rollback_is_one_action(client, admin_user, parent, tmp_path):

@@ -94,8 +94,9 @@ def test_templates_have_no_inline_script_or_style():
 
 
 def test_audit_records_the_client_address_behind_a_proxy(client, settings):
-    from skinweb.accounts.ip import client_ip
     from django.test import RequestFactory
+
+    from skinweb.accounts.ip import client_ip
 
     settings.PROXY_COUNT = 1
     request = RequestFactory().get("/", HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9", REMOTE_ADDR="10.0.0.2")

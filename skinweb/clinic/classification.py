@@ -1,14 +1,15 @@
 """Django adapter to the classifier: classify one case with the published model version.
 
-Runs in Celery workers (tasks.py) but is a plain function, testable without Celery.
+Runs in Celery workers (tasks.py) but knows nothing of Celery: it returns what is to be sent next
+(the new predictions whose heat maps are wanted), and tasks.py sends it.
 """
 
+import dataclasses
 import logging
 import threading
 import time
 
 import torch
-
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
@@ -18,7 +19,6 @@ from django.utils import timezone
 from classifier import ModelFileError, Predictor
 from skinweb.clinic.models import Case, Prediction
 from skinweb.models_registry.models import ModelVersion
-from skinweb.models_registry.tasks import request_fast_path
 from skinweb.workers import dead_on_this_host, worker_identity
 
 log = logging.getLogger(__name__)
@@ -36,19 +36,23 @@ _lock = threading.Lock()
 
 
 def get_predictor(version: ModelVersion) -> Predictor:
-    # The runtime is part of the key: when the fast artefacts of the published version are built,
-    # the next batch switches to them without a restart.
-    key = (version.version, settings.INFERENCE_DEVICE, version.runtime, version.fast_path.get("chosen_cuda"))
+    """The loaded model of ``version`` (on the runtime its fast-path report chose, when it has one)."""
+    # The build's state is part of the key: when the fast artefacts of the published version are
+    # built, the next batch switches to them without a restart.
+    key = (version.version, settings.INFERENCE_DEVICE, version.fast_path.get("built"))
     with _lock:
         if key not in _predictors:
             # A newly published version replaces the cached one: keep only the current model in memory.
             _predictors.clear()
             log.info("loading model %s on %s", version.version, settings.INFERENCE_DEVICE)
             _predictors[key] = Predictor.from_file(version.path, device=settings.INFERENCE_DEVICE)
-    predictor = _predictors[key]
-    if not version.fast_path.get("chosen"):
-        request_fast_path(version)  # once per version: later calls find it requested
-    return predictor
+    return _predictors[key]
+
+
+@dataclasses.dataclass
+class Outcome:
+    case: Case
+    explain: list[int]  # predictions written by this batch: their heat maps are to be asked for
 
 
 class CaseBusy(Exception):
@@ -102,7 +106,7 @@ def _wait_for_burst(case: Case, batch_size: int, wait_s: float):
         time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
-def classify_case(case_id: int, batch_size: int | None = None) -> Case | None:
+def classify_case(case_id: int, batch_size: int | None = None) -> Outcome | None:
     """Classify a case with the published model, together with other queued cases (one forward pass).
 
     Each case gets its own prediction row and status. Idempotent: a case already classified by the
@@ -110,7 +114,7 @@ def classify_case(case_id: int, batch_size: int | None = None) -> Case | None:
     does no harm; the tasks of cases classified in another case's batch find them done. A case
     another worker claimed moments ago raises CaseBusy (the task retries later; if that worker died,
     the claim is stale by then and the case is classified here). Every failure ends as a readable
-    reason on the case, never as a case stuck in "running".
+    reason on the case, never as a case stuck in "running". None when the case no longer exists.
     """
     case = Case.objects.filter(pk=case_id).select_related("prediction").first()
     if case is None:
@@ -119,9 +123,9 @@ def classify_case(case_id: int, batch_size: int | None = None) -> Case | None:
     version = ModelVersion.objects.published()
     if version is None:
         case.mark_failed(NO_MODEL_MESSAGE)
-        return case
+        return Outcome(case, [])
     if case.status == Case.Status.DONE and case.prediction and case.prediction.model_version_id == version.pk:
-        return case
+        return Outcome(case, [])
     if claim_is_live(case):
         raise CaseBusy(settings.INFERENCE_CLAIM_TIMEOUT - (timezone.now() - case.started_at).total_seconds())
 
@@ -129,12 +133,12 @@ def classify_case(case_id: int, batch_size: int | None = None) -> Case | None:
     case.mark_running(worker_identity())
     _wait_for_burst(case, batch_size, settings.INFERENCE_BATCH_WAIT_MS / 1000)
     cases = [case, *_claim_others(case, batch_size - 1)]
-    classify_batch(cases, version)
-    return case
+    return Outcome(case, classify_batch(cases, version))
 
 
-def classify_batch(cases: list[Case], version: ModelVersion) -> None:
-    """Classify cases already marked running with ``version``; one forward pass for all of them."""
+def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
+    """Classify cases already marked running with ``version``; one forward pass for all of them.
+    Returns the ids of the predictions written."""
     todo = []
     for c in cases:
         existing = Prediction.objects.filter(case=c, model_version=version).first()
@@ -143,14 +147,14 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> None:
         else:
             todo.append(c)
     if not todo:
-        return
+        return []
     try:
         predictor = get_predictor(version)
     except (ModelFileError, OSError, RuntimeError) as exc:
         log.exception("cannot load model %s", version.version)
         for c in todo:
             c.mark_failed(f"The published model {version.version} could not be loaded: {exc}")
-        return
+        return []
 
     start = time.perf_counter()
     ready, images = [], []
@@ -166,20 +170,20 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> None:
             log.exception("preprocessing of case %s failed", c.pk)
             c.mark_failed(f"The stored image could not be prepared ({type(exc).__name__}: {exc}).")
     if not ready:
-        return
+        return []
     try:
         probabilities = predictor.run(torch.stack(images))
     except Exception as exc:
         log.exception("classification of cases %s failed", [c.pk for c in ready])
         for c in ready:
             c.mark_failed(f"Classification failed ({type(exc).__name__}: {exc}).")
-        return
+        return []
     ms = (time.perf_counter() - start) * 1000 / len(ready)
     log.info("classified %d case(s) with %s on %s (%s) in %.0f ms per image", len(ready), version.version,
              predictor.device, predictor.runtime, ms)
 
     band_low, band_high = version.operating_point["band"]
-    explain = []
+    written = []
     for c, p in zip(ready, probabilities):
         try:
             prediction = Prediction.objects.create(
@@ -199,7 +203,5 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> None:
             # Another delivery of the same task got there first.
             prediction = Prediction.objects.get(case=c, model_version=version)
         c.mark_done(prediction)
-        explain.append(prediction.pk)
-    from skinweb.clinic import tasks  # here: tasks imports this module
-
-    tasks.enqueue_explanations(explain)  # the results are visible now; their heat maps follow
+        written.append(prediction.pk)
+    return written

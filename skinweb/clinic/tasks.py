@@ -1,12 +1,18 @@
+"""The clinic's Celery tasks: the only module of the clinic that sends messages. The functions they
+call (classification, explanations, sweep) are plain and return what is to be sent."""
+
 import logging
 
 from celery import shared_task
 from django.db import transaction
 from kombu.exceptions import OperationalError
 
-from skinweb.clinic import classification
+from skinweb.clinic import classification, sweep as sweeps
+from skinweb.clinic.explanations import explain_predictions
 
 log = logging.getLogger(__name__)
+
+EXPLAIN_BATCH = 16  # predictions per heat-map task
 
 
 def enqueue(case_id: int) -> None:
@@ -25,10 +31,12 @@ def enqueue(case_id: int) -> None:
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=None)
 def classify_case(self, case_id: int) -> None:
     try:
-        classification.classify_case(case_id)
+        outcome = classification.classify_case(case_id)
     except classification.CaseBusy as busy:
         # Another worker's batch has it; come back when that claim would have gone stale.
-        raise self.retry(countdown=max(1.0, float(busy.args[0]) + 1))
+        raise self.retry(countdown=max(1.0, float(busy.args[0]) + 1)) from None
+    if outcome is not None:
+        enqueue_explanations(outcome.explain)  # the results are visible now; their heat maps follow
 
 
 def enqueue_explanations(prediction_ids) -> None:
@@ -36,10 +44,12 @@ def enqueue_explanations(prediction_ids) -> None:
     ids = list(prediction_ids)
 
     def send():
-        try:
-            explain.apply_async((ids,), retry=False)
-        except OperationalError as exc:
-            log.warning("broker unavailable, heat maps of %s left for the sweep: %s", ids, exc)
+        for start in range(0, len(ids), EXPLAIN_BATCH):
+            batch = ids[start:start + EXPLAIN_BATCH]
+            try:
+                explain.apply_async((batch,), retry=False)
+            except OperationalError as exc:
+                log.warning("broker unavailable, heat maps of %s left for the sweep: %s", batch, exc)
 
     if ids:
         transaction.on_commit(send)
@@ -47,17 +57,12 @@ def enqueue_explanations(prediction_ids) -> None:
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def explain(prediction_ids) -> None:
-    from skinweb.clinic.explanations import explain_predictions
-
     explain_predictions(prediction_ids)
 
 
 @shared_task(ignore_result=True)
 def sweep() -> None:
-    """Periodic (Celery beat): re-send lost classifications, fail training runs that went silent."""
-    from skinweb.clinic.sweep import sweep_missing_heatmaps, sweep_stale_cases
-    from skinweb.models_registry.training import mark_stale_runs
-
-    sweep_stale_cases()
-    sweep_missing_heatmaps()
-    mark_stale_runs()
+    """Periodic (Celery beat): send again what may have been lost (skinweb/clinic/sweep.py)."""
+    for case_id in sweeps.stale_cases():
+        classify_case.delay(case_id)
+    enqueue_explanations(sweeps.missing_heatmaps())

@@ -20,9 +20,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Fast path (accuracy guard against PyTorch fp32)")
     def fast_path_summary(self, obj):
-        report = obj.fast_path or {}
-        if not report.get("runtimes"):
-            return report.get("error") or "not built yet: workers use PyTorch fp32"
+        report = obj.fast_report
+        if report is None:
+            return obj.fast_path.get("error") or "not built yet: workers use PyTorch fp32"
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{:.1f}</td><td>{} / {} ({:.2%})</td><td>{:+.4f}</td><td>{:.4f}</td><td>{}</td></tr>",

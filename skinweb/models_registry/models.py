@@ -5,6 +5,7 @@ import shutil
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from classifier import runtime
 from classifier.modelfile import read_metadata
@@ -58,7 +59,8 @@ class ModelVersion(models.Model):
     shadow = models.JSONField(default=dict, blank=True, help_text="Decisions it would change on recent cases")
     fast_path = models.JSONField(
         default=dict, blank=True,
-        help_text="ONNX fp32 / int8 artefacts: speed and agreement with PyTorch fp32 on validation images",
+        help_text="Where the build of the ONNX fp32 / int8 artefacts stands ({}, building_since, built or error); "
+                  "the report itself is the .fast.json file beside the model",
     )
 
     objects = ModelVersionQuerySet.as_manager()
@@ -78,10 +80,26 @@ class ModelVersion(models.Model):
     def path(self):
         return settings.MODEL_ROOT / self.filename
 
+    @cached_property
+    def fast_report(self) -> dict | None:
+        """The fast-path report written beside the model file (classifier.fastpath), when it is this version's."""
+        if not self.filename:
+            return None
+        report = runtime.read_report(self.path)
+        return report if report and report.get("model_version") == self.version else None
+
     @property
     def runtime(self) -> str:
         """The runtime CPU workers use for this version: the fastest artefact that passed the guard."""
-        return self.fast_path.get("chosen") or "torch"
+        return (self.fast_report or {}).get("chosen") or "torch"
+
+    @property
+    def silent(self) -> bool:
+        """A training run whose worker has sent no heartbeat for TRAINING_STALE_AFTER seconds: the
+        registry's sweep marks it failed (a page only says so; GET requests change nothing)."""
+        if self.status != self.Status.TRAINING or self.heartbeat_at is None:
+            return False
+        return (timezone.now() - self.heartbeat_at).total_seconds() > settings.TRAINING_STALE_AFTER
 
     @property
     def validation_metrics(self) -> dict:
@@ -98,14 +116,17 @@ class ModelVersion(models.Model):
         settings.MODEL_ROOT.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, settings.MODEL_ROOT / filename)
         # Fast-path artefacts already built beside the source file come along (they are checked
-        # against the version when a worker reads them); otherwise a worker builds them.
+        # against the version when a worker reads them); otherwise publishing asks for the build.
         built = runtime.artefact_paths(source)
         report = runtime.read_report(source)
+        state = {}
         if report and report.get("model_version") == meta.version:
             for kind, dest in runtime.artefact_paths(settings.MODEL_ROOT / filename).items():
                 if built[kind].is_file():
                     shutil.copyfile(built[kind], dest)
+            state = {"built": report["created"]}
         return cls.objects.create(
+            fast_path=state,
             version=meta.version,
             filename=filename,
             arch=meta.arch,

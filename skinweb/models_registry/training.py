@@ -13,7 +13,6 @@ import random
 import shutil
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -46,13 +45,16 @@ def start_run(user, parent: ModelVersion | None = None, epochs: int | None = Non
     parent = parent or ModelVersion.objects.published()
     if parent is None:
         raise ValueError("There is no published model to start from.")
+    mark_stale_runs()  # a run whose worker died does not block a new one until the next sweep
     if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).exists():
         raise ValueError("A training run is already in progress; wait for it or cancel it.")
     if not settings.TRAINING_DATASETS:
         raise ValueError("No base dataset is configured (TRAINING_DATASETS).")
-    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{parent.arch}-retrain-{timezone.now():%Y%m%d-%H%M%S}"
+    taken = set(ModelVersion.objects.filter(version__startswith=name).values_list("version", flat=True))
+    name = next(n for n in (name, *(f"{name}-{i}" for i in range(2, len(taken) + 3))) if n not in taken)
     return ModelVersion.objects.create(
-        version=f"{parent.arch}-retrain-{stamp}",
+        version=name,
         status=ModelVersion.Status.TRAINING,
         parent=parent,
         trained_by=user,

@@ -137,7 +137,6 @@ def training_switch(request, pk):
 @staff_required
 @require_GET
 def model_list(request):
-    training.mark_stale_runs()
     versions = ModelVersion.objects.select_related("parent", "trained_by", "published_by").order_by("-created_at")
     return render(request, "models_registry/model_list.html",
                   {"versions": versions, "published": ModelVersion.objects.published(), "form": RetrainForm(),
@@ -188,7 +187,6 @@ def compare(version):
 @staff_required
 @require_GET
 def model_detail(request, pk):
-    training.mark_stale_runs()
     version = get_object_or_404(ModelVersion.objects.select_related("parent", "trained_by", "published_by"), pk=pk)
     rows, worse = compare(version)
     if request.headers.get("HX-Request"):

@@ -22,5 +22,5 @@ class Command(BaseCommand):
             return
         version.publish(reason=reason)
         self.stdout.write(self.style.SUCCESS(f"published model {version.version} (threshold {version.threshold:.3f})"))
-        if not version.fast_path.get("chosen") and request_fast_path(version):
+        if request_fast_path(version):
             self.stdout.write("a worker builds its fast CPU artefacts (ONNX fp32 and int8) in the background")
