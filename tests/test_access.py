@@ -40,9 +40,9 @@ OWNER_GET = {
 PUBLIC = {"login", "logout"}
 # The administrators' pages: 403 for clinicians, this for a staff user.
 STAFF_GET = {
-    "manage:relabel_queue": 200,
-    "manage:relabel": 405,
-    "manage:training_switch": 405,
+    "clinic:relabel_queue": 200,
+    "clinic:relabel": 405,
+    "clinic:training_switch": 405,
     "manage:model_list": 200,
     "manage:retrain": 405,
     "manage:model_detail": 200,

@@ -41,7 +41,7 @@ def test_bulk_set_ground_truth(client, root, cases):
 
 
 def test_training_switch_needs_a_ground_truth(client, root, cases):
-    cases[0].set_truth("benign", "follow_up", root)
+    cases[0].relabel(root, "benign", "follow_up")
     client.post(reverse("admin:clinic_case_changelist"),
                 {"action": "include_in_training", ACTION_CHECKBOX_NAME: [c.pk for c in cases]})
     assert list(Case.objects.filter(use_for_training=True)) == [cases[0]]

@@ -63,7 +63,7 @@ def test_relabel_retrain_publish_rollback(client, settings, model_file, workers)
     # Relabel it (histopathology) and mark it for training.
     case.record_feedback(admin, agrees_with_ai=False, clinical_diagnosis="melanoma", management="excise",
                          histopathology_result="melanoma")
-    client.post(reverse("manage:relabel"), {"case": case.pk, "label": "malignant", "source": "histopathology",
+    client.post(reverse("clinic:relabel"), {"case": case.pk, "label": "malignant", "source": "histopathology",
                                             "use_for_training": "on"})
 
     # Retrain from the pages; the training worker picks it up.

@@ -39,7 +39,7 @@ def queue(admin_user):
     feedback(disagree, admin_user, agrees=False)
     Case.objects.filter(pk=flagged.pk).update(flagged=True)
     feedback(labelled, admin_user, agrees=False)
-    labelled.set_truth("benign", "consensus", admin_user)
+    labelled.relabel(admin_user, "benign", "consensus")
     feedback(plain, admin_user)
     other = make_case(make_lesion(make_patient(make_clinic("South"), "S-1")), flagged=True)
     return {"histo": histo, "disagree": disagree, "flagged": flagged, "labelled": labelled, "plain": plain,
@@ -47,7 +47,7 @@ def queue(admin_user):
 
 
 def listed(client, show):
-    page = client.get(reverse("manage:relabel_queue") + f"?show={show}")
+    page = client.get(reverse("clinic:relabel_queue") + f"?show={show}")
     assert page.status_code == 200
     return {c.pk for c in page.context["page"]}
 
@@ -61,7 +61,7 @@ def test_relabel_queue_lists_what_needs_a_label(client, queue):
 
 def test_one_click_label_is_audited_with_old_and_new(client, admin_user, queue):
     case = queue["histo"]
-    r = client.post(reverse("manage:relabel"), {"case": case.pk, "label": "malignant", "source": "histopathology",
+    r = client.post(reverse("clinic:relabel"), {"case": case.pk, "label": "malignant", "source": "histopathology",
                                                 "use_for_training": "on"})
     assert r.status_code == 302
     case.refresh_from_db()
@@ -76,17 +76,17 @@ def test_one_click_label_is_audited_with_old_and_new(client, admin_user, queue):
 
 def test_bulk_label_and_the_training_switch(client, queue):
     q = queue
-    client.post(reverse("manage:relabel"), {"cases": [q["disagree"].pk, q["flagged"].pk], "label": "benign",
+    client.post(reverse("clinic:relabel"), {"cases": [q["disagree"].pk, q["flagged"].pk], "label": "benign",
                                             "source": "follow_up"})
     for c in (q["disagree"], q["flagged"]):
         c.refresh_from_db()
         assert c.truth_label == "benign" and c.truth_source == "follow_up" and not c.use_for_training
     assert listed(client, "todo") == {q["histo"].pk}
-    client.post(reverse("manage:training_switch", args=[q["flagged"].pk]), {"use_for_training": "1"})
+    client.post(reverse("clinic:training_switch", args=[q["flagged"].pk]), {"use_for_training": "1"})
     q["flagged"].refresh_from_db()
     assert q["flagged"].use_for_training
     # No ground truth, no training.
-    client.post(reverse("manage:training_switch", args=[q["histo"].pk]), {"use_for_training": "1"})
+    client.post(reverse("clinic:training_switch", args=[q["histo"].pk]), {"use_for_training": "1"})
     q["histo"].refresh_from_db()
     assert not q["histo"].use_for_training
     assert AuditEvent.objects.filter(action="relabel").count() == 3
@@ -94,9 +94,9 @@ def test_bulk_label_and_the_training_switch(client, queue):
 
 def test_another_clinics_case_cannot_be_relabelled(client, queue):
     other = queue["other"]
-    r = client.post(reverse("manage:relabel"), {"case": other.pk, "label": "malignant", "source": "consensus"})
+    r = client.post(reverse("clinic:relabel"), {"case": other.pk, "label": "malignant", "source": "consensus"})
     assert r.status_code == 404
-    assert client.post(reverse("manage:training_switch", args=[other.pk]), {"use_for_training": "1"}).status_code == 404
+    assert client.post(reverse("clinic:training_switch", args=[other.pk]), {"use_for_training": "1"}).status_code == 404
     other.refresh_from_db()
     assert other.truth_label == ""
 
@@ -126,7 +126,7 @@ def labelled_clinic_cases(clinic, user, n=8):
     cases = []
     for i in range(n):
         case = make_case(make_lesion(patient), data=images[i % len(images)].read_bytes())
-        case.set_truth("malignant" if i % 2 else "benign", "histopathology", user, use_for_training=True)
+        case.relabel(user, "malignant" if i % 2 else "benign", "histopathology", use_for_training=True)
         cases.append(case)
     return cases
 

@@ -1,10 +1,11 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.shortcuts import render
-from django.utils import timezone
 
 from skinweb.audit.models import record
-from skinweb.clinic.models import Case, Feedback, Label, Lesion, Patient, Prediction
+from skinweb.clinic.forms import TruthForm
+from skinweb.clinic.models import Case, Feedback, Lesion, Patient, Prediction
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -54,12 +55,6 @@ class LesionAdmin(admin.ModelAdmin):
     list_select_related = ["patient"]
 
 
-class TruthForm(forms.Form):
-    label = forms.ChoiceField(choices=Label.choices)
-    source = forms.ChoiceField(choices=Case.TruthSource.choices)
-    use_for_training = forms.BooleanField(required=False, initial=True, label="Use for training")
-
-
 class CaseAdminForm(forms.ModelForm):
     class Meta:
         model = Case
@@ -67,10 +62,7 @@ class CaseAdminForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if bool(data.get("truth_label")) != bool(data.get("truth_source")):
-            raise forms.ValidationError("Give both the ground truth and its source, or neither.")
-        if data.get("use_for_training") and not data.get("truth_label"):
-            self.add_error("use_for_training", "Only a case with a ground truth can be used for training.")
+        Case.validate_truth(data.get("truth_label", ""), data.get("truth_source", ""), data.get("use_for_training"))
         return data
 
 
@@ -107,22 +99,20 @@ class CaseAdmin(admin.ModelAdmin):
         return case.prediction.decision if case.prediction else "—"
 
     def save_model(self, request, case, form, change):
-        if {"truth_label", "truth_source"} & set(form.changed_data):
-            case.truth_set_by = request.user
-            case.truth_set_at = timezone.now()
-        super().save_model(request, case, form, change)
+        # The form holds only the truth fields: saved through Case.relabel, as the relabel queue does.
         if form.changed_data:
-            record(request, "relabel", case, **{f: str(form.cleaned_data[f]) for f in form.changed_data})
+            stored = Case.objects.get(pk=case.pk)
+            old, new = stored.relabel(request.user, case.truth_label, case.truth_source, case.use_for_training)
+            record(request, "relabel", stored, old=old, new=new)
 
     @admin.action(description="Set ground truth of selected cases…")
     def set_ground_truth(self, request, queryset):
         form = TruthForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
+            data = form.cleaned_data
             for case in queryset:
-                case.set_truth(form.cleaned_data["label"], form.cleaned_data["source"], request.user,
-                               use_for_training=form.cleaned_data["use_for_training"])
-                record(request, "relabel", case, truth_label=case.truth_label, truth_source=case.truth_source,
-                       use_for_training=case.use_for_training)
+                old, new = case.relabel(request.user, data["label"], data["source"], data["use_for_training"])
+                record(request, "relabel", case, old=old, new=new)
             self.message_user(request, f"Ground truth set on {queryset.count()} case(s).", messages.SUCCESS)
             return None
         return render(request, "admin/clinic/case/set_ground_truth.html", {
@@ -143,14 +133,16 @@ class CaseAdmin(admin.ModelAdmin):
         self._set_training(request, queryset, False)
 
     def _set_training(self, request, queryset, value):
+        updated = skipped = 0
         for case in queryset:
-            if value and not case.truth_label:
+            try:
+                old, new = case.set_training(request.user, value)
+            except ValidationError:
+                skipped += 1
                 continue
-            case.use_for_training = value
-            case.save(update_fields=["use_for_training"])
-            record(request, "relabel", case, use_for_training=value)
-        skipped = queryset.filter(truth_label="").count() if value else 0
-        self.message_user(request, f"Updated {queryset.count() - skipped} case(s).", messages.SUCCESS)
+            record(request, "relabel", case, old=old, new=new)
+            updated += 1
+        self.message_user(request, f"Updated {updated} case(s).", messages.SUCCESS)
         if skipped:
             self.message_user(request, f"{skipped} case(s) have no ground truth yet and were left out of training.",
                               messages.WARNING)

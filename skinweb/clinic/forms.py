@@ -128,3 +128,11 @@ class CaseFilterForm(forms.Form):
         if data["disagreement"]:
             cases = cases.disagreements()
         return cases
+
+
+class TruthForm(forms.Form):
+    """The ground truth of one or more cases: the relabel queue and the Django admin's bulk action."""
+
+    label = forms.ChoiceField(choices=Label.choices)
+    source = forms.ChoiceField(choices=Case.TruthSource.choices)
+    use_for_training = forms.BooleanField(required=False, initial=True, label="Use for training")

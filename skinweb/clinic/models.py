@@ -1,6 +1,7 @@
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -278,14 +279,37 @@ class Case(models.Model):
         self.feedback = feedback
         return feedback
 
-    def set_truth(self, label: str, source: str, user, use_for_training=None):
-        self.truth_label = label
-        self.truth_source = source
-        self.truth_set_by = user
-        self.truth_set_at = timezone.now()
-        if use_for_training is not None:
-            self.use_for_training = use_for_training
+    # Relabelling for retraining: every path (the relabel queue, the Django admin's form and actions)
+    # goes through relabel(), which enforces the rules and returns old and new for the audit record.
+    NEEDS_TRUTH = "Only a case with a ground truth can be used for training."
+
+    @staticmethod
+    def validate_truth(label: str, source: str, use_for_training: bool) -> None:
+        if bool(label) != bool(source):
+            raise ValidationError("Give both the ground truth and its source, or neither.")
+        if use_for_training and not label:
+            raise ValidationError({"use_for_training": Case.NEEDS_TRUTH})
+
+    def truth_snapshot(self) -> dict:
+        return {"truth_label": self.truth_label, "truth_source": self.truth_source,
+                "use_for_training": self.use_for_training}
+
+    def relabel(self, user, label: str, source: str, use_for_training: bool | None = None) -> tuple[dict, dict]:
+        """Set the ground truth and its source (both, or neither) and, when given, whether the case
+        teaches the model. Raises ValidationError (nothing saved) when the rules are broken; returns the
+        (old, new) truth for the audit record."""
+        use = self.use_for_training if use_for_training is None else use_for_training
+        Case.validate_truth(label, source, use)
+        old = self.truth_snapshot()
+        if (label, source) != (self.truth_label, self.truth_source):
+            self.truth_label, self.truth_source = label, source
+            self.truth_set_by, self.truth_set_at = user, timezone.now()
+        self.use_for_training = use
         self.save(update_fields=["truth_label", "truth_source", "truth_set_by", "truth_set_at", "use_for_training"])
+        return old, self.truth_snapshot()
+
+    def set_training(self, user, value: bool) -> tuple[dict, dict]:
+        return self.relabel(user, self.truth_label, self.truth_source, value)
 
 
 class Prediction(models.Model):

@@ -7,7 +7,8 @@ from celery import shared_task
 from django.db import transaction
 from kombu.exceptions import OperationalError
 
-from skinweb.clinic import classification, sweep as sweeps
+from skinweb.clinic import classification
+from skinweb.clinic import sweep as sweeps
 from skinweb.clinic.explanations import explain_predictions
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from skinweb.clinic import views
+from skinweb.clinic import relabel, views
 
 app_name = "clinic"
 
@@ -22,4 +22,8 @@ urlpatterns = [
     path("cases/<int:pk>/heatmap/", views.case_heatmap, name="case_heatmap"),
     path("cases/<int:pk>/report.pdf", views.case_report, name="case_report"),
     path("cases/export.csv", views.case_export, name="case_export"),
+    # Administrators' relabel queue: beside the registry's pages, kept by the clinic whose cases it labels.
+    path("manage/relabel/", relabel.relabel_queue, name="relabel_queue"),
+    path("manage/relabel/label/", relabel.relabel, name="relabel"),
+    path("manage/relabel/<int:pk>/training/", relabel.training_switch, name="training_switch"),
 ]

@@ -4,9 +4,6 @@ from skinweb.models_registry import views
 
 app_name = "manage"
 urlpatterns = [
-    path("relabel/", views.relabel_queue, name="relabel_queue"),
-    path("relabel/label/", views.relabel, name="relabel"),
-    path("relabel/<int:pk>/training/", views.training_switch, name="training_switch"),
     path("models/", views.model_list, name="model_list"),
     path("models/retrain/", views.retrain, name="retrain"),
     path("models/<int:pk>/", views.model_detail, name="model_detail"),

@@ -1,50 +1,21 @@
-"""Administrators' pages: the relabel queue, the model registry, retraining, publishing, rollback."""
+"""Administrators' pages: the model registry, retraining, publishing, rollback."""
 
-from functools import wraps
 
 from django import forms
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from skinweb.accounts.decorators import staff_required
 from skinweb.audit.models import record
-from skinweb.clinic.models import Case, Label
 from skinweb.models_registry import tasks, training
 from skinweb.models_registry.models import ModelVersion
-from skinweb.redirects import redirect_to_next
 
 PAGE_SIZE = 50
 HEADLINE = [("auc", "AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
             ("specificity_at_95_sensitivity", "Specificity at 95% sensitivity")]
-
-
-def staff_required(view):
-    """Administrators only: anyone else gets 403, whatever the method."""
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not request.user.is_staff:
-            raise PermissionDenied("Administrators only.")
-        return view(request, *args, **kwargs)
-
-    return wrapper
-
-
-def relabel_scope(user):
-    """A clinic's admin relabels that clinic's cases; a platform admin (no clinic) all of them."""
-    if user.clinic_id is None and user.is_superuser:
-        return Case.objects.all()
-    return Case.objects.visible_to(user)
-
-
-class LabelForm(forms.Form):
-    label = forms.ChoiceField(choices=Label.choices)
-    source = forms.ChoiceField(choices=Case.TruthSource.choices)
-    use_for_training = forms.BooleanField(required=False, initial=True, label="Use for training")
 
 
 class PublishForm(forms.Form):
@@ -61,77 +32,6 @@ class PublishForm(forms.Form):
 class RetrainForm(forms.Form):
     epochs = forms.IntegerField(min_value=1, max_value=200, required=False,
                                 help_text="Leave empty for the configured default.")
-
-
-def truth_snapshot(case):
-    return {"truth_label": case.truth_label, "truth_source": case.truth_source,
-            "use_for_training": case.use_for_training}
-
-
-def set_label(request, case, label, source, use_for_training):
-    old = truth_snapshot(case)
-    case.set_truth(label, source, request.user, use_for_training=use_for_training)
-    record(request, "relabel", case, old=old, new=truth_snapshot(case))
-
-
-@staff_required
-@require_GET
-def relabel_queue(request):
-    show = request.GET.get("show", "todo")
-    cases = relabel_scope(request.user).select_related("lesion__patient", "prediction__model_version", "feedback")
-    if show == "todo":
-        cases = cases.for_relabelling().filter(truth_label="")
-    elif show == "labelled":
-        cases = cases.exclude(truth_label="")
-    elif show == "training":
-        cases = cases.filter(use_for_training=True)
-    else:
-        show = "all"
-        cases = cases.for_relabelling()
-    page = Paginator(cases.order_by("-created_at", "-pk"), PAGE_SIZE).get_page(request.GET.get("page"))
-    counts = {
-        "todo": relabel_scope(request.user).for_relabelling().filter(truth_label="").count(),
-        "training": relabel_scope(request.user).filter(use_for_training=True).count(),
-    }
-    return render(request, "models_registry/relabel_queue.html",
-                  {"page": page, "show": show, "form": LabelForm(), "counts": counts,
-                   "sources": Case.TruthSource.choices, "labels": Label.choices})
-
-
-@staff_required
-@require_POST
-def relabel(request):
-    """One case (``case``) or several (``cases``): set the ground truth, its source and the switch."""
-    ids = request.POST.getlist("cases") or request.POST.getlist("case")
-    form = LabelForm(request.POST)
-    if not ids or not form.is_valid():
-        messages.error(request, "Choose at least one case, a label and its source.")
-        return redirect_to_next(request, "manage:relabel_queue")
-    cases = list(relabel_scope(request.user).filter(pk__in=[i for i in ids if i.isdigit()]))
-    if not cases:
-        raise Http404("No such case")
-    with transaction.atomic():
-        for case in cases:
-            set_label(request, case, form.cleaned_data["label"], form.cleaned_data["source"],
-                      form.cleaned_data["use_for_training"])
-    messages.success(request, f"Ground truth {form.cleaned_data['label']} ({form.cleaned_data['source']}) "
-                              f"set on {len(cases)} case(s).")
-    return redirect_to_next(request, "manage:relabel_queue")
-
-
-@staff_required
-@require_POST
-def training_switch(request, pk):
-    case = get_object_or_404(relabel_scope(request.user), pk=pk)
-    value = request.POST.get("use_for_training") == "1"
-    if value and not case.truth_label:
-        messages.error(request, "Only a case with a ground truth can be used for training.")
-    elif value != case.use_for_training:
-        old = truth_snapshot(case)
-        Case.objects.filter(pk=case.pk).update(use_for_training=value)
-        case.use_for_training = value
-        record(request, "relabel", case, old=old, new=truth_snapshot(case))
-    return redirect_to_next(request, "manage:relabel_queue")
 
 
 @staff_required
