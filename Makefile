@@ -6,8 +6,13 @@ STAMP := $(VENV)/.requirements-$(shell cat requirements.txt requirements-dev.txt
 
 .PHONY: run test venv run-packages test-packages apt-install clean
 
+# The demo calibrates the int8 fast path on (and retrains from) the ISIC development set when it sits
+# beside the checkout; TRAINING_DATASETS in the environment wins.
+ISIC_DEV := $(abspath ../shared/datasets/isic-derm-dev)
+DEMO_DATASETS := $(or $(TRAINING_DATASETS),$(if $(wildcard $(ISIC_DEV)/labels.csv),$(ISIC_DEV)))
+
 run: run-packages venv
-	DEBUG=1 $(BIN)/python manage.py demo
+	DEBUG=1 TRAINING_DATASETS="$(DEMO_DATASETS)" $(BIN)/python manage.py demo
 
 test: test-packages venv
 	bash tests/run_all.sh $(ARGS)

@@ -24,17 +24,14 @@ import numpy as np
 
 from classifier.modelfile import DEFAULT_MODEL_PATH
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "isic"
-ISIC_DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "isic-derm-dev"
-
 
 def get_args_parser(add_help=True):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 add_help=add_help)
     p.add_argument("--model", default=os.environ.get("SKINWEB_MODEL", str(DEFAULT_MODEL_PATH)))
     p.add_argument("--images", type=int, default=64, help="how many images (repeated when the folder has fewer)")
-    p.add_argument("--data", help="folder of images (labels.csv or benign/ malignant/); default: the ISIC dev "
-                   "set beside the checkout, else the test fixtures")
+    p.add_argument("--data", default=(os.environ.get("TRAINING_DATASETS", "").split(":") or [""])[0] or None,
+                   help="folder of images (labels.csv or benign/ malignant/); default: the first of TRAINING_DATASETS")
     p.add_argument("--batch-size", type=int, default=int(os.environ.get("INFERENCE_BATCH_SIZE", 4)),
                    help="the product's batch size (default: the worker's, INFERENCE_BATCH_SIZE or 4)")
     p.add_argument("--runtime", default="auto", help="the product's runtime (default: as the worker chooses)")
@@ -46,7 +43,9 @@ def get_args_parser(add_help=True):
 def image_paths(data, n):
     from classifier.data import load_samples
 
-    root = Path(data) if data else (ISIC_DEV if (ISIC_DEV / "labels.csv").is_file() else FIXTURES)
+    if not data:
+        raise SystemExit("error: give --data DIR (or set TRAINING_DATASETS): the images to time the model on")
+    root = Path(data)
     paths = sorted(s.path for s in load_samples(root))
     rng = np.random.default_rng(0)
     paths = [paths[i] for i in rng.permutation(len(paths))]

@@ -277,9 +277,8 @@ INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 4)
 INFERENCE_BATCH_WAIT_MS = env_int("INFERENCE_BATCH_WAIT_MS", 100)
 INFERENCE_CLAIM_TIMEOUT = env_int("INFERENCE_CLAIM_TIMEOUT", 120)
 # Dataset folders (labels.csv layout, separated by ":") for int8 calibration and, later, retraining.
-# Default: the ISIC development set when it sits beside the checkout (../shared/datasets/isic-derm-dev).
-_ISIC_DEV = BASE_DIR.parent / "shared" / "datasets" / "isic-derm-dev"
-TRAINING_DATASETS = [Path(p) for p in env("TRAINING_DATASETS", str(_ISIC_DEV) if _ISIC_DEV.is_dir() else "").split(":") if p]
+# Default: none (`make run` passes the ISIC development set when it sits beside the checkout).
+TRAINING_DATASETS = [Path(p) for p in env("TRAINING_DATASETS", "").split(":") if p]
 # Retraining from the published version (issue 5): epochs, peak learning rate, batch size, device
 # (auto: CUDA when present), and after how many seconds without an epoch a run counts as dead.
 RETRAIN_EPOCHS = env_int("RETRAIN_EPOCHS", 10)

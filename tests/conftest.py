@@ -1,19 +1,17 @@
 import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
-from skinweb.bench_stack import free_port, wait_for_port
 from skinweb.celery import app as celery_app
+from skinweb.launcher import LaunchError, Processes, free_port, redis_command, wait_for_port, worker_command
 from tests.builders import make_clinic, make_model_file, make_user
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "isic"  # 12 ISIC images with labels.csv (see its ATTRIBUTION)
 
 
 @pytest.fixture(autouse=True)
@@ -52,23 +50,20 @@ def published_model(db, model_file):
 
 
 class RedisServer:
-    """A real redis-server on a loopback port, without persistence; it can be stopped and started
-    again on the same port (broker-restart tests)."""
+    """A real redis-server on a loopback port, without persistence (skinweb.launcher); it can be
+    stopped and started again on the same port (broker-restart tests)."""
 
     def __init__(self, workdir):
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            pytest.fail("redis-server is not installed (make test installs it)")
         self.port, self.workdir, self.proc = free_port(), workdir, None
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        try:
+            self.command = redis_command(self.port, workdir)
+        except LaunchError as exc:
+            pytest.fail(str(exc))
 
     def start(self):
-        self.proc = subprocess.Popen(
-            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -112,39 +107,23 @@ def database_env() -> dict:
 
 
 class WorkerProcess:
+    """A real Celery worker process (skinweb.launcher's command), logging to ``log_path``."""
+
     def __init__(self, env, log_path, queues="inference"):
-        self.env, self.log_path, self.queues = env, log_path, queues
+        self.log_path, self.queues = Path(log_path), queues
+        self.processes = Processes(env, log_dir=self.log_path.parent)
         self.proc = None
 
     def start(self, timeout=60.0):
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", self.queues, "--pool", "prefork",
-             "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO",
-             "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if b" ready." in Path(self.log_path).read_bytes():
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError(f"worker did not start:\n{Path(self.log_path).read_text()[-3000:]}")
+        cmd = worker_command(self.queues, hostname=f"test-{os.getpid()}-{time.monotonic_ns()}@%h")
+        self.proc = self.processes.start(self.log_path.stem, cmd, ready_text=b" ready.", timeout=timeout)
+        return self
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.processes.stop_all()
 
     def output(self):
-        return Path(self.log_path).read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def test_stack_benchmark_runs_through_the_real_stack(model_file):
     env = {**os.environ, "TRAINING_DATASETS": str(ROOT / "tests" / "fixtures" / "isic")}
     result = subprocess.run(
-        [sys.executable, "-m", "skinweb.bench_stack", "--model", str(model_file), "--uploads", "6", "--clients", "2",
+        [sys.executable, "-m", "benchmarks.stack", "--model", str(model_file), "--uploads", "6", "--clients", "2",
          "--single", "2", "--history-cases", "60", "--history-requests", "3", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )

@@ -9,7 +9,6 @@ import pytest
 from django.utils import timezone
 
 from classifier import predictor as classifier_predictor
-from classifier.bench import FIXTURES
 from skinweb.clinic import classification
 from skinweb.clinic import tasks as clinic_tasks
 from skinweb.clinic.models import Case, Prediction
@@ -17,6 +16,7 @@ from skinweb.models_registry import fastpath as registry_fastpath
 from skinweb.models_registry import tasks
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_case, make_clinic, make_lesion, make_model_file, make_patient
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.django_db
 

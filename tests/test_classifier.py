@@ -14,9 +14,7 @@ from classifier import ModelFileError, ModelMetadata, Predictor, load_model_file
 from classifier.model import build_model
 from classifier.modelfile import read_metadata
 from tests.builders import image_bytes
-from tests.conftest import ROOT
-
-FIXTURES = ROOT / "tests" / "fixtures" / "isic"
+from tests.conftest import FIXTURES, ROOT
 
 
 def test_classifier_imports_without_django():

@@ -11,11 +11,9 @@ import pytest
 import torch
 
 from classifier import Predictor, fastpath
-from classifier.bench import FIXTURES
 from classifier.data import load_samples, split_samples
 from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner, artefact_paths, read_report
-
-ROOT = FIXTURES.parent.parent.parent
+from tests.conftest import FIXTURES, ROOT
 
 
 @pytest.fixture(scope="module")

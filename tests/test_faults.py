@@ -12,8 +12,8 @@ import time
 import pytest
 from django.urls import reverse
 
-from skinweb.clinic.models import Case
 from skinweb.clinic import tasks
+from skinweb.clinic.models import Case
 from tests.builders import make_lesion, make_patient, upload
 from tests.conftest import WorkerProcess
 
@@ -44,23 +44,10 @@ def upload_many(client, lesion, n, prefix):
 
 
 def kill_group(worker):
-    """SIGKILL the worker's main process and its pool child: no clean-up, no requeue."""
-    pids = [worker.proc.pid]
-    for status in os.listdir("/proc"):
-        if status.isdigit():
-            try:
-                with open(f"/proc/{status}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == worker.proc.pid:
-                        pids.append(int(status))
-            except (OSError, ValueError, IndexError):
-                pass
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """SIGKILL the worker's main process and its pool child (its process group): no clean-up, no requeue."""
+    os.killpg(worker.proc.pid, signal.SIGKILL)
     worker.proc.wait(10)
-    worker.log.close()
+    worker.stop()  # closes its log; nothing is left to stop
 
 
 @pytest.fixture
@@ -128,7 +115,7 @@ def test_concurrent_clinicians_uploading_get_no_errors_and_lose_nothing(live_ser
     predictions: no 5xx, no 'database is locked', every upload is one case, each classified once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from skinweb.bench_stack import Browser
+    from benchmarks.stack import Browser
     from tests.builders import PASSWORD, image_bytes, make_clinic, make_user
 
     clinics = [make_clinic("East"), make_clinic("West")]

@@ -22,9 +22,7 @@ from classifier.data import load_samples, split_samples
 from classifier.imagenet import CACHE_NAME
 from classifier.model import build_model
 from classifier.presets import DIHEDRAL_VIEWS, dihedral
-from tests.conftest import ROOT
-
-FIXTURES = ROOT / "tests" / "fixtures" / "isic"
+from tests.conftest import FIXTURES, ROOT
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ from django.urls import reverse
 from skinweb.clinic.models import Case
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_clinic, make_lesion, make_patient, make_user, upload
-from tests.conftest import ROOT, WorkerProcess
+from tests.conftest import FIXTURES, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-FIXTURES = ROOT / "tests" / "fixtures" / "isic"
 
 
 def wait(predicate, what, workers, timeout=240):

@@ -11,10 +11,9 @@ from skinweb.clinic.models import Case
 from skinweb.models_registry import tasks, training
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_case, make_clinic, make_lesion, make_model_file, make_patient, make_user
-from tests.conftest import ROOT
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.django_db
-FIXTURES = ROOT / "tests" / "fixtures" / "isic"
 
 
 @pytest.fixture

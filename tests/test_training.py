@@ -15,10 +15,7 @@ from classifier import metrics
 from classifier.data import DatasetError, load_samples, split_by_group
 from classifier.modelfile import read_metadata
 from classifier.train import epochs_within
-from tests.conftest import ROOT
-
-FIXTURES = ROOT / "tests" / "fixtures" / "isic"
-
+from tests.conftest import FIXTURES, ROOT
 
 # Metrics ---------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """End-to-end benchmark through the running stack: gunicorn → Redis → Celery worker → database.
 
-    python -m skinweb.bench_stack [--uploads 200] [--single 20] [--history-cases 10000] [--json]
+    python -m benchmarks.stack [--uploads 200] [--single 20] [--history-cases 10000] [--json]
 
 Everything runs on loopback in a temporary folder (its own SQLite database, media, Redis), so
 your data is never touched. It measures, over HTTP as a browser would:
@@ -19,8 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,24 +29,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from skinweb.launcher import Processes, free_port, redis_command, worker_command
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "isic" / "images"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def pct(values, q):
@@ -96,8 +80,10 @@ class Browser:
 
 
 class Stack:
+    """The stack as production runs it (gunicorn, Redis, two Celery workers), started by skinweb.launcher."""
+
     def __init__(self, workdir: Path, model: Path | None, database_url: str = ""):
-        self.workdir, self.procs = workdir, []
+        self.workdir = workdir
         self.redis_port, self.web_port = free_port(), free_port()
         self.env = {
             **os.environ,
@@ -113,58 +99,32 @@ class Stack:
             "LOG_LEVEL": "WARNING",
         }
         self.model = model
+        self.processes = Processes(self.env, log_dir=workdir)
 
     def run(self, *args):
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
                        stdout=subprocess.DEVNULL)
 
-    def start(self, name, cmd):
-        log = open(self.workdir / f"{name}.log", "wb")
-        self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           process_group=0))
-
     def up(self):
         self.run("migrate", "--noinput")
         self.run("collectstatic", "--noinput")
-        self.start("redis", [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port",
-                             str(self.redis_port), "--save", "", "--appendonly", "no", "--dir", str(self.workdir)])
-        wait_for_port(self.redis_port)
+        self.processes.start("redis", redis_command(self.redis_port, self.workdir), ready_port=self.redis_port)
         if self.model:
             self.run("publish_model", str(self.model))
-        self.start("worker", [sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q", "inference,default",
-                              "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO"])
+        self.processes.start("worker", worker_command("inference,default", "bench-worker@%h"))
         # Heat maps in their own process at a lower CPU priority, as `make run` does.
-        self.start("explainer", ["nice", "-n", "10", sys.executable, "-m", "celery", "-A", "skinweb", "worker", "-Q",
-                                 "explain", "--concurrency", "1", "--without-mingle", "--without-gossip",
-                                 "--loglevel", "INFO", "--hostname", "explainer@%h"])
-        self.start("web", [sys.executable, "-m", "gunicorn", "skinweb.wsgi:application", "--bind",
-                           f"127.0.0.1:{self.web_port}", "--workers", "2", "--timeout", "120"])
-        wait_for_port(self.web_port)
+        self.processes.start("explainer", worker_command("explain", "bench-explainer@%h", nice=10))
+        self.processes.start("web", [sys.executable, "-m", "gunicorn", "skinweb.wsgi:application", "--bind",
+                                     f"127.0.0.1:{self.web_port}", "--workers", "2", "--timeout", "120"],
+                             ready_port=self.web_port)
         return f"http://127.0.0.1:{self.web_port}"
 
-    def worker_peak_rss_mb(self, index=1) -> dict:
+    def worker_peak_rss_mb(self, name="worker") -> dict:
         """Peak resident memory (VmHWM) of a worker's processes: the main one and its pool child."""
-        worker = self.procs[index].pid
-        out = {}
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-            except OSError:
-                continue
-            pid, ppid = int(fields["Pid"]), int(fields["PPid"])
-            if pid == worker or ppid == worker:
-                out["main" if pid == worker else f"child {pid}"] = int(fields["VmHWM"].split()[0]) / 1024
-        return out
+        return self.processes.peak_rss_mb(name)
 
     def down(self):
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        self.processes.stop_all()
 
 
 def setup_django(env):
@@ -399,7 +359,7 @@ def main(args) -> int:
         result["worker_peak_rss_mb"] = stack.worker_peak_rss_mb()
         log("waiting for the burst's heat maps …")
         result["heatmaps"] = wait_heatmaps(lesion.pk)
-        result["explainer_peak_rss_mb"] = stack.worker_peak_rss_mb(2)
+        result["explainer_peak_rss_mb"] = stack.worker_peak_rss_mb("explainer")
         log(f"history page at {args.history_cases} cases …")
         result["history"] = {"cases": fill_history(lesion, user, args.history_cases),
                               **measure_history(browser, user, args.history_requests)}
