@@ -21,16 +21,52 @@ def private_dirs(settings, tmp_path):
     settings.MODEL_ROOT = tmp_path / "models"
     settings.MEDIA_ROOT.mkdir()
     # Tests render templates without running collectstatic first.
-    settings.STORAGES = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
     return settings
 
 
+# The cast, shared by every test file (the test must allow database access):
+#   north, south  two clinics;
+#   alice         a dermatologist of North, logged in on ``client``;
+#   bob           a dermatologist of South;
+#   carol         North's clinic administrator (staff of one clinic: relabels North's cases);
+#   root          the platform administrator (staff, no clinic: the registry, every clinic's queue).
+# Log in another member with ``client.force_login(member)``.
+
+
 @pytest.fixture
-def alice(client):
-    """Alice, a dermatologist of the North clinic, logged in (the test must allow database access)."""
-    user = make_user("alice", make_clinic("North"))
+def north(db):
+    return make_clinic("North")
+
+
+@pytest.fixture
+def south(db):
+    return make_clinic("South")
+
+
+@pytest.fixture
+def alice(client, north):
+    user = make_user("alice", north)
     client.force_login(user)
     return user
+
+
+@pytest.fixture
+def bob(south):
+    return make_user("bob", south)
+
+
+@pytest.fixture
+def carol(north):
+    return make_user("carol", north, staff=True)
+
+
+@pytest.fixture
+def root(db):
+    return make_user("root", None, staff=True)
 
 
 @pytest.fixture(scope="session")
@@ -101,9 +137,8 @@ def database_env() -> dict:
     s = connection.settings_dict
     if s["ENGINE"].endswith("sqlite3"):
         return {"SQLITE_PATH": str(s["NAME"]), "DATABASE_URL": ""}
-    return {
-        "DATABASE_URL": f"postgres://{s['USER']}:{s['PASSWORD']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-    }
+    host, port = s["HOST"] or "127.0.0.1", s["PORT"] or 5432
+    return {"DATABASE_URL": f"postgres://{s['USER']}:{s['PASSWORD']}@{host}:{port}/{s['NAME']}"}
 
 
 class WorkerProcess:

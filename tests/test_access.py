@@ -10,7 +10,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from skinweb.clinic.models import Case, Feedback, Lesion, Patient
 from skinweb.models_registry.models import ModelVersion
-from tests.builders import make_case, make_clinic, make_lesion, make_patient, make_user
+from tests.builders import make_case, make_lesion, make_patient
 
 pytestmark = pytest.mark.django_db
 
@@ -65,10 +65,8 @@ def project_urls(patterns=None, prefix="", namespace=""):
 
 
 @pytest.fixture
-def world():
-    north, south = make_clinic("North"), make_clinic("South")
-    alice, bob = make_user("alice", north), make_user("bob", south)
-    root = make_user("root", None, staff=True)
+def world(client, north, alice, bob, root):
+    client.logout()  # each test logs in whom it needs
     patient = make_patient(north, "N-001")
     lesion = make_lesion(patient)
     case = make_case(lesion, alice, status=Case.Status.FAILED, failure_reason="test")
@@ -173,10 +171,10 @@ def admin_urls(world):
     yield reverse("admin:index")
     for model in admin.site._registry:
         info = (model._meta.app_label, model._meta.model_name)
-        yield reverse("admin:%s_%s_changelist" % info)
+        yield reverse("admin:{}_{}_changelist".format(*info))
         obj = model.objects.first()
         if obj is not None:
-            yield reverse("admin:%s_%s_change" % info, args=[obj.pk])
+            yield reverse("admin:{}_{}_change".format(*info), args=[obj.pk])
 
 
 @pytest.mark.parametrize("role", ["anonymous", "alice", "bob", "root"])

@@ -6,16 +6,14 @@ from django.urls import reverse
 
 from skinweb.audit.models import AuditEvent
 from skinweb.clinic.models import Case, Prediction
-from tests.builders import make_case, make_clinic, make_lesion, make_patient, make_user
+from tests.builders import make_case, make_clinic, make_lesion, make_patient
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def root(client):
-    user = make_user("root", None, staff=True)
-    client.force_login(user)
-    return user
+@pytest.fixture(autouse=True)
+def logged_in(client, root):
+    client.force_login(root)
 
 
 @pytest.fixture

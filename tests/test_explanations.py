@@ -11,7 +11,7 @@ from PIL import Image
 from classifier.explain import Explainer, TwoClass, blend, heatmap_png, heatmap_rgba, target_layer
 from skinweb.clinic import classification, explanations
 from skinweb.clinic.models import Case, Prediction
-from tests.builders import image_bytes, make_case, make_clinic, make_lesion, make_patient, make_user
+from tests.builders import image_bytes, make_case, make_clinic, make_lesion, make_patient
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +90,8 @@ def test_unreadable_image_gives_a_reason_not_a_crash(published_model):
 
 
 @pytest.mark.django_db
-def test_case_page_shows_the_overlay_controls_and_serves_the_map_to_its_clinic_only(client, published_model):
-    north = make_clinic("North")
-    alice, bob = make_user("alice", north), make_user("bob", make_clinic("South"))
+def test_case_page_shows_the_overlay_controls_and_serves_the_map_to_its_clinic_only(client, published_model, north,
+                                                                                    alice, bob):
     case = make_case(make_lesion(make_patient(north)), alice)
     classification.classify_case(case.pk)
     client.force_login(alice)
@@ -101,7 +100,9 @@ def test_case_page_shows_the_overlay_controls_and_serves_the_map_to_its_clinic_o
     case.refresh_from_db()
     explanations.explain_predictions([case.prediction.pk])
     page = client.get(reverse("clinic:case_detail", args=[case.pk])).content.decode()
-    assert "data-heatmap-toggle" in page and "data-heatmap-opacity" in page and "Decision support, not a diagnosis" in page
+    assert (
+        "data-heatmap-toggle" in page and "data-heatmap-opacity" in page and "Decision support, not a diagnosis" in page
+    )
     viewer = client.get(reverse("clinic:case_status", args=[case.pk]) + "?part=viewer").content.decode()
     assert "hx-trigger" not in viewer  # the map is in: polling stops
     png = client.get(reverse("clinic:case_heatmap", args=[case.pk]))

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from skinweb.clinic.models import Case
 from skinweb.models_registry.models import ModelVersion
-from tests.builders import make_clinic, make_lesion, make_patient, make_user, upload
+from tests.builders import make_lesion, make_patient, upload
 from tests.conftest import FIXTURES, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -48,9 +48,9 @@ def upload_and_wait(client, lesion, workers):
         "prediction__model_version").first(), "classification", workers)
 
 
-def test_relabel_retrain_publish_rollback(client, settings, model_file, workers):
+def test_relabel_retrain_publish_rollback(client, settings, model_file, workers, carol):
     settings.TRAINING_DATASETS = [FIXTURES]
-    admin = make_user("admin", make_clinic("North"), staff=True)
+    admin = carol  # North's clinic administrator
     client.force_login(admin)
     v1 = ModelVersion.import_file(model_file)
     v1.publish(reason="first")
@@ -93,9 +93,9 @@ def test_relabel_retrain_publish_rollback(client, settings, model_file, workers)
     assert upload_and_wait(client, lesion, workers).prediction.model_version == v1
 
 
-def test_a_run_whose_worker_is_killed_resumes(client, settings, model_file, workers):
+def test_a_run_whose_worker_is_killed_resumes(client, settings, model_file, workers, carol):
     settings.TRAINING_DATASETS = [FIXTURES]
-    admin = make_user("admin", make_clinic("North"), staff=True)
+    admin = carol  # North's clinic administrator
     client.force_login(admin)
     ModelVersion.import_file(model_file).publish(reason="first")
     client.post(reverse("manage:retrain"), {"epochs": 4})

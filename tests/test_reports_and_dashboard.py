@@ -16,17 +16,15 @@ from skinweb.clinic import classification, explanations, insights
 from skinweb.clinic.models import Case, Prediction
 from skinweb.clinic.reports import _safe
 from skinweb.models_registry.models import ModelVersion
-from tests.builders import image_bytes, make_case, make_clinic, make_lesion, make_patient, make_user, upload
+from tests.builders import image_bytes, make_case, make_clinic, make_lesion, make_patient, upload
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def north(client):
-    clinic = make_clinic("North")
-    user = make_user("alice", clinic)
-    client.force_login(user)
-    return clinic, user
+def north(north, alice):
+    """North and alice, logged in."""
+    return north, alice
 
 
 def classified(lesion, user, probability=None, decision=None, when=None, version=None):
@@ -76,7 +74,9 @@ def test_pdf_report_holds_the_case(client, north, published_model):
 def test_pdf_of_a_failed_case_says_there_is_no_result(client, north):
     clinic, alice = north
     case = make_case(make_lesion(make_patient(clinic)), alice, status=Case.Status.FAILED, failure_reason="x")
-    text = PdfReader(io.BytesIO(client.get(reverse("clinic:case_report", args=[case.pk])).content)).pages[0].extract_text()
+    text = (
+        PdfReader(io.BytesIO(client.get(reverse("clinic:case_report", args=[case.pk])).content)).pages[0].extract_text()
+    )
     assert "No AI result" in text and "None recorded yet" in text
 
 

@@ -10,17 +10,17 @@ from skinweb.audit.models import AuditEvent
 from skinweb.clinic.models import Case
 from skinweb.models_registry import tasks, training
 from skinweb.models_registry.models import ModelVersion
-from tests.builders import make_case, make_clinic, make_lesion, make_model_file, make_patient, make_user
+from tests.builders import make_case, make_clinic, make_lesion, make_model_file, make_patient
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_user(client):
-    user = make_user("clinic-admin", make_clinic("North"), staff=True)
-    client.force_login(user)
-    return user
+def admin_user(client, carol):
+    """North's clinic administrator, logged in."""
+    client.force_login(carol)
+    return carol
 
 
 def feedback(case, user, agrees=True, histopathology=""):
@@ -100,14 +100,13 @@ def test_another_clinics_case_cannot_be_relabelled(client, queue):
     assert other.truth_label == ""
 
 
-def test_clinicians_flag_cases_for_the_queue(client, queue):
-    clinician = make_user("doc", queue["plain"].lesion.patient.clinic)
-    client.force_login(clinician)
+def test_clinicians_flag_cases_for_the_queue(client, queue, alice):
+    assert queue["plain"].lesion.patient.clinic == alice.clinic
     r = client.post(reverse("clinic:case_flag", args=[queue["plain"].pk]), {"flagged": "1"})
     assert r.status_code == 302
     queue["plain"].refresh_from_db()
     assert queue["plain"].flagged
-    assert AuditEvent.objects.filter(action="flag", user=clinician).exists()
+    assert AuditEvent.objects.filter(action="flag", user=alice).exists()
 
 
 @pytest.fixture
