@@ -205,7 +205,12 @@ def case_detail(request, case):
     return render(
         request,
         "clinic/case_detail.html",
-        {"case": case, "form": form, "history": history, "predictions": case.predictions.select_related("model_version")},
+        {
+            "case": case,
+            "form": form,
+            "history": history,
+            "predictions": case.predictions.select_related("model_version"),
+        },
     )
 
 
@@ -217,10 +222,10 @@ def case_status(request, case):
     Once the result is in, the panel brings the feedback form with it, so nothing needs a reload.
     """
     if request.GET.get("part") == "viewer":  # the image with its heat map, polled until the map is in
-        return render(request, "clinic/case_viewer.html", {"case": case})
+        return render(request, "clinic/partials/case_viewer.html", {"case": case})
     if request.GET.get("part") == "badge":  # the uploader's line for this case, polled until the result
-        return render(request, "clinic/case_badge_live.html", {"case": case})
-    return render(request, "clinic/case_status.html", {"case": case, "form": FeedbackForm(instance=case.feedback)})
+        return render(request, "clinic/partials/case_badge_live.html", {"case": case})
+    return render(request, "clinic/partials/case_status.html", {"case": case, "form": FeedbackForm(instance=case.feedback)})
 
 
 @object_view(Case, methods=("GET", "POST"))
@@ -272,14 +277,14 @@ def case_image(request, case):
                 out = io.BytesIO()
                 img.save(out, format="JPEG", quality=85)
         except (OSError, Image.DecompressionBombError):
-            raise Http404("The stored image cannot be read")
+            raise Http404("The stored image cannot be read") from None
         response = HttpResponse(out.getvalue(), content_type="image/jpeg")
     else:
         content_type = "image/png" if case.image.name.endswith(".png") else "image/jpeg"
         try:
             response = FileResponse(default_storage.open(case.image.name, "rb"), content_type=content_type)
         except OSError:
-            raise Http404("The stored image is missing")
+            raise Http404("The stored image is missing") from None
     response["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -293,7 +298,7 @@ def case_heatmap(request, case):
     try:
         response = FileResponse(default_storage.open(prediction.heatmap.name, "rb"), content_type="image/png")
     except OSError:
-        raise Http404("The stored heat map is missing")
+        raise Http404("The stored heat map is missing") from None
     response["Cache-Control"] = "private, max-age=3600"
     return response
 

@@ -90,7 +90,7 @@ def model_detail(request, pk):
     version = get_object_or_404(ModelVersion.objects.select_related("parent", "trained_by", "published_by"), pk=pk)
     rows, worse = compare(version)
     if request.headers.get("HX-Request"):
-        response = render(request, "models_registry/run_progress.html", {"version": version})
+        response = render(request, "models_registry/partials/run_progress.html", {"version": version})
         if version.status != ModelVersion.Status.TRAINING:
             response["HX-Refresh"] = "true"  # the run ended: reload for the comparison and actions
         return response
