@@ -223,9 +223,21 @@ def fill_history(lesion, user, total):
     now = timezone.now()
     batch = []
     for i in range(max(0, total - have)):
-        batch.append(Case(lesion=lesion, clinic_id=lesion.patient.clinic_id, created_by=user, image=template.image.name, original_name=f"h{i}.jpg",
-                          sha256=template.sha256, width=template.width, height=template.height,
-                          status="done", created_at=now, finished_at=now))
+        batch.append(
+            Case(
+                lesion=lesion,
+                clinic_id=lesion.patient.clinic_id,
+                created_by=user,
+                image=template.image.name,
+                original_name=f"h{i}.jpg",
+                sha256=template.sha256,
+                width=template.width,
+                height=template.height,
+                status="done",
+                created_at=now,
+                finished_at=now,
+            )
+        )
     created = Case.objects.bulk_create(batch, batch_size=1000)
     if version:
         preds = Prediction.objects.bulk_create([
@@ -288,8 +300,11 @@ def wait_heatmaps(lesion_id, timeout=600) -> dict:
         if pending == 0:
             break
         time.sleep(0.5)
-    return {"done": predictions.exclude(heatmap="").count(), "failed": predictions.exclude(explanation_error="").count(),
-            "after_burst_s": time.monotonic() - start}
+    return {
+        "done": predictions.exclude(heatmap="").count(),
+        "failed": predictions.exclude(explanation_error="").count(),
+        "after_burst_s": time.monotonic() - start,
+    }
 
 
 def measure_history(browser, user, n_requests):
@@ -379,11 +394,15 @@ def main(args) -> int:
           f"{b['http_errors']} HTTP errors; upload → result p50 {b['p50_s']:.1f} s, p95 {b['p95_s']:.1f} s, "
           f"max {b['max_s']:.1f} s; {b['throughput_img_s']:.1f} images/s; {b['forward_passes']} forward passes "
           f"(mean batch {b['mean_batch']:.1f})")
-    print("worker peak resident memory: " + ", ".join(f"{k} {v:.0f} MB" for k, v in result["worker_peak_rss_mb"].items()))
+    print(
+        "worker peak resident memory: " + ", ".join(f"{k} {v:.0f} MB" for k, v in result["worker_peak_rss_mb"].items())
+    )
     hm = result["heatmaps"]
-    print(f"heat maps: {hm['done']} done, {hm['failed']} failed, the last {hm['after_burst_s']:.1f} s after the burst's "
-          f"last result; explainer peak resident memory: "
-          + ", ".join(f"{k} {v:.0f} MB" for k, v in result["explainer_peak_rss_mb"].items()))
+    print(
+        f"heat maps: {hm['done']} done, {hm['failed']} failed, the last {hm['after_burst_s']:.1f} s after the burst's "
+        f"last result; explainer peak resident memory: "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in result["explainer_peak_rss_mb"].items())
+    )
     print(f"history page at {h['cases']} cases: p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms over "
           f"{h['requests']} requests; SQL queries {h['queries']}")
     d = result["dashboard"]

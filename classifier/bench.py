@@ -113,9 +113,17 @@ def run_product(model, paths, batch_size, runtime, device, queue):
         model_seconds += time.perf_counter() - t
     seconds = time.perf_counter() - start
     full_size_ms = full_size_preprocess_ms(predictor, paths[0])
-    queue.put({"full_size_preprocess_ms": full_size_ms, "probs": probs, "seconds": seconds, "model_seconds": model_seconds, "rss_mb": peak_rss_mb(),
-               "runtime": predictor.runtime if predictor.runtime != "torch" else f"torch-{device}",
-               "threshold": predictor.threshold})
+    queue.put(
+        {
+            "full_size_preprocess_ms": full_size_ms,
+            "probs": probs,
+            "seconds": seconds,
+            "model_seconds": model_seconds,
+            "rss_mb": peak_rss_mb(),
+            "runtime": predictor.runtime if predictor.runtime != "torch" else f"torch-{device}",
+            "threshold": predictor.threshold,
+        }
+    )
 
 
 def main(args) -> int:

@@ -36,7 +36,7 @@ from classifier.runtime import (
 
 log = logging.getLogger(__name__)
 
-# The int8 artefact is accepted only within these bounds against fp32 (issue 4).
+# The int8 artefact is accepted only within these bounds against fp32.
 MAX_FLIP_RATE = 0.005
 MAX_AUC_DELTA = 0.005
 
@@ -299,7 +299,9 @@ def get_args_parser(add_help=True):
     p = argparse.ArgumentParser(description="Build the ONNX fp32 and int8 artefacts of a model file and "
                                 "check them against PyTorch fp32.", add_help=add_help)
     p.add_argument("--model", required=True, help="model file (.safetensors)")
-    p.add_argument("--data", required=True, help="dataset folder the model was trained on (labels.csv or benign/ malignant/)")
+    p.add_argument(
+        "--data", required=True, help="dataset folder the model was trained on (labels.csv or benign/ malignant/)"
+    )
     p.add_argument("--calibration-images", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)

@@ -9,8 +9,8 @@ rotations and mirror images, mild colour changes) and the 8 rotations/mirror ima
 validation image are pushed through them once (bf16 on CPUs that have it) and cached on disk.
 Training then runs block 5 and the head over the cache, each epoch taking one cached view per
 image. ``--tune-from 4`` freezes blocks 1-3 only (their outputs are 4x larger on disk, and an epoch
-costs about 4x as much) and trains blocks 4-5 and the head. Both stages resume after a kill (``--resume``): caching from the last finished chunk,
-training from the last epoch's checkpoint.
+costs about 4x as much) and trains blocks 4-5 and the head. Both stages resume after a kill
+(``--resume``): caching from the last finished chunk, training from the last epoch's checkpoint.
 
 The finished model is a plain ``vgg16`` model file, usable by everything that reads one. Its
 metadata carries what the validation split says about it (classifier.validation): test-time
@@ -59,7 +59,9 @@ def get_args_parser(add_help=True):
     p.add_argument("--views", type=int, default=4, help="cached augmented views per training image")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the trained blocks (the head gets 10x)")
+    p.add_argument(
+        "--lr", type=float, default=2e-4, help="peak learning rate of the trained blocks (the head gets 10x)"
+    )
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -131,7 +133,9 @@ def fill_cache(trunk, samples, path: Path, make_view, batch_size=16):
         stop = min(start + CHUNK, n)
         torch.manual_seed(zlib.crc32(f"{path.name}:{start}".encode()))
         for b in range(start, stop, batch_size):
-            batch = torch.stack([make_view(_to_tensor(samples[i].path), i) for i in range(b, min(b + batch_size, stop))])
+            batch = torch.stack(
+                [make_view(_to_tensor(samples[i].path), i) for i in range(b, min(b + batch_size, stop))]
+            )
             with torch.inference_mode(), _autocast():
                 feats = trunk(batch.contiguous(memory_format=torch.channels_last)).to(torch.bfloat16)
             cache[b:b + len(batch)] = feats.contiguous().view(torch.int16).numpy().view(np.uint16)
@@ -245,7 +249,11 @@ def main(args) -> int:
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - n_pos) / max(n_pos, 1e-9)))
     head_params = list(top.head.parameters())
     groups = [
-        {"params": [p for p in top.blocks.parameters() if p.ndim > 1], "weight_decay": args.weight_decay, "lr": args.lr},
+        {
+            "params": [p for p in top.blocks.parameters() if p.ndim > 1],
+            "weight_decay": args.weight_decay,
+            "lr": args.lr,
+        },
         {"params": [p for p in top.blocks.parameters() if p.ndim <= 1], "weight_decay": 0.0, "lr": args.lr},
         {"params": [p for p in head_params if p.ndim > 1], "weight_decay": args.weight_decay, "lr": args.lr * 10},
         {"params": [p for p in head_params if p.ndim <= 1], "weight_decay": 0.0, "lr": args.lr * 10},
@@ -275,7 +283,11 @@ def main(args) -> int:
     for epoch in range(start_epoch, args.epochs):
         t = time.perf_counter()
         erng = np.random.default_rng(args.seed * 1000 + epoch)
-        order = erng.choice(train_idx, size=len(train_idx), replace=True, p=sample_w) if weights else erng.permutation(train_idx)
+        order = (
+            erng.choice(train_idx, size=len(train_idx), replace=True, p=sample_w)
+            if weights
+            else erng.permutation(train_idx)
+        )
         view_of = erng.integers(0, args.views, len(order))
         top.train()
         total = 0.0

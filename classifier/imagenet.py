@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 import os
+
 # pickle is used only through RestrictedUnpickler (numpy's array globals alone); pip runs with a fixed
 # argument list.
 import pickle  # nosec B403

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 # torchvision builders, imported on first use by training only: inference and Grad-CAM build the
-# trunk with vgg16_features below (torchvision costs a worker ~160 MB of resident memory).
+# trunk with vgg16_features below (importing torchvision adds to every worker's resident memory).
 ARCHITECTURES = {"vgg16": ("vgg16", "VGG16_Weights"), "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights")}
 
 

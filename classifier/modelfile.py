@@ -92,7 +92,7 @@ def save_model_file(path, model: torch.nn.Module, metadata: ModelMetadata, half:
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in model.state_dict().items()
     }
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     metadata = dataclasses.replace(metadata, created=metadata.created or now.isoformat(timespec="seconds"))
     if not metadata.version:
         metadata.version = f"{metadata.arch}-{now:%Y%m%d}-{weights_digest(state)[:8]}"

@@ -56,8 +56,8 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The arena keeps the largest batch's activations allocated (bounded: workers cap the batch at
-        # INFERENCE_BATCH_SIZE); without it every call maps and faults in fresh pages, measured 17%
-        # slower at 224 px, batch 8 (21.5 against 26.1 images/s, 2 cores).
+        # INFERENCE_BATCH_SIZE); without it every call maps and faults in fresh pages, which is
+        # measurably slower (README, "Figures behind the defaults").
         options.enable_cpu_mem_arena = True
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -283,7 +283,9 @@ def main(args, on_epoch=None) -> int:
         if args.time_budget and ckpt.get("epochs"):  # the budget fixed the schedule's length: keep it
             args.epochs = ckpt["epochs"]
             schedule.total_steps = args.epochs * steps_per_epoch
-        log.info("resumed after epoch %d (best validation AUC %.4f at epoch %d)", ckpt["epoch"] + 1, best_auc, best_epoch + 1)
+        log.info(
+            "resumed after epoch %d (best validation AUC %.4f at epoch %d)", ckpt["epoch"] + 1, best_auc, best_epoch + 1
+        )
     elif args.resume:
         log.info("no checkpoint in %s: starting from scratch", out)
 

@@ -77,7 +77,9 @@ def cross_fitted_calibration(logits, y, groups, folds: int = 5) -> np.ndarray:
     out = np.empty(len(y))
     for f in range(folds):
         held = fold == f
-        out[held] = apply_calibration(np.asarray(logits)[held], fit_platt(np.asarray(logits)[~held], np.asarray(y)[~held]))
+        out[held] = apply_calibration(
+            np.asarray(logits)[held], fit_platt(np.asarray(logits)[~held], np.asarray(y)[~held])
+        )
     return out
 
 

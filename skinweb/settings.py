@@ -270,16 +270,15 @@ INFERENCE_DEVICE = env("INFERENCE_DEVICE", "auto")
 # Batching: a worker classifies up to INFERENCE_BATCH_SIZE queued cases in one forward pass, waiting
 # up to INFERENCE_BATCH_WAIT_MS for a burst of uploads to arrive. A case another worker claimed
 # less than INFERENCE_CLAIM_TIMEOUT seconds ago is left to that worker.
-# 4 on the CPU: int8 throughput is flat from batch 1 to 16 at 224 px (25–26 images/s on 2 cores) while
-# activation memory grows with the batch (the worker's 1 GB budget); a GPU worker wants more
-# (docker/ sets 64 for it).
+# 4 on the CPU: int8 throughput does not grow with the batch while activation memory does (the
+# worker's 1 GB budget; README, "Figures behind the defaults"); a GPU worker wants more (docker/ sets 64).
 INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 4)
 INFERENCE_BATCH_WAIT_MS = env_int("INFERENCE_BATCH_WAIT_MS", 100)
 INFERENCE_CLAIM_TIMEOUT = env_int("INFERENCE_CLAIM_TIMEOUT", 120)
 # Dataset folders (labels.csv layout, separated by ":") for int8 calibration and, later, retraining.
 # Default: none (`make run` passes the ISIC development set when it sits beside the checkout).
 TRAINING_DATASETS = [Path(p) for p in env("TRAINING_DATASETS", "").split(":") if p]
-# Retraining from the published version (issue 5): epochs, peak learning rate, batch size, device
+# Retraining from the published version: epochs, peak learning rate, batch size, device
 # (auto: CUDA when present), and after how many seconds without an epoch a run counts as dead.
 RETRAIN_EPOCHS = env_int("RETRAIN_EPOCHS", 10)
 RETRAIN_LR = float(env("RETRAIN_LR", "0.0003"))

@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTEST=.venv/bin/pytest
 
+if [ "$#" -eq 0 ]; then
+  echo "== lint (ruff.toml: pycodestyle, pyflakes, import order, bugbear, pyupgrade; 'ruff check --fix .' repairs most)"
+  .venv/bin/ruff check .
+fi
+
 echo "== tests on SQLite"
 "$PYTEST" "$@"
 

@@ -128,7 +128,9 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     page.get_by_role("button", name="Upload and classify").click()
     results = page.locator("[data-testid=upload-result]")
     for i in range(2):
-        results.nth(i).locator(".badge", has_text="ign").or_(results.nth(i).locator(".badge", has_text="alignant")).wait_for()
+        results.nth(i).locator(".badge", has_text="ign").or_(
+            results.nth(i).locator(".badge", has_text="alignant")
+        ).wait_for()
     assert Case.objects.filter(status=Case.Status.DONE).count() == 2
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # the same page, never reloaded
     j.check("upload-results")

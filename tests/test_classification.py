@@ -153,7 +153,9 @@ def test_a_case_another_live_worker_claimed_is_left_to_it(case, published_model,
         classification.classify_case(case.pk)
     assert not Prediction.objects.exists()
     # Once the claim is older than the timeout, the case is taken over.
-    Case.objects.filter(pk=case.pk).update(started_at=timezone.now() - timedelta(seconds=settings.INFERENCE_CLAIM_TIMEOUT + 1))
+    Case.objects.filter(pk=case.pk).update(
+        started_at=timezone.now() - timedelta(seconds=settings.INFERENCE_CLAIM_TIMEOUT + 1)
+    )
     classification.classify_case(case.pk)
     case.refresh_from_db()
     assert case.status == Case.Status.DONE

@@ -64,7 +64,9 @@ def history(alice, published_model):
         "queued": make_case(l2),
         "benign_no_feedback": predict(make_case(l1), published_model, 0.2),
     }
-    cases["benign_agreed"].record_feedback(alice, agrees_with_ai=True, clinical_diagnosis="nevus", management="reassure")
+    cases["benign_agreed"].record_feedback(
+        alice, agrees_with_ai=True, clinical_diagnosis="nevus", management="reassure"
+    )
     cases["malignant_disagreed"].record_feedback(alice, agrees_with_ai=False, clinical_diagnosis="seborrheic_keratosis",
                                                  management="monitor")
     predict(make_case(make_lesion(make_patient(make_clinic("South"), "ANNA-9"))), published_model, 0.9)
@@ -74,7 +76,10 @@ def history(alice, published_model):
 @pytest.mark.parametrize(
     "query,expected",
     [
-        ("", ["benign_no_feedback", "queued", "failed", "malignant_no_feedback", "malignant_disagreed", "benign_agreed"]),
+        (
+            "",
+            ["benign_no_feedback", "queued", "failed", "malignant_no_feedback", "malignant_disagreed", "benign_agreed"],
+        ),
         ("status=failed", ["failed"]),
         ("status=queued", ["queued"]),
         ("decision=malignant", ["malignant_no_feedback", "malignant_disagreed"]),
@@ -84,8 +89,10 @@ def history(alice, published_model):
         ("disagreement=on", ["malignant_disagreed"]),
         ("q=anna", ["benign_no_feedback", "malignant_disagreed", "benign_agreed"]),
         ("q=BERT&decision=malignant", ["malignant_no_feedback"]),
-        ("status=nonsense", ["benign_no_feedback", "queued", "failed", "malignant_no_feedback", "malignant_disagreed",
-                             "benign_agreed"]),
+        (
+            "status=nonsense",
+            ["benign_no_feedback", "queued", "failed", "malignant_no_feedback", "malignant_disagreed", "benign_agreed"],
+        ),
     ],
 )
 def test_history_filters(client, history, query, expected):

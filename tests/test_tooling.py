@@ -7,7 +7,11 @@ from tests.pip_audit_summary import summarise
 
 
 def test_audit_summary_says_when_nothing_was_checked():
-    skipped = {"name": "django", "version": "5.2.19", "skip_reason": "Dependency not found on PyPI and could not be audited"}
+    skipped = {
+        "name": "django",
+        "version": "5.2.19",
+        "skip_reason": "Dependency not found on PyPI and could not be audited",
+    }
     lines, status = summarise({"dependencies": [skipped, {**skipped, "name": "torch"}], "fixes": []})
     assert status == 0
     assert lines[0].startswith("pip-audit: 0 of 2 pinned packages checked")
@@ -38,3 +42,57 @@ def test_a_refusal_is_logged_once_without_a_traceback(settings):
         record.status_code = status
         assert NoTracebackBelow500().filter(record)
         assert (record.exc_info is not None) == kept
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which of the project's modules each module imports (anywhere in it, functions included)."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    modules = {}
+    for package in ("classifier", "skinweb", "benchmarks"):
+        for path in (ROOT / package).rglob("*.py"):
+            if "migrations" not in path.parts:
+                name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                modules[name] = path
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found = next((t for t in targets if t in modules), None)
+            if found and found != name:
+                graph[name].add(found)
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    graph = import_graph()
+    assert "classifier.runtime" in graph["classifier.predictor"]  # the graph is read, not empty
+
+    def path_back(start):
+        seen, stack = set(), [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    loops = [loop for m in sorted(graph) if (loop := path_back(m))]
+    assert not loops, "import loops: " + "; ".join(" -> ".join(loop) for loop in loops)
+
+
+def test_the_classifier_never_imports_django_or_the_app():
+    graph = import_graph()
+    for name, targets in graph.items():
+        if name.startswith("classifier"):
+            assert not {t for t in targets if t.startswith(("skinweb", "benchmarks"))}, name

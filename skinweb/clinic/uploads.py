@@ -56,11 +56,11 @@ def normalise_image(upload, max_bytes=None, max_pixels=None) -> NormalisedImage:
     except ValidationError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValidationError("The image declares an implausibly large size and was refused.")
+        raise ValidationError("The image declares an implausibly large size and was refused.") from None
     except Exception:
         # Pillow raises many types (UnidentifiedImageError, OSError, SyntaxError, struct.error);
         # they all mean the same thing to the clinician.
-        raise ValidationError("This is not a readable JPEG or PNG image (the file may be damaged).")
+        raise ValidationError("This is not a readable JPEG or PNG image (the file may be damaged).") from None
 
     fmt = img.format
     img = ImageOps.exif_transpose(img)

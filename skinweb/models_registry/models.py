@@ -42,7 +42,7 @@ class ModelVersion(models.Model):
     )
     publish_reason = models.TextField(blank=True)
 
-    # Retraining (issue 5): where the version came from and how its run went.
+    # Retraining: where the version came from and how its run went.
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     trained_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -151,9 +151,12 @@ class ModelVersion(models.Model):
             "threshold": self.threshold,
             "sensitivity": v.get("sensitivity"),
             "specificity": v.get("specificity"),
-            "band": [1 / (1 + math.exp(-(logit - DERIVED_BAND_LOGIT))), 1 / (1 + math.exp(-(logit + DERIVED_BAND_LOGIT)))],
+            "band": [
+                1 / (1 + math.exp(-(logit - DERIVED_BAND_LOGIT))),
+                1 / (1 + math.exp(-(logit + DERIVED_BAND_LOGIT))),
+            ],
             "band_definition": f"within {DERIVED_BAND_LOGIT} of the threshold on the logit scale (this version's file "
-                               "predates stored bands)",
+            "predates stored bands)",
             "derived": True,
         }
 
