@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from pypdf import PdfReader
 
 from classifier.modelfile import DEFAULT_MODEL_PATH
@@ -41,6 +42,9 @@ def browser_page(monkeypatch):
         yield page
         context.close()
         browser.close()
+        # The test's ORM calls ran while Playwright's greenlets were switching; their connection is
+        # not the session's. Closed here, before PostgreSQL is asked to drop the test database.
+        connections.close_all()
 
 
 @pytest.fixture
