@@ -35,12 +35,11 @@ def make_clinic(name=None) -> Clinic:
     return Clinic.objects.create(name=name or f"Clinic {next(_seq)}")
 
 
-def make_user(username, clinic=None, staff=False) -> User:
-    user = User.objects.create_user(username=username, password=PASSWORD, clinic=clinic)
-    if staff:
-        user.is_staff = user.is_superuser = True
-        user.save()
-    return user
+def make_user(username, clinic=None, staff=False, superuser=False) -> User:
+    """A clinician (default), a clinic administrator (``staff``) or the platform administrator
+    (``superuser``, usually with no clinic)."""
+    return User.objects.create_user(username=username, password=PASSWORD, clinic=clinic,
+                                    is_staff=staff or superuser, is_superuser=superuser)
 
 
 def make_patient(clinic, identifier=None, **fields) -> Patient:

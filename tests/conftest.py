@@ -66,7 +66,7 @@ def carol(north):
 
 @pytest.fixture
 def root(db):
-    return make_user("root", None, staff=True)
+    return make_user("root", None, superuser=True)
 
 
 @pytest.fixture(scope="session")

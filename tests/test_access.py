@@ -1,16 +1,19 @@
 """Who can reach what. The URL list is read from the URLconf, so a new view cannot be missed.
 
-Roles: anonymous; Alice, a dermatologist of the North clinic which owns the records; Bob, a
-dermatologist of the South clinic; Root, a staff superuser attached to no clinic.
+Roles (README, "Roles"): anonymous; alice, a clinician of the North clinic which owns the records;
+bob, a clinician of the South clinic; carol, North's clinic administrator; dave, South's clinic
+administrator; root, the platform administrator (a superuser of no clinic).
 """
 
 import pytest
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from skinweb.accounts.models import User
+from skinweb.audit.models import AuditEvent, clinic_id_of, record
 from skinweb.clinic.models import Case, Feedback, Lesion, Patient
 from skinweb.models_registry.models import ModelVersion
-from tests.builders import make_case, make_lesion, make_patient
+from tests.builders import make_case, make_lesion, make_patient, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -38,7 +41,8 @@ OWNER_GET = {
     "logout": 405,  # POST only
 }
 PUBLIC = {"login", "logout"}
-# The administrators' pages: 403 for clinicians, this for a staff user.
+# The administrators' pages: 403 for clinicians, this for an administrator allowed there (the relabel
+# queue: clinic administrators and the platform administrator; the registry: the platform administrator).
 STAFF_GET = {
     "clinic:relabel_queue": 200,
     "clinic:relabel": 405,
@@ -64,16 +68,25 @@ def project_urls(patterns=None, prefix="", namespace=""):
             yield f"{namespace}{p.name}", prefix + str(p.pattern)
 
 
+ROLES = ["anonymous", "alice", "bob", "carol", "dave", "root"]
+OWNERS = {"alice", "carol"}  # members of North, which owns the world's records
+
+
 @pytest.fixture
-def world(client, north, alice, bob, root):
+def world(client, north, south, alice, bob, carol, root):
     client.logout()  # each test logs in whom it needs
+    dave = make_user("dave", south, staff=True)
     patient = make_patient(north, "N-001")
     lesion = make_lesion(patient)
     case = make_case(lesion, alice, status=Case.Status.FAILED, failure_reason="test")
+    south_case = make_case(make_lesion(make_patient(south, "S-001")), bob, status=Case.Status.FAILED,
+                           failure_reason="test")
+    record(None, "view", case)
+    record(None, "view", south_case)
     version = ModelVersion.objects.create(version="v-access", filename="v.safetensors", arch="vgg16", input_size=64,
                                           threshold=0.5, status=ModelVersion.Status.CANDIDATE)
-    return {"alice": alice, "bob": bob, "root": root, "patient": patient, "lesion": lesion, "case": case,
-            "version": version}
+    return {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "root": root, "north": north, "south": south,
+            "patient": patient, "lesion": lesion, "case": case, "south_case": south_case, "version": version}
 
 
 def url_for(name, route, world):
@@ -87,14 +100,15 @@ def url_for(name, route, world):
 
 def expected(name, route, role):
     if name in STAFF_GET:
-        return {"anonymous": 302, "root": STAFF_GET[name]}.get(role, 403)
+        allowed = {"root", "carol", "dave"} if name.startswith("clinic:") else {"root"}
+        return 302 if role == "anonymous" else STAFF_GET[name] if role in allowed else 403
     if name in PUBLIC:
         # LoginRequiredMiddleware sends anonymous visitors of logout to the login page too.
         return {"anonymous": 200 if name == "login" else 302}.get(role, OWNER_GET[name])
     if role == "anonymous":
         return 302
     has_object = "<int:pk>" in route
-    if role in ("bob", "root") and has_object:
+    if role not in OWNERS and has_object:
         return 404
     if role == "root" and name == "clinic:patient_create":
         return 403  # not in any clinic: nothing to create patients in
@@ -110,7 +124,7 @@ def test_every_url_is_in_the_matrix():
     assert {name for name, _ in project_urls()} == set(OWNER_GET) | set(STAFF_GET)
 
 
-@pytest.mark.parametrize("role", ["anonymous", "alice", "bob", "root"])
+@pytest.mark.parametrize("role", ROLES)
 def test_get_matrix(client, world, role):
     login(client, world, role)
     got = {}
@@ -123,7 +137,7 @@ def test_get_matrix(client, world, role):
     assert got == {name: expected(name, route, role) for name, route in project_urls()}
 
 
-@pytest.mark.parametrize("role", ["anonymous", "bob", "root"])
+@pytest.mark.parametrize("role", ["anonymous", "bob", "dave", "root"])
 def test_outsiders_cannot_post_to_anything(client, world, role):
     login(client, world, role)
     before = [m.objects.count() for m in (Patient, Lesion, Case, Feedback)]
@@ -166,28 +180,94 @@ def test_media_files_have_no_public_url(client, world):
         assert client.get(f"/{name}").status_code in (302, 404)
 
 
-def admin_urls(world):
-    """The admin index, and the list and change pages of every registered model that has a row."""
-    yield reverse("admin:index")
+# The Django admin, per role. Models a clinic administrator may see, scoped to their clinic; every
+# other registered model (the shared model registry, the lockout records, groups) is the platform's.
+CLINIC_SCOPED = {"accounts.clinic", "accounts.user", "clinic.patient", "clinic.lesion", "clinic.case",
+                 "clinic.prediction", "audit.auditevent"}
+
+
+def admin_pages(world):
+    """(model label, url, owning clinic or None) for the admin index, every changelist, and the change
+    page of every row of every registered model."""
+    yield None, reverse("admin:index"), None
     for model in admin.site._registry:
-        info = (model._meta.app_label, model._meta.model_name)
-        yield reverse("admin:{}_{}_changelist".format(*info))
-        obj = model.objects.first()
-        if obj is not None:
-            yield reverse("admin:{}_{}_change".format(*info), args=[obj.pk])
+        label = f"{model._meta.app_label}.{model._meta.model_name}"
+        yield label, reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist"), None
+        for obj in model.objects.all():
+            yield label, reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[obj.pk]), \
+                clinic_id_of(obj) if label != "accounts.clinic" else obj.pk
 
 
-@pytest.mark.parametrize("role", ["anonymous", "alice", "bob", "root"])
-def test_admin_is_for_staff_only(client, world, role):
+def expected_admin(role, label, owner, world):
+    if role == "root":
+        return 200
+    if role in ("alice", "bob"):
+        return "login"  # clinicians are not staff: the admin sends them to its login
+    clinic = world["carol" if role == "carol" else "dave"].clinic_id
+    if label is None:
+        return 200  # the index, listing only what the role may see
+    if label not in CLINIC_SCOPED:
+        return 403
+    if owner is None:
+        return 200  # a changelist (scoped)
+    return 200 if owner == clinic else 302  # another clinic's row "does not exist" for them
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_admin_matrix(client, world, role):
     login(client, world, role)
-    for url in admin_urls(world):
+    pages = list(admin_pages(world))
+    assert len(pages) > 20
+    for label, url, owner in pages:
         r = client.get(url)
-        if role == "root":
-            assert r.status_code == 200, url
+        if role == "anonymous":
+            assert r.status_code == 302 and r.url.startswith((reverse("login"), reverse("admin:login"))), url
+            continue
+        want = expected_admin(role, label, owner, world)
+        if label == "accounts.user" and owner is None and "/change/" in url:
+            want = 200 if role == "root" else 302  # root's own account: no clinic, not a clinic admin's to see
+        if want == "login":
+            assert r.status_code == 302 and r.url.startswith(reverse("admin:login")), (url, r.status_code)
         else:
-            # Anonymous visitors go to the site login first; clinicians to the admin's (not staff).
-            logins = (reverse("login"), reverse("admin:login")) if role == "anonymous" else (reverse("admin:login"),)
-            assert r.status_code == 302 and r.url.startswith(logins), (url, r.status_code)
+            assert r.status_code == want, (role, url, r.status_code)
+
+
+def test_a_clinic_admin_sees_and_changes_only_their_clinic_in_the_admin(client, world):
+    client.force_login(world["carol"])
+    patients = client.get(reverse("admin:clinic_patient_changelist")).content.decode()
+    assert "N-001" in patients and "S-001" not in patients and "South" not in patients  # no clinic filter either
+    users = client.get(reverse("admin:accounts_user_changelist")).content.decode()
+    assert ">alice<" in users and ">bob<" not in users and ">root<" not in users
+    index = client.get(reverse("admin:index")).content.decode()
+    assert "Model versions" not in index and "Patients" in index
+    # Relabelling another clinic's case through the admin: refused, nothing changed.
+    south = world["south_case"]
+    r = client.post(reverse("admin:clinic_case_change", args=[south.pk]),
+                    {"truth_label": "malignant", "truth_source": "consensus"})
+    assert r.status_code == 302 and r.url == reverse("admin:index")
+    south.refresh_from_db()
+    assert south.truth_label == ""
+    # A new account made by a clinic admin belongs to their clinic and is never a superuser.
+    r = client.post(reverse("admin:accounts_user_add"), {
+        "username": "newdoc", "password1": "a-long-unusual-pass-9", "password2": "a-long-unusual-pass-9",
+        "usable_password": "true", "is_superuser": "on", "clinic": world["south"].pk})
+    assert r.status_code == 302, r.content.decode()[:2000]
+    new = User.objects.get(username="newdoc")
+    assert new.clinic == world["north"] and not new.is_superuser and new.role == "clinician"
+    # The audit trail: North's events only.
+    events = client.get(reverse("admin:audit_auditevent_changelist")).content.decode()
+    assert f"case {world['case'].pk}" in events.replace("</td><td", " ").lower() or "1 audit event" in events.lower()
+    assert AuditEvent.objects.filter(clinic=world["south"]).exists()
+
+
+def test_a_clinic_admin_cannot_touch_the_shared_model(client, world):
+    client.force_login(world["carol"])
+    version = world["version"]
+    for name in ("manage:publish", "manage:cancel", "manage:shadow"):
+        assert client.post(reverse(name, args=[version.pk]), {"reason": "x"}).status_code == 403
+    assert client.post(reverse("manage:retrain"), {"epochs": 1}).status_code == 403
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.CANDIDATE
 
 
 def test_missing_stored_image_is_a_404_not_a_500(client, world):

@@ -93,7 +93,7 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     alice = make_user("alice", north)
     alice.set_password(PASSWORD)
     alice.save()
-    root = make_user("root", None, staff=True)
+    root = make_user("root", None, superuser=True)
     root.set_password(PASSWORD)
     root.save()
     j = Journey(page, stack)

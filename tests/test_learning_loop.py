@@ -48,9 +48,9 @@ def upload_and_wait(client, lesion, workers):
         "prediction__model_version").first(), "classification", workers)
 
 
-def test_relabel_retrain_publish_rollback(client, settings, model_file, workers, carol):
+def test_relabel_retrain_publish_rollback(client, settings, model_file, workers, carol, root):
     settings.TRAINING_DATASETS = [FIXTURES]
-    admin = carol  # North's clinic administrator
+    admin = carol  # North's clinic administrator relabels; the platform administrator retrains
     client.force_login(admin)
     v1 = ModelVersion.import_file(model_file)
     v1.publish(reason="first")
@@ -65,7 +65,9 @@ def test_relabel_retrain_publish_rollback(client, settings, model_file, workers,
     client.post(reverse("clinic:relabel"), {"case": case.pk, "label": "malignant", "source": "histopathology",
                                             "use_for_training": "on"})
 
-    # Retrain from the pages; the training worker picks it up.
+    # Retrain from the pages (the platform administrator); the training worker picks it up.
+    assert client.post(reverse("manage:retrain"), {"epochs": 2}).status_code == 403  # not a clinic's to do
+    client.force_login(root)
     r = client.post(reverse("manage:retrain"), {"epochs": 2})
     run = ModelVersion.objects.get(status__in=["training", "candidate", "failed"])
     assert r.url == reverse("manage:model_detail", args=[run.pk])
@@ -85,18 +87,20 @@ def test_relabel_retrain_publish_rollback(client, settings, model_file, workers,
     # Publish (a reason covers the case where a metric is worse); the next upload uses it.
     client.post(reverse("manage:publish", args=[run.pk]), {"reason": "retrained with our histopathology"})
     assert ModelVersion.objects.published() == run
+    client.force_login(admin)
     assert upload_and_wait(client, lesion, workers).prediction.model_version == run
 
     # Roll back: one action; the next upload uses v1 again, no worker restart.
+    client.force_login(root)
     client.post(reverse("manage:publish", args=[v1.pk]))
     assert ModelVersion.objects.published() == v1
+    client.force_login(admin)
     assert upload_and_wait(client, lesion, workers).prediction.model_version == v1
 
 
-def test_a_run_whose_worker_is_killed_resumes(client, settings, model_file, workers, carol):
+def test_a_run_whose_worker_is_killed_resumes(client, settings, model_file, workers, root):
     settings.TRAINING_DATASETS = [FIXTURES]
-    admin = carol  # North's clinic administrator
-    client.force_login(admin)
+    client.force_login(root)
     ModelVersion.import_file(model_file).publish(reason="first")
     client.post(reverse("manage:retrain"), {"epochs": 4})
     run = ModelVersion.objects.get(status="training")

@@ -41,6 +41,7 @@ def test_demo_seed_is_idempotent():
     cmd = DemoCommand()
     cmd.seed()
     cmd.seed()
-    demo, admin = User.objects.get(username="demo"), User.objects.get(username="admin")
-    assert demo.clinic == admin.clinic and not demo.is_staff and admin.is_superuser
-    assert demo.check_password("demo-skinweb")
+    demo, clinic_admin, admin = (User.objects.get(username=u) for u in ("demo", "clinicadmin", "admin"))
+    assert (demo.role, clinic_admin.role, admin.role) == ("clinician", "clinic_admin", "platform_admin")
+    assert demo.clinic == clinic_admin.clinic and demo.clinic is not None and admin.clinic is None
+    assert demo.check_password("demo-skinweb") and clinic_admin.check_password("clinicadmin-skinweb")

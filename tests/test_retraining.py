@@ -23,6 +23,13 @@ def admin_user(client, carol):
     return carol
 
 
+@pytest.fixture
+def platform_admin(client, root):
+    """The platform administrator, logged in: the shared registry and retraining are theirs."""
+    client.force_login(root)
+    return root
+
+
 def feedback(case, user, agrees=True, histopathology=""):
     case.record_feedback(user, agrees_with_ai=agrees, clinical_diagnosis="nevus", management="monitor",
                          histopathology_result=histopathology)
@@ -129,9 +136,9 @@ def labelled_clinic_cases(clinic, user, n=8):
     return cases
 
 
-def test_a_run_trains_evaluates_and_records_its_data(admin_user, parent):
-    labelled_clinic_cases(admin_user.clinic, admin_user)
-    run = training.start_run(admin_user, epochs=1)
+def test_a_run_trains_evaluates_and_records_its_data(platform_admin, parent, carol):
+    labelled_clinic_cases(carol.clinic, carol)  # North's administrator labelled them
+    run = training.start_run(platform_admin, epochs=1)
     assert run.status == "training" and run.parent == parent and run.recipe["epochs"] == 1
     run = training.run_training(run.pk)
     assert run.status == "candidate", run.error
@@ -148,28 +155,28 @@ def test_a_run_trains_evaluates_and_records_its_data(admin_user, parent):
     assert run.progress["epoch"] == 1 and run.progress["epochs"] == 1
 
 
-def test_only_one_run_at_a_time_and_only_from_a_published_version(admin_user, parent, settings):
-    training.start_run(admin_user, epochs=1)
+def test_only_one_run_at_a_time_and_only_from_a_published_version(platform_admin, parent, settings):
+    training.start_run(platform_admin, epochs=1)
     with pytest.raises(ValueError, match="already in progress"):
-        training.start_run(admin_user, epochs=1)
+        training.start_run(platform_admin, epochs=1)
     ModelVersion.objects.filter(status="training").delete()
     settings.TRAINING_DATASETS = []
     with pytest.raises(ValueError, match="TRAINING_DATASETS"):
-        training.start_run(admin_user)
+        training.start_run(platform_admin)
 
 
-def test_a_cancelled_run_stops_after_its_epoch(admin_user, parent):
-    run = training.start_run(admin_user, epochs=3)
+def test_a_cancelled_run_stops_after_its_epoch(platform_admin, parent):
+    run = training.start_run(platform_admin, epochs=3)
     ModelVersion.objects.filter(pk=run.pk).update(cancel_requested=True)
     run = training.run_training(run.pk)
     assert run.status == "failed" and "Cancelled" in run.error and run.progress["epoch"] == 1
 
 
-def test_a_silent_run_is_shown_then_marked_failed_by_the_sweep_not_by_a_page(client, admin_user, parent, settings):
-    run = training.start_run(admin_user, epochs=1)
+def test_a_silent_run_is_shown_then_marked_failed_by_the_sweep_not_by_a_page(client, platform_admin, parent, settings):
+    run = training.start_run(platform_admin, epochs=1)
     ModelVersion.objects.filter(pk=run.pk).update(
         heartbeat_at=timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER + 5))
-    client.force_login(admin_user)
+    client.force_login(platform_admin)
     for url in (reverse("manage:model_list"), reverse("manage:model_detail", args=[run.pk])):
         assert client.get(url).status_code == 200
     run.refresh_from_db()
@@ -180,16 +187,18 @@ def test_a_silent_run_is_shown_then_marked_failed_by_the_sweep_not_by_a_page(cli
     assert run.status == "failed" and "stopped" in run.error
 
 
-def test_a_silent_run_does_not_block_a_new_one(admin_user, parent, settings):
-    run = training.start_run(admin_user, epochs=1)
+def test_a_silent_run_does_not_block_a_new_one(platform_admin, parent, settings):
+    run = training.start_run(platform_admin, epochs=1)
     ModelVersion.objects.filter(pk=run.pk).update(
         heartbeat_at=timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER + 5))
-    assert training.start_run(admin_user, epochs=1).status == "training"
+    assert training.start_run(platform_admin, epochs=1).status == "training"
     run.refresh_from_db()
     assert run.status == "failed"
 
 
-def test_publishing_a_worse_candidate_needs_a_reason_and_rollback_is_one_action(client, admin_user, parent, tmp_path):
+def test_publishing_a_worse_candidate_needs_a_reason_and_rollback_is_one_action(
+    client, platform_admin, parent, tmp_path
+):
     make_model_file(tmp_path / "c.safetensors", version="cand", seed=4)
     cand = ModelVersion.import_file(tmp_path / "c.safetensors")
     ModelVersion.objects.filter(pk=cand.pk).update(parent=parent, evaluation={
@@ -205,7 +214,7 @@ def test_publishing_a_worse_candidate_needs_a_reason_and_rollback_is_one_action(
     client.post(reverse("manage:publish", args=[cand.pk]), {"reason": "better specificity on our population"})
     cand.refresh_from_db()
     parent.refresh_from_db()
-    assert cand.status == "published" and parent.status == "retired" and cand.published_by == admin_user
+    assert cand.status == "published" and parent.status == "retired" and cand.published_by == platform_admin
     assert AuditEvent.objects.filter(action="publish", object_id=str(cand.pk)).exists()
     # Roll back: one POST on the retired version.
     client.post(reverse("manage:publish", args=[parent.pk]))
@@ -215,6 +224,6 @@ def test_publishing_a_worse_candidate_needs_a_reason_and_rollback_is_one_action(
     assert AuditEvent.objects.filter(action="rollback", object_id=str(parent.pk)).exists()
 
 
-def test_model_pages_render(client, admin_user, parent):
+def test_model_pages_render(client, platform_admin, parent):
     assert parent.version in client.get(reverse("manage:model_list")).content.decode()
     assert parent.version in client.get(reverse("manage:model_detail", args=[parent.pk])).content.decode()

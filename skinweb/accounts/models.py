@@ -10,13 +10,43 @@ class Clinic(models.Model):
         return self.name
 
 
+class Role(models.TextChoices):
+    """Who may do what (README, "Roles"). The role follows from the user's flags and clinic."""
+
+    PLATFORM_ADMIN = "platform_admin", "Platform administrator"
+    CLINIC_ADMIN = "clinic_admin", "Clinic administrator"
+    CLINICIAN = "clinician", "Clinician"
+    NONE = "none", "No role"
+
+
 class User(AbstractUser):
     """A clinician belongs to one clinic and sees only that clinic's patients.
 
-    Staff without a clinic administer through the Django admin only.
+    Roles: a superuser is the platform administrator (the shared model registry, every clinic, in
+    the Django admin; clinical pages only for a clinic they belong to); staff of a clinic is that
+    clinic's administrator (its users, its cases' ground truth, its audit trail); any other member
+    of a clinic is a clinician. Staff without a clinic who is not a superuser has no role.
     """
 
     clinic = models.ForeignKey(Clinic, null=True, blank=True, on_delete=models.PROTECT, related_name="users")
 
     def __str__(self):
         return self.get_full_name() or self.username
+
+    @property
+    def role(self) -> Role:
+        if not self.is_active:
+            return Role.NONE
+        if self.is_superuser:
+            return Role.PLATFORM_ADMIN
+        if self.clinic_id is None:
+            return Role.NONE
+        return Role.CLINIC_ADMIN if self.is_staff else Role.CLINICIAN
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.role == Role.PLATFORM_ADMIN
+
+    @property
+    def is_clinic_admin(self) -> bool:
+        return self.role == Role.CLINIC_ADMIN

@@ -1,10 +1,13 @@
 from django.contrib import admin
 
+from skinweb.accounts.scoping import ClinicScopedAdmin
 from skinweb.audit.models import AuditEvent
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ClinicScopedAdmin):
+    """A clinic administrator reads their clinic's trail; the platform administrator every clinic's."""
+
     list_display = ["at", "user", "clinic", "action", "object_type", "object_id", "ip"]
     list_filter = ["action", "object_type", "clinic"]
     search_fields = ["object_id", "user__username"]

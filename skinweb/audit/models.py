@@ -24,14 +24,29 @@ class AuditEvent(models.Model):
         return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.object_type} {self.object_id}"
 
 
+def clinic_id_of(obj) -> int | None:
+    """The clinic a record belongs to (a patient, lesion, case or feedback), or None (a model version)."""
+    for path in ("clinic_id", "patient.clinic_id", "case.clinic_id"):
+        value = obj
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        if value is not None:
+            return value
+    return None
+
+
 def record(request, action: str, obj, **detail) -> AuditEvent:
-    """Record an event for ``obj``; ``request`` may be None for work done by a worker or command."""
+    """Record an event for ``obj``; ``request`` may be None for work done by a worker or command.
+
+    The event belongs to the record's clinic (so that clinic's administrator reads it in its trail),
+    or to the acting user's clinic for records of no clinic."""
     user = getattr(request, "user", None) if request is not None else None
     if user is not None and not user.is_authenticated:
         user = None
+    clinic_id = clinic_id_of(obj)
     return AuditEvent.objects.create(
         user=user,
-        clinic=getattr(user, "clinic", None),
+        clinic_id=clinic_id if clinic_id is not None else getattr(user, "clinic_id", None),
         action=action,
         object_type=obj._meta.model_name,
         object_id=str(obj.pk),

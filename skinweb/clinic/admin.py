@@ -3,14 +3,22 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.shortcuts import render
 
+from skinweb.accounts.scoping import ClinicScopedAdmin
 from skinweb.audit.models import record
 from skinweb.clinic.forms import TruthForm
 from skinweb.clinic.models import Case, Feedback, Lesion, Patient, Prediction
 
 
+def is_admin(user) -> bool:
+    return user.is_platform_admin or user.is_clinic_admin
+
+
 class ReadOnlyInline(admin.TabularInline):
     extra = 0
     can_delete = False
+
+    def has_view_permission(self, request, obj=None):
+        return is_admin(request.user)  # the parent row is already in the user's scope
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -38,9 +46,21 @@ class LesionInline(admin.TabularInline):
     fields = ["site", "label", "created_at"]
     readonly_fields = ["created_at"]
 
+    def has_view_permission(self, request, obj=None):
+        return is_admin(request.user)
+
+    def has_add_permission(self, request, obj=None):
+        return is_admin(request.user)
+
+    def has_change_permission(self, request, obj=None):
+        return is_admin(request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_platform_admin
+
 
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(ClinicScopedAdmin):
     list_display = ["identifier", "clinic", "birth_year", "sex", "created_at"]
     list_filter = ["clinic", "sex"]
     search_fields = ["identifier"]
@@ -48,7 +68,8 @@ class PatientAdmin(admin.ModelAdmin):
 
 
 @admin.register(Lesion)
-class LesionAdmin(admin.ModelAdmin):
+class LesionAdmin(ClinicScopedAdmin):
+    clinic_lookup = "patient__clinic_id"
     list_display = ["id", "patient", "site", "label", "created_at"]
     list_filter = ["site", "patient__clinic"]
     search_fields = ["patient__identifier", "label"]
@@ -67,7 +88,7 @@ class CaseAdminForm(forms.ModelForm):
 
 
 @admin.register(Case)
-class CaseAdmin(admin.ModelAdmin):
+class CaseAdmin(ClinicScopedAdmin):
     form = CaseAdminForm
     list_display = ["id", "created_at", "patient_identifier", "clinic", "status", "ai_decision",
                     "truth_label", "truth_source", "use_for_training"]
@@ -149,7 +170,8 @@ class CaseAdmin(admin.ModelAdmin):
 
 
 @admin.register(Prediction)
-class PredictionAdmin(admin.ModelAdmin):
+class PredictionAdmin(ClinicScopedAdmin):
+    clinic_lookup = "case__clinic_id"
     list_display = ["case", "model_version", "probability", "threshold", "decision", "elapsed_ms", "created_at"]
     list_filter = ["decision", "model_version"]
     readonly_fields = [f.name for f in Prediction._meta.fields]

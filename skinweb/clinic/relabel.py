@@ -11,7 +11,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
-from skinweb.accounts.decorators import staff_required
+from skinweb.accounts.decorators import admin_required
 from skinweb.audit.models import record
 from skinweb.clinic.forms import TruthForm
 from skinweb.clinic.models import Case, Label
@@ -21,13 +21,13 @@ PAGE_SIZE = 50
 
 
 def relabel_scope(user):
-    """A clinic's admin relabels that clinic's cases; a platform admin (no clinic) all of them."""
-    if user.clinic_id is None and user.is_superuser:
+    """A clinic's administrator relabels that clinic's cases; the platform administrator all of them."""
+    if user.is_platform_admin:
         return Case.objects.all()
     return Case.objects.visible_to(user)
 
 
-@staff_required
+@admin_required
 @require_GET
 def relabel_queue(request):
     show = request.GET.get("show", "todo")
@@ -51,7 +51,7 @@ def relabel_queue(request):
                    "sources": Case.TruthSource.choices, "labels": Label.choices})
 
 
-@staff_required
+@admin_required
 @require_POST
 def relabel(request):
     """One case (``case``) or several (``cases``): set the ground truth, its source and the switch."""
@@ -72,7 +72,7 @@ def relabel(request):
     return redirect_to_next(request, "clinic:relabel_queue")
 
 
-@staff_required
+@admin_required
 @require_POST
 def training_switch(request, pk):
     case = get_object_or_404(relabel_scope(request.user), pk=pk)

@@ -225,7 +225,9 @@ def case_status(request, case):
         return render(request, "clinic/partials/case_viewer.html", {"case": case})
     if request.GET.get("part") == "badge":  # the uploader's line for this case, polled until the result
         return render(request, "clinic/partials/case_badge_live.html", {"case": case})
-    return render(request, "clinic/partials/case_status.html", {"case": case, "form": FeedbackForm(instance=case.feedback)})
+    return render(
+        request, "clinic/partials/case_status.html", {"case": case, "form": FeedbackForm(instance=case.feedback)}
+    )
 
 
 @object_view(Case, methods=("GET", "POST"))

@@ -8,7 +8,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from skinweb.accounts.decorators import staff_required
+from skinweb.accounts.decorators import platform_admin_required
 from skinweb.audit.models import record
 from skinweb.models_registry import tasks, training
 from skinweb.models_registry.models import ModelVersion
@@ -34,7 +34,7 @@ class RetrainForm(forms.Form):
                                 help_text="Leave empty for the configured default.")
 
 
-@staff_required
+@platform_admin_required
 @require_GET
 def model_list(request):
     versions = ModelVersion.objects.select_related("parent", "trained_by", "published_by").order_by("-created_at")
@@ -43,7 +43,7 @@ def model_list(request):
                    "headline": HEADLINE})
 
 
-@staff_required
+@platform_admin_required
 @require_POST
 def retrain(request):
     form = RetrainForm(request.POST)
@@ -84,7 +84,7 @@ def compare(version):
     return rows, worse
 
 
-@staff_required
+@platform_admin_required
 @require_GET
 def model_detail(request, pk):
     version = get_object_or_404(ModelVersion.objects.select_related("parent", "trained_by", "published_by"), pk=pk)
@@ -100,7 +100,7 @@ def model_detail(request, pk):
     })
 
 
-@staff_required
+@platform_admin_required
 @require_POST
 def publish(request, pk):
     version = get_object_or_404(ModelVersion, pk=pk)
@@ -124,7 +124,7 @@ def publish(request, pk):
     return redirect("manage:model_list")
 
 
-@staff_required
+@platform_admin_required
 @require_POST
 def cancel(request, pk):
     version = get_object_or_404(ModelVersion, pk=pk, status=ModelVersion.Status.TRAINING)
@@ -134,7 +134,7 @@ def cancel(request, pk):
     return redirect("manage:model_detail", pk=pk)
 
 
-@staff_required
+@platform_admin_required
 @require_POST
 def shadow(request, pk):
     version = get_object_or_404(ModelVersion, pk=pk)

@@ -14,15 +14,16 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from classifier.modelfile import DEFAULT_MODEL_PATH
-from skinweb.accounts.models import Clinic, User
+from skinweb.accounts.models import Clinic, Role, User
 from skinweb.launcher import LaunchError, Processes, port_open, redis_command, wait_for_port, worker_command
 from skinweb.models_registry.models import ModelVersion
 
 DEMO_CLINIC = "Demo Dermatology Clinic"
 DEMO_USERS = [
-    # username, password, staff
-    ("demo", "demo-skinweb", False),
-    ("admin", "admin-skinweb", True),
+    # username, password, role (README, "Roles")
+    ("demo", "demo-skinweb", Role.CLINICIAN),
+    ("clinicadmin", "clinicadmin-skinweb", Role.CLINIC_ADMIN),
+    ("admin", "admin-skinweb", Role.PLATFORM_ADMIN),
 ]
 
 
@@ -78,10 +79,12 @@ class Command(BaseCommand):
 
     def seed(self):
         clinic, _ = Clinic.objects.get_or_create(name=DEMO_CLINIC)
-        for username, password, staff in DEMO_USERS:
-            user, _ = User.objects.get_or_create(username=username, defaults={"clinic": clinic})
-            user.clinic = clinic
-            user.is_staff = user.is_superuser = staff
+        for username, password, role in DEMO_USERS:
+            user, _ = User.objects.get_or_create(username=username)
+            # The platform administrator belongs to no clinic: it runs the installation, not a practice.
+            user.clinic = None if role == Role.PLATFORM_ADMIN else clinic
+            user.is_staff = role in (Role.CLINIC_ADMIN, Role.PLATFORM_ADMIN)
+            user.is_superuser = role == Role.PLATFORM_ADMIN
             user.set_password(password)
             user.save()
 
@@ -109,7 +112,7 @@ class Command(BaseCommand):
             "=" * 72,
             f"skinweb is running at {url}",
             "Demo logins (demo mode only):",
-            *[f"  {'admin' if staff else 'dermatologist'}: {u} / {p}" for u, p, staff in DEMO_USERS],
+            *[f"  {role.label.lower()}: {u} / {p}" for u, p, role in DEMO_USERS],
             f"Model: {published.version} (threshold {published.threshold:.3f})" if published else
             "Model: NO MODEL PUBLISHED YET. Uploads will fail until one is: train one with\n"
             "  python -m classifier.train --data DIR --out DIR\n"
