@@ -183,6 +183,10 @@ MODEL_ROOT = Path(env("MODEL_ROOT", VAR_DIR / "models"))
 # Uploads
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
 MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 60_000_000)  # 60 MP: a 9000 x 6500 photo
+# The stored copy of an upload is at most this many pixels on its longer side (0: keep the full size).
+# 2048 px keeps every detail a dermoscopy review needs (the model reads 224 px) and bounds the cost of
+# every later read: the thumbnail is made once at upload, the PDF and the worker read the stored copy.
+MAX_STORED_SIDE = env_int("MAX_STORED_SIDE", 2048)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = 100
 

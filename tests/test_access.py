@@ -273,6 +273,7 @@ def test_a_clinic_admin_cannot_touch_the_shared_model(client, world):
 def test_missing_stored_image_is_a_404_not_a_500(client, world):
     case = world["case"]
     case.image.storage.delete(case.image.name)
+    case.thumbnail.storage.delete(case.thumbnail.name)
     client.force_login(world["alice"])
     assert client.get(reverse("clinic:case_image", args=[case.pk])).status_code == 404
     assert client.get(reverse("clinic:case_image", args=[case.pk]) + "?size=thumb").status_code == 404

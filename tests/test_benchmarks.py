@@ -28,3 +28,13 @@ def test_stack_benchmark_runs_through_the_real_stack(model_file):
     assert len(set(out["history"]["queries"].values())) == 1
     assert out["dashboard"]["p50_ms"] > 0 and out["heatmaps"]["done"] + out["heatmaps"]["failed"] >= 6
     assert out["worker_peak_rss_mb"]
+
+
+def test_upload_cost_benchmark_compares_the_full_size_copy_with_the_bounded_one():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.uploads", "--side", "2600", "--parallel", "2", "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    baseline, bounded = json.loads(result.stdout).values()
+    assert baseline["stored_px"] == [2600, 2600] and bounded["stored_px"] == [2048, 2048]
+    for run in (baseline, bounded):
+        assert run["cases"] == 2 and run["upload_statuses"] == [200, 200] and run["web_peak_rss_mb"] > 0

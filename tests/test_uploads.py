@@ -48,7 +48,7 @@ def test_jpeg_and_png_become_queued_cases(client, lesion, settings):
     assert all(c.status == "queued" and c.lesion == lesion for c in cases)
     assert cases[0].image.name.endswith(".jpg") and cases[1].image.name.endswith(".png")
     assert "smith" not in cases[0].image.name  # server-generated names
-    assert len(stored_files(settings)) == 2
+    assert len(stored_files(settings)) == 4  # each image and its thumbnail
     assert (cases[0].width, cases[0].height) == (64, 48) and len(cases[0].sha256) == 64
 
 
@@ -110,7 +110,7 @@ def test_good_files_go_in_when_others_in_the_same_submission_fail(client, lesion
     assert r.status_code == 200
     assert "1 image(s) uploaded" in body and "bad.jpg: This is not a readable" in body
     assert [c.original_name for c in Case.objects.all()] == ["good.jpg"]
-    assert len(stored_files(settings)) == 1
+    assert len(stored_files(settings)) == 2  # the good image and its thumbnail
 
 
 def test_submission_without_files_gets_a_message(client, lesion):
@@ -202,3 +202,83 @@ def test_gps_tags_are_removed(client, lesion):
     post(client, lesion, upload("gps.jpg", out.getvalue()))
     stored = Image.open(Case.objects.get().image.open("rb"))
     assert not stored.getexif() and not stored.getexif().get_ifd(0x8825)
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """The size of every pixel decode Pillow does (ImageFile.load), in order."""
+    from PIL import ImageFile
+
+    sizes, real_load = [], ImageFile.ImageFile.load
+
+    def load(self):
+        if self.tile:  # pixels still to decode
+            sizes.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return sizes
+
+
+@pytest.mark.parametrize("fmt,size", [("JPEG", (5000, 3000)), ("PNG", (3000, 5000))])
+def test_a_large_upload_is_decoded_once_and_stored_bounded_with_its_thumbnail(client, lesion, settings, decodes,
+                                                                              fmt, size):
+    settings.MAX_STORED_SIDE = 2048
+    data = image_bytes(fmt, size=size)
+    decodes.clear()
+    r = post(client, lesion, upload(f"big.{fmt.lower()}", data, f"image/{fmt.lower()}"))
+    assert r.status_code == 302
+    case = Case.objects.get()
+    # One decode: a JPEG straight at a reduced scale (never its 15 megapixels), a PNG once at full size.
+    full = [s for s in decodes if s[0] * s[1] >= size[0] * size[1]]
+    assert len(full) == (0 if fmt == "JPEG" else 1), decodes
+    assert max(case.width, case.height) == 2048
+    assert abs(case.width / case.height - size[0] / size[1]) < 0.01
+    with case.image.open("rb") as f, Image.open(f) as stored:
+        assert stored.size == (case.width, case.height)
+    with case.thumbnail.open("rb") as f, Image.open(f) as thumb:
+        assert max(thumb.size) == 320 and thumb.format == "JPEG"
+    from skinweb.audit.models import AuditEvent
+
+    event = AuditEvent.objects.get(action="upload")
+    assert event.detail["uploaded_size"] == list(size) and event.detail["stored_size"] == [case.width, case.height]
+
+
+def test_thumbnails_are_served_as_made_at_upload_without_decoding_again(client, lesion, decodes):
+    post(client, lesion, upload())
+    case = Case.objects.get()
+    decodes.clear()
+    r = client.get(reverse("clinic:case_image", args=[case.pk]) + "?size=thumb")
+    assert r.status_code == 200 and r["Content-Type"] == "image/jpeg"
+    with case.thumbnail.open("rb") as f:
+        assert b"".join(r.streaming_content) == f.read()
+    assert decodes == []
+
+
+def test_max_stored_side_zero_keeps_the_full_size(client, lesion, settings):
+    settings.MAX_STORED_SIDE = 0
+    post(client, lesion, upload("big.jpg", image_bytes("JPEG", size=(2500, 1000))))
+    assert (Case.objects.get().width, Case.objects.get().height) == (2500, 1000)
+
+
+def test_the_decode_budget_lets_one_image_at_the_pixel_limit_decode_at_a_time():
+    import threading
+
+    from skinweb.clinic.uploads import DecodeBudget
+
+    budget, order = DecodeBudget(), []
+
+    def small():
+        with budget.reserve(10, 60):
+            order.append("small")
+
+    with budget.reserve(80, 60):  # a decode at the limit (a larger one is counted as the limit)
+        waiting = threading.Thread(target=small)
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive() and order == []  # it waits for the large decode to finish
+        order.append("large done")
+    waiting.join(5)
+    assert order == ["large done", "small"]
+    with budget.reserve(30, 60), budget.reserve(30, 60):  # small ones go side by side
+        pass

@@ -119,9 +119,12 @@ class Lesion(models.Model):
         )
         case.image.save(f"upload.{image.extension}", image.content, save=False)
         try:
+            case.thumbnail.save("thumb.jpg", image.thumbnail, save=False)
             case.save()
         except BaseException:
             case.image.delete(save=False)
+            if case.thumbnail:
+                case.thumbnail.delete(save=False)
             raise
         return case
 
@@ -130,6 +133,10 @@ def case_image_name(instance, filename):
     """Server-generated name: nothing the user typed reaches the file system."""
     ext = filename.rsplit(".", 1)[-1].lower()
     return f"cases/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{ext}"
+
+
+def thumbnail_name(instance, filename):
+    return f"thumbnails/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.jpg"
 
 
 def heatmap_name(instance, filename):
@@ -176,6 +183,7 @@ class Case(models.Model):
     lesion = models.ForeignKey(Lesion, on_delete=models.PROTECT, related_name="cases")
     clinic = models.ForeignKey("accounts.Clinic", on_delete=models.PROTECT, related_name="+", editable=False)
     image = models.FileField(upload_to=case_image_name)
+    thumbnail = models.FileField(upload_to=thumbnail_name, blank=True, help_text="Made once, at upload")
     original_name = models.CharField(max_length=255, blank=True)
     sha256 = models.CharField(max_length=64, db_index=True)
     width = models.PositiveIntegerField(default=0)

@@ -19,11 +19,10 @@ from skinweb.clinic import insights, reports, tasks
 from skinweb.clinic.access import object_view
 from skinweb.clinic.forms import CaseFilterForm, FeedbackForm, LesionForm, PatientForm, UploadForm
 from skinweb.clinic.models import Case, Lesion, Patient
-from skinweb.clinic.uploads import normalise_image
+from skinweb.clinic.uploads import THUMBNAIL_SIDE, normalise_image
 from skinweb.models_registry.models import ModelVersion
 
 PAGE_SIZE = 25
-THUMBNAIL_PX = 320
 
 
 NO_MODEL_BANNER = (
@@ -173,7 +172,8 @@ def _store_upload(request, lesion, upload) -> Case:
     image = normalise_image(upload)
     with transaction.atomic():
         case = lesion.add_image(request.user, upload.name, image)
-        record(request, "upload", case, lesion=lesion.pk, sha256=case.sha256)
+        record(request, "upload", case, lesion=lesion.pk, sha256=case.sha256,
+               uploaded_size=list(image.original_size), stored_size=[case.width, case.height])
         tasks.enqueue(case.pk)
     return case
 
@@ -269,13 +269,19 @@ def case_flag(request, case):
 @object_view(Case)
 def case_image(request, case):
     """Serve a case's image to users of its clinic; there is no public media URL."""
-    if request.GET.get("size") == "thumb":
+    if request.GET.get("size") == "thumb" and case.thumbnail:
+        try:  # made once, at upload
+            response = FileResponse(default_storage.open(case.thumbnail.name, "rb"), content_type="image/jpeg")
+        except OSError:
+            raise Http404("The stored thumbnail is missing") from None
+    elif request.GET.get("size") == "thumb":
+        # Cases uploaded before thumbnails were stored: made from the stored copy, at reduced scale.
         try:
             with default_storage.open(case.image.name, "rb") as f:
                 img = Image.open(f)
-                img.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
+                img.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
                 img = img.convert("RGB")
-                img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
                 out = io.BytesIO()
                 img.save(out, format="JPEG", quality=85)
         except (OSError, Image.DecompressionBombError):
