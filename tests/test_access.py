@@ -339,3 +339,52 @@ def test_no_view_redirects_off_the_site(client, world, role):
                     redirects += 1
                     assert "evil.example" not in r.url and not r.url.startswith("//"), (name, r.url)
     assert redirects > 0
+
+
+def north_state(world):
+    """What a POST from outside could change of North's records and the shared model."""
+    north = world["north"]
+    cases = Case.objects.filter(clinic=north)
+    return (Patient.objects.filter(clinic=north).count(), Lesion.objects.filter(patient__clinic=north).count(),
+            cases.count(), Feedback.objects.filter(case__clinic=north).count(),
+            sorted(cases.values_list("status", "truth_label", "use_for_training", "flagged")),
+            sorted(ModelVersion.objects.values_list("version", "status")))
+
+
+def may_post(name, route, role) -> bool:
+    if name in PUBLIC:
+        return True
+    if role == "anonymous":
+        return False
+    if name.startswith("manage:"):
+        return role == "root"
+    if name in STAFF_GET:  # the relabel queue: North's cases for North's administrator, any for root
+        return role in ("carol", "root")
+    if "<int:pk>" in route:
+        return role in OWNERS
+    return role != "root" or name not in ("clinic:patient_create",)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_post_matrix(client, world, role):
+    """Every URL, POSTed by every role (the test client skips CSRF: the rules themselves are tested).
+    Where the role may not act, the answer is a refusal and North's records and the model are as
+    they were; nowhere a 500."""
+    login(client, world, role)
+    data = {"agrees_with_ai": "yes", "clinical_diagnosis": "nevus", "management": "monitor", "site": "head/neck",
+            "identifier": "X-1", "birth_year": 1980, "sex": "male", "case": world["case"].pk, "label": "malignant",
+            "source": "consensus", "use_for_training": "1", "flagged": "1", "epochs": 1, "reason": "x", "n": 1}
+    for name, route in project_urls():
+        if name == "logout":
+            continue
+        url = url_for(name, route, world)
+        before = north_state(world)
+        r = client.post(url, data)
+        assert r.status_code != 500, url
+        if may_post(name, route, role):
+            continue
+        if role == "anonymous":
+            assert r.status_code == 302 and r.url.startswith(reverse("login")), (url, r.status_code)
+        else:
+            assert r.status_code in (403, 404, 405), (role, url, r.status_code)
+        assert north_state(world) == before, (role, url)
