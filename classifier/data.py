@@ -12,7 +12,6 @@ import hashlib
 import random
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 CLASSES = ("benign", "malignant")
@@ -136,26 +135,3 @@ def fingerprint(samples) -> dict:
 def load_rgb(path) -> Image.Image:
     with Image.open(path) as img:
         return img.convert("RGB")
-
-
-class CachedImages(torch.utils.data.Dataset):
-    """Images decoded once and kept in memory as uint8 tensors of ``size`` x ``size``.
-
-    Squashed to a square, as the evaluation preset does. Decoding JPEGs every epoch would cost
-    as much CPU time as a small model's forward pass.
-    """
-
-    def __init__(self, samples, size: int, transform=None):
-        from torchvision.transforms import v2 as T  # training only; inference never imports torchvision
-
-        resize = T.Compose([T.ToImage(), T.Resize((size, size), antialias=True)])
-        self.images = torch.stack([resize(load_rgb(s.path)) for s in samples])
-        self.labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        img = self.images[i]
-        return (self.transform(img) if self.transform else img), self.labels[i]

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from classifier.model import load_classifier
+from classifier.overlay import lay_over
 from classifier.presets import ClassificationPresetEval
 
 # Colour map anchors (perceptually ordered, dark blue → red → yellow), interpolated to 256 steps.
@@ -91,15 +92,6 @@ def heatmap_png(heat: np.ndarray, size: tuple[int, int]) -> bytes:
     out = io.BytesIO()
     heatmap_rgba(heat, size).save(out, format="PNG", optimize=True)
     return out.getvalue()
-
-
-def lay_over(image: Image.Image, overlay: Image.Image, opacity: float = 0.6) -> Image.Image:
-    """``image`` with a transparent ``overlay`` (resized to it) composited at ``opacity``."""
-    base = image.convert("RGBA")
-    overlay = overlay.convert("RGBA").resize(base.size, Image.BILINEAR)
-    alpha = (np.asarray(overlay)[..., 3].astype(np.float32) * opacity).astype(np.uint8)
-    overlay.putalpha(Image.fromarray(alpha, mode="L"))
-    return Image.alpha_composite(base, overlay).convert("RGB")
 
 
 def blend(image: Image.Image, heat: np.ndarray, opacity: float = 0.6) -> Image.Image:

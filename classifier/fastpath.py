@@ -23,16 +23,9 @@ import numpy as np
 import torch
 
 from classifier import metrics
+from classifier.artefacts import REPORT_FORMAT, artefact_paths
 from classifier.predictor import Predictor
-from classifier.runtime import (
-    CUDA_DTYPES,
-    REPORT_FORMAT,
-    FastPathError,
-    OnnxRunner,
-    TorchRunner,
-    artefact_paths,
-    default_threads,
-)
+from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner, TorchRunner, default_threads
 
 log = logging.getLogger(__name__)
 

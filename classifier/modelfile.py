@@ -10,9 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 FORMAT = "skinweb-classifier/1"
 # The starter model shipped with skinweb; `make run` publishes it.
@@ -83,11 +81,13 @@ def weights_digest(state_dict: dict) -> str:
     return h.hexdigest()
 
 
-def save_model_file(path, model: torch.nn.Module, metadata: ModelMetadata, half: bool = True) -> ModelMetadata:
-    """Write weights (fp16 by default, halving the file) and metadata to ``path``.
+def save_model_file(path, model, metadata: ModelMetadata, half: bool = True) -> ModelMetadata:
+    """Write a torch module's weights (fp16 by default, halving the file) and metadata to ``path``.
 
     Fills in ``created`` and, when empty, a ``version`` derived from the date and the weights.
     """
+    from safetensors.torch import save_file
+
     state = {
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in model.state_dict().items()
@@ -103,7 +103,7 @@ def save_model_file(path, model: torch.nn.Module, metadata: ModelMetadata, half:
 def read_metadata(path) -> ModelMetadata:
     """Read only the header: cheap, for listing or checking a file without loading weights."""
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # the header only: no tensor is read
             header = f.metadata() or {}
     except FileNotFoundError as exc:
         raise ModelFileError(f"model file not found: {path}") from exc

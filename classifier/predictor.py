@@ -7,6 +7,7 @@ import time
 import torch
 from PIL import Image
 
+from classifier import artefacts
 from classifier import runtime as runtimes
 from classifier.model import load_classifier
 from classifier.modelfile import ModelMetadata, read_metadata
@@ -58,7 +59,7 @@ class Predictor:
             raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
         dev = resolve_device(device)
         if runtime == "auto":
-            report = runtimes.read_report(path)
+            report = artefacts.read_report(path)
             if dev.type == "cuda":
                 runtime = (report or {}).get("chosen_cuda") or "torch-cuda-fp32"
             else:
@@ -69,7 +70,7 @@ class Predictor:
             runtime = "torch"
         if runtime.startswith("onnx"):
             metadata = read_metadata(path)
-            onnx_path = runtimes.artefact_paths(path)[runtime]
+            onnx_path = artefacts.artefact_paths(path)[runtime]
             try:
                 runner = runtimes.OnnxRunner(onnx_path)
             except runtimes.FastPathError as exc:

@@ -1,42 +1,19 @@
-"""What runs a model on every prediction: the PyTorch runner, the ONNX runner and the fast-path report.
+"""What runs a model on every prediction: the PyTorch runner and the ONNX runner.
 
-The report (``<name>.fast.json`` beside ``<name>.safetensors``, written by classifier.fastpath)
-names the runtime that passed the accuracy guard; ``Predictor.from_file`` reads it here. Building
+The fast-path report (classifier.artefacts) names the runtime that passed the accuracy guard;
+``Predictor.from_file`` reads it and builds the runner here. Building
 the artefacts (export, quantisation, the guard) lives in classifier.fastpath and is never imported
 on the prediction path.
 """
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-REPORT_FORMAT = "skinweb-fastpath/1"
-
 
 class FastPathError(RuntimeError):
     pass
-
-
-def artefact_paths(model_path) -> dict[str, Path]:
-    model_path = Path(model_path)
-    stem = model_path.with_suffix("")
-    return {
-        "onnx-fp32": stem.with_suffix(".onnx"),
-        "onnx-int8": stem.with_suffix(".int8.onnx"),
-        "report": stem.with_suffix(".fast.json"),
-    }
-
-
-def read_report(model_path) -> dict | None:
-    """The fast-path report for a model file, or None when there is none or it is unreadable."""
-    path = artefact_paths(model_path)["report"]
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return report if report.get("format") == REPORT_FORMAT else None
 
 
 def default_threads() -> int:

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from classifier import metrics, validation
-from classifier.data import CachedImages, DatasetError, fingerprint, load_samples, split_samples
+from classifier.data import DatasetError, fingerprint, load_rgb, load_samples, split_samples
 from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, save_model_file
 from classifier.predictor import resolve_device
@@ -77,6 +77,29 @@ def get_args_parser(add_help=True):
     p.add_argument("--version", default="", help="model version id (default: derived from date and weights)")
     return p
 
+
+
+class CachedImages(torch.utils.data.Dataset):
+    """Images decoded once and kept in memory as uint8 tensors of ``size`` x ``size``.
+
+    Squashed to a square, as the evaluation preset does. Decoding JPEGs every epoch would cost
+    as much CPU time as a small model's forward pass.
+    """
+
+    def __init__(self, samples, size: int, transform=None):
+        from torchvision.transforms import v2 as T  # training only; inference never imports torchvision
+
+        resize = T.Compose([T.ToImage(), T.Resize((size, size), antialias=True)])
+        self.images = torch.stack([resize(load_rgb(s.path)) for s in samples])
+        self.labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        return (self.transform(img) if self.transform else img), self.labels[i]
 
 class EMA:
     """Exponential moving average of the weights (BatchNorm statistics included).

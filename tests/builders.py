@@ -7,7 +7,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from classifier import ModelMetadata, save_model_file
-from classifier.model import build_model
 from skinweb.accounts.models import Clinic, User
 from skinweb.clinic.models import Case, Lesion, Patient
 from skinweb.clinic.uploads import normalise_image
@@ -63,6 +62,8 @@ def make_case(lesion, user=None, data=None, **fields) -> Case:
 def make_model_file(path, input_size=64, threshold=0.5, version="test-vgg16-64px", seed=0):
     """A real VGG16 model file, randomly initialised: small inputs keep the forward pass fast."""
     import torch
+
+    from classifier.model import build_model  # here: the web-process test imports these builders without PyTorch
 
     torch.manual_seed(seed)
     model = build_model("vgg16", pretrained="none")

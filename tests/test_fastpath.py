@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from classifier import Predictor, fastpath
+from classifier.artefacts import artefact_paths, read_report
 from classifier.data import load_samples, split_samples
-from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner, artefact_paths, read_report
+from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner
 from tests.conftest import FIXTURES, ROOT
 
 

@@ -9,14 +9,13 @@ import logging
 import threading
 import time
 
-import torch
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from classifier import ModelFileError, Predictor
+from classifier.modelfile import ModelFileError
 from skinweb.clinic.models import Case, Prediction
 from skinweb.models_registry.models import ModelVersion
 from skinweb.workers import dead_on_this_host, worker_identity
@@ -31,11 +30,11 @@ NO_MODEL_MESSAGE = (
 
 # One loaded model per worker process and device. Loading happens on first use, never at import:
 # the prefork pool forks after import, and CUDA state must not cross a fork.
-_predictors: dict[tuple, Predictor] = {}
+_predictors: dict[tuple, object] = {}  # classifier.predictor.Predictor
 _lock = threading.Lock()
 
 
-def get_predictor(version: ModelVersion) -> Predictor:
+def get_predictor(version: ModelVersion):
     """The loaded model of ``version`` (on the runtime its fast-path report chose, when it has one)."""
     # The build's state is part of the key: when the fast artefacts of the published version are
     # built, the next batch switches to them without a restart.
@@ -45,6 +44,8 @@ def get_predictor(version: ModelVersion) -> Predictor:
             # A newly published version replaces the cached one: keep only the current model in memory.
             _predictors.clear()
             log.info("loading model %s on %s", version.version, settings.INFERENCE_DEVICE)
+            from classifier.predictor import Predictor  # workers only: the web process never loads PyTorch
+
             _predictors[key] = Predictor.from_file(version.path, device=settings.INFERENCE_DEVICE)
     return _predictors[key]
 
@@ -171,6 +172,8 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
             c.mark_failed(f"The stored image could not be prepared ({type(exc).__name__}: {exc}).")
     if not ready:
         return []
+    import torch  # workers only (the predictor above has loaded it already)
+
     try:
         probabilities = predictor.run(torch.stack(images))
     except Exception as exc:

@@ -14,7 +14,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Image as PdfImage
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from classifier.explain import lay_over
+from classifier.overlay import lay_over
 
 DISCLAIMER = (
     "Decision support, not a diagnosis. The probability comes from an automated classifier (VGG16) trained on "

@@ -9,7 +9,6 @@ from kombu.exceptions import OperationalError
 
 from skinweb.clinic import classification
 from skinweb.clinic import sweep as sweeps
-from skinweb.clinic.explanations import explain_predictions
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,8 @@ def enqueue_explanations(prediction_ids) -> None:
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def explain(prediction_ids) -> None:
+    from skinweb.clinic.explanations import explain_predictions  # workers only: Grad-CAM needs PyTorch
+
     explain_predictions(prediction_ids)
 
 

@@ -1,7 +1,7 @@
 """A model version's fast CPU artefacts (classifier.fastpath): asking for the build once, and building.
 
 The report is one file, written by the build beside the model file (``<name>.fast.json``, read by
-``ModelVersion.fast_report`` and by workers through classifier.runtime). ``ModelVersion.fast_path``
+``ModelVersion.fast_report`` and by workers, through classifier.artefacts). ``ModelVersion.fast_path``
 holds only where the build stands: ``{}`` never asked for, ``{"building_since": time}``,
 ``{"built": time}`` or ``{"error": reason}``. Publishing asks for the build (tasks.request_fast_path);
 so does the registry's periodic sweep, for a published version that was never asked for or whose
@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from classifier import runtime
+from classifier import artefacts
 from skinweb.models_registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def build(version: ModelVersion) -> dict | None:
                  "--calibration-images", str(settings.FAST_PATH_CALIBRATION_IMAGES)],
                 capture_output=True, text=True, cwd=settings.BASE_DIR,
             )
-            report = runtime.read_report(version.path) if result.returncode == 0 else None
+            report = artefacts.read_report(version.path) if result.returncode == 0 else None
             if report is None:
                 log.error("building the fast path of %s failed:\n%s", version.version, result.stderr[-3000:])
                 last = (result.stderr.strip().splitlines() or ["no output"])[-1]

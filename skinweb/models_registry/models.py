@@ -7,7 +7,7 @@ from django.db import models, transaction
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from classifier import runtime
+from classifier import artefacts
 from classifier.modelfile import read_metadata
 
 # Borderline band for versions whose model file predates stored bands (logit units around the threshold).
@@ -85,7 +85,7 @@ class ModelVersion(models.Model):
         """The fast-path report written beside the model file (classifier.fastpath), when it is this version's."""
         if not self.filename:
             return None
-        report = runtime.read_report(self.path)
+        report = artefacts.read_report(self.path)
         return report if report and report.get("model_version") == self.version else None
 
     @property
@@ -117,11 +117,11 @@ class ModelVersion(models.Model):
         shutil.copyfile(source, settings.MODEL_ROOT / filename)
         # Fast-path artefacts already built beside the source file come along (they are checked
         # against the version when a worker reads them); otherwise publishing asks for the build.
-        built = runtime.artefact_paths(source)
-        report = runtime.read_report(source)
+        built = artefacts.artefact_paths(source)
+        report = artefacts.read_report(source)
         state = {}
         if report and report.get("model_version") == meta.version:
-            for kind, dest in runtime.artefact_paths(settings.MODEL_ROOT / filename).items():
+            for kind, dest in artefacts.artefact_paths(settings.MODEL_ROOT / filename).items():
                 if built[kind].is_file():
                     shutil.copyfile(built[kind], dest)
             state = {"built": report["created"]}

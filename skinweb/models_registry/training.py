@@ -19,10 +19,9 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from classifier import metrics, train
+from classifier import metrics
 from classifier.data import CLASSES, DatasetError, fingerprint, load_samples, split_by_group
 from classifier.modelfile import ModelFileError, read_metadata
-from classifier.predictor import Predictor
 from skinweb.clinic.models import Case
 from skinweb.models_registry.models import ModelVersion
 from skinweb.workers import dead_on_this_host, worker_identity
@@ -176,6 +175,8 @@ def owned_elsewhere(version: ModelVersion) -> bool:
 
 def run_training(version_id: int) -> ModelVersion:
     """Train, import the candidate and evaluate it. Safe to call again after a crash (resumes)."""
+    from classifier import train  # in the training worker only: the web process never loads PyTorch
+
     version = ModelVersion.objects.get(pk=version_id)
     if version.status != ModelVersion.Status.TRAINING or owned_elsewhere(version):
         return version  # finished, failed, cancelled or running elsewhere: a duplicate delivery
@@ -247,6 +248,8 @@ def evaluate_against_parent(version: ModelVersion) -> dict:
         sets["clinic_held_out"] = load_samples(data / "held_out")
     out = {}
     for name, v in (("candidate", version), ("parent", version.parent)):
+        from classifier.predictor import Predictor  # workers only (PyTorch)
+
         predictor = Predictor.from_file(v.path, device="cpu", runtime="torch")
         out[name] = {"version": v.version}
         for set_name, items in sets.items():
@@ -275,6 +278,8 @@ def shadow_check(candidate: ModelVersion, n: int) -> dict:
     """Run the candidate over the last ``n`` classified cases; list the decisions it would change."""
     cases = list(Case.objects.filter(status=Case.Status.DONE, prediction__isnull=False)
                  .select_related("prediction__model_version", "lesion__patient").order_by("-created_at")[:n])
+    from classifier.predictor import Predictor  # workers only (PyTorch)
+
     predictor = Predictor.from_file(candidate.path, device="cpu")
     changed, total = [], 0
     for i in range(0, len(cases), 16):

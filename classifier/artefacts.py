@@ -1,0 +1,31 @@
+"""Where a model file's fast-path artefacts live and how their report is read (no PyTorch needed).
+
+Beside ``<name>.safetensors`` classifier.fastpath writes ``<name>.onnx``, ``<name>.int8.onnx`` and
+the report ``<name>.fast.json``; the web process reads the report here, workers run the artefacts
+through classifier.runtime.
+"""
+
+import json
+from pathlib import Path
+
+REPORT_FORMAT = "skinweb-fastpath/1"
+
+
+def artefact_paths(model_path) -> dict[str, Path]:
+    model_path = Path(model_path)
+    stem = model_path.with_suffix("")
+    return {
+        "onnx-fp32": stem.with_suffix(".onnx"),
+        "onnx-int8": stem.with_suffix(".int8.onnx"),
+        "report": stem.with_suffix(".fast.json"),
+    }
+
+
+def read_report(model_path) -> dict | None:
+    """The fast-path report for a model file, or None when there is none or it is unreadable."""
+    path = artefact_paths(model_path)["report"]
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if report.get("format") == REPORT_FORMAT else None
