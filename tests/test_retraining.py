@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from skinweb.audit.models import AuditEvent
 from skinweb.clinic.models import Case
+from skinweb.models_registry import fastpath as registry_fastpath
 from skinweb.models_registry import tasks, training
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_case, make_clinic, make_lesion, make_model_file, make_patient
@@ -227,3 +228,23 @@ def test_publishing_a_worse_candidate_needs_a_reason_and_rollback_is_one_action(
 def test_model_pages_render(client, platform_admin, parent):
     assert parent.version in client.get(reverse("manage:model_list")).content.decode()
     assert parent.version in client.get(reverse("manage:model_detail", args=[parent.pk])).content.decode()
+
+
+def test_the_model_page_shows_validation_figures_and_why_the_fast_path_is_missing(client, platform_admin, settings,
+                                                                                  tmp_path):
+    import shutil
+
+    from classifier.modelfile import DEFAULT_MODEL_PATH
+
+    shutil.copyfile(DEFAULT_MODEL_PATH, tmp_path / "starter.safetensors")  # without artefacts built beside it
+    starter = ModelVersion.import_file(tmp_path / "starter.safetensors")
+    page = client.get(reverse("manage:model_detail", args=[starter.pk])).content.decode()
+    v = starter.validation_metrics["validation"]
+    assert "Headline: melanoma vs nevus" in page and f"{v['headline']['auc']:.3f}" in page
+    assert "By data source" in page and "isic2017" in page and "ham224" in page
+    assert "Calibration error" in page and "Not asked for yet" in page
+    settings.TRAINING_DATASETS = []
+    starter.metadata = {**starter.metadata, "training": {}}
+    registry_fastpath.build(starter)  # nothing to calibrate int8 on: the reason is shown, not buried
+    page = client.get(reverse("manage:model_detail", args=[starter.pk])).content.decode()
+    assert "Not built: no training images here to calibrate int8 on" in page
