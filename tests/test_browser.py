@@ -4,6 +4,7 @@ model. Every page is checked with axe-core (no serious or critical accessibility
 saved as a screenshot under tests/artifacts/ (SKINWEB_TEST_ARTIFACTS to put them elsewhere).
 """
 
+import datetime
 import io
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.db import connections
+from django.utils import timezone
 from pypdf import PdfReader
 
 from classifier.modelfile import DEFAULT_MODEL_PATH
@@ -186,8 +188,17 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     assert rows.count() == 1 and "BR-0001" in rows.first.inner_text()
     j.check("history-filtered")
 
-    # The lesion's timeline: both visits side by side.
+    # The two images were taken today: one visit. This one was in fact taken at an earlier visit.
     page.goto(case_url)
+    page.get_by_role("link", name="left scapula").first.click()
+    assert page.locator(".timeline-visit").count() == 1 and "2 images" in page.locator(".timeline-visit").inner_text()
+    page.goto(case_url)
+    earlier = (timezone.localdate() - datetime.timedelta(days=30)).isoformat()
+    page.get_by_label("Taken on").fill(earlier)
+    page.get_by_role("button", name="Correct the date").click()
+    page.get_by_text("now belongs to the visit of").wait_for()
+
+    # The lesion's timeline: both visits side by side.
     page.get_by_role("link", name="left scapula").first.click()
     assert page.locator(".timeline-visit").count() == 2
     assert page.locator(".trend-chart").is_visible()

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from PIL import Image
 from pypdf import PdfReader
 
 from skinweb.audit.models import AuditEvent
@@ -41,7 +42,7 @@ def classified(lesion, user, probability=None, decision=None, when=None, version
     if fields:
         Prediction.objects.filter(pk=case.prediction_id).update(**fields)
     if when is not None:
-        Case.objects.filter(pk=case.pk).update(created_at=when)
+        Case.objects.filter(pk=case.pk).update(created_at=when, taken_at=when)
     return Case.objects.get(pk=case.pk)
 
 
@@ -179,6 +180,53 @@ def test_timeline_orders_visits_and_flags_rises(client, north, published_model):
     assert ys[2] < ys[1] < ys[0]  # higher probability, higher on the chart (smaller y)
     page = client.get(reverse("clinic:lesion_detail", args=[lesion.pk])).content.decode()
     assert 'data-testid="rise"' in page and "<polyline" in page and page.count("timeline-visit") == 5
+
+
+def test_images_taken_the_same_day_are_one_visit_summarised_by_their_highest_probability(client, north,
+                                                                                        published_model):
+    clinic, alice = north
+    lesion = make_lesion(make_patient(clinic))
+    first_day = timezone.now() - timedelta(days=100)
+    t = published_model.threshold
+    # Two images minutes apart at the first visit (0.10 and t + 0.05), one at a later visit (t + 0.08):
+    # comparing images of one visit would flag a "rise" of t - 0.05; comparing visits, only +0.03.
+    classified(lesion, alice, probability=0.10, when=first_day)
+    classified(lesion, alice, probability=t + 0.05, when=first_day + timedelta(minutes=2))
+    classified(lesion, alice, probability=t + 0.08, when=first_day + timedelta(days=90))
+    tl = insights.timeline(lesion.cases.select_related("prediction", "feedback"))
+    assert [len(v.cases) for v in tl["visits"]] == [2, 1]
+    assert [round(v.probability, 4) for v in tl["visits"]] == [round(t + 0.05, 4), round(t + 0.08, 4)]
+    assert tl["rises"] == []
+    page = client.get(reverse("clinic:lesion_detail", args=[lesion.pk])).content.decode()
+    assert page.count("timeline-visit") == 2 and "2 images" in page and 'data-testid="rise"' not in page
+    assert "2 visits" in page
+
+
+def test_the_camera_date_sets_the_visit_and_a_wrong_date_can_be_corrected(client, north, published_model):
+    clinic, alice = north
+    lesion = make_lesion(make_patient(clinic))
+    img = Image.open(io.BytesIO(image_bytes()))
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[36867] = "2024:03:05 10:20:30"  # DateTimeOriginal
+    out = io.BytesIO()
+    img.save(out, format="JPEG", exif=exif)
+    client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {"images": [upload("cam.jpg", out.getvalue())]})
+    client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {"images": [upload("plain.jpg")]})
+    cam, plain = Case.objects.order_by("pk")
+    assert timezone.localtime(cam.taken_at).strftime("%Y-%m-%d %H:%M:%S") == "2024-03-05 10:20:30"
+    assert abs((plain.taken_at - plain.created_at).total_seconds()) < 5  # no camera date: the upload's
+    r = client.post(reverse("clinic:case_taken", args=[plain.pk]), {"taken_on": "2024-03-05"})
+    assert r.status_code == 302
+    plain.refresh_from_db()
+    assert timezone.localdate(plain.taken_at).isoformat() == "2024-03-05"
+    event = AuditEvent.objects.get(action="correct_taken_at")
+    assert event.detail["new"].startswith("2024-03-05") and event.detail["old"] != event.detail["new"]
+    tl = insights.timeline(lesion.cases.select_related("prediction", "feedback"))
+    assert [len(v.cases) for v in tl["visits"]] == [2]  # now one visit
+    future = (timezone.localdate() + timedelta(days=2)).isoformat()
+    client.post(reverse("clinic:case_taken", args=[plain.pk]), {"taken_on": future})
+    plain.refresh_from_db()
+    assert timezone.localdate(plain.taken_at).isoformat() == "2024-03-05"  # refused, unchanged
 
 
 def test_uploader_json_answers_per_file(client, north, published_model):

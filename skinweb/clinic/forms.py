@@ -1,6 +1,7 @@
 import datetime
 
 from django import forms
+from django.utils import timezone
 
 from skinweb.clinic.models import Case, Feedback, Label, Lesion, Patient
 
@@ -136,3 +137,15 @@ class TruthForm(forms.Form):
     label = forms.ChoiceField(choices=Label.choices)
     source = forms.ChoiceField(choices=Case.TruthSource.choices)
     use_for_training = forms.BooleanField(required=False, initial=True, label="Use for training")
+
+
+class TakenForm(forms.Form):
+    """The day an image was taken: it decides which visit of the lesion the image belongs to."""
+
+    taken_on = forms.DateField()
+
+    def clean_taken_on(self):
+        day = self.cleaned_data["taken_on"]
+        if not datetime.date(1990, 1, 1) <= day <= timezone.localdate():
+            raise forms.ValidationError(f"Enter a date between 1990-01-01 and today ({timezone.localdate():%Y-%m-%d}).")
+        return day

@@ -2,11 +2,13 @@
 clinicians and histopathology per model version, and the probability trend of a lesion."""
 
 import dataclasses
+import datetime
 import math
 
 from django.db.models import Count, Q
+from django.utils import timezone
 
-from skinweb.clinic.models import MALIGNANT_DIAGNOSES, Case
+from skinweb.clinic.models import MALIGNANT_DIAGNOSES
 
 # A rise in probability between two visits worth a look: at least this much, or crossing the threshold.
 RISE = 0.10
@@ -83,20 +85,43 @@ def agreement_by_version(cases) -> list[dict]:
 
 @dataclasses.dataclass
 class Visit:
-    case: Case
-    probability: float | None
-    threshold: float | None
+    """The images of one lesion taken on one day. A visit with several images is summarised by its
+    highest probability (the image that worries most), with that image's threshold."""
+
+    date: datetime.date
+    cases: list
+    probability: float | None = None
+    threshold: float | None = None
     rise: float | None = None  # change from the previous visit with a result, when it is a rise to flag
     x: float = 0.0  # chart coordinates (viewBox units)
     y: float = 0.0
 
+    @property
+    def case(self):
+        """The case that summarises the visit (highest probability; else the first image)."""
+        scored = [c for c in self.cases if c.prediction]
+        return max(scored, key=lambda c: c.prediction.probability) if scored else self.cases[0]
+
+
+def visits_of(cases) -> list[Visit]:
+    """Cases grouped by the local date they were taken on, in date order."""
+    by_day: dict[datetime.date, list] = {}
+    for c in sorted(cases, key=lambda c: (c.taken_at, c.pk)):
+        by_day.setdefault(timezone.localdate(c.taken_at), []).append(c)
+    visits = []
+    for day, day_cases in by_day.items():
+        v = Visit(day, day_cases)
+        if v.case.prediction:
+            v.probability, v.threshold = v.case.prediction.probability, v.case.prediction.threshold
+        visits.append(v)
+    return visits
+
 
 def timeline(cases, width: float = 600, height: float = 160, pad: float = 36) -> dict:
     """The lesion's visits in date order, with chart coordinates for their probabilities and the
-    rises to flag (an increase of at least RISE since the previous result, or one that crosses the
-    threshold from below)."""
-    visits = [Visit(c, c.prediction.probability if c.prediction else None,
-                    c.prediction.threshold if c.prediction else None) for c in cases]
+    rises to flag (an increase of at least RISE since the previous visit's result, or one that
+    crosses the threshold from below). Images of the same visit are never compared with each other."""
+    visits = visits_of(cases)
     points = [v for v in visits if v.probability is not None]
     previous = None
     for v in points:

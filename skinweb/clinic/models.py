@@ -116,6 +116,7 @@ class Lesion(models.Model):
             sha256=image.sha256,
             width=image.width,
             height=image.height,
+            taken_at=getattr(image, "taken_at", None) or timezone.now(),
         )
         case.image.save(f"upload.{image.extension}", image.content, save=False)
         try:
@@ -184,6 +185,11 @@ class Case(models.Model):
     clinic = models.ForeignKey("accounts.Clinic", on_delete=models.PROTECT, related_name="+", editable=False)
     image = models.FileField(upload_to=case_image_name)
     thumbnail = models.FileField(upload_to=thumbnail_name, blank=True, help_text="Made once, at upload")
+    # The visit: images of one lesion taken on the same day belong to one visit (clinic.insights).
+    taken_at = models.DateTimeField(
+        default=timezone.now, db_index=True,
+        help_text="When the image was taken: the camera's EXIF date when it has one, else the upload; editable",
+    )
     original_name = models.CharField(max_length=255, blank=True)
     sha256 = models.CharField(max_length=64, db_index=True)
     width = models.PositiveIntegerField(default=0)

@@ -9,6 +9,7 @@ thumbnail is made from that decode, so no later request decodes the full-size up
 """
 
 import contextlib
+import datetime
 import hashlib
 import io
 import math
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
 from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png"}
@@ -61,6 +63,23 @@ class NormalisedImage:
     extension: str
     thumbnail: ContentFile  # JPEG, at most THUMBNAIL_SIDE on its longer side
     original_size: tuple[int, int]  # as uploaded, before orientation and downscaling
+    taken_at: datetime.datetime | None = None  # EXIF DateTimeOriginal, read before the metadata is dropped
+
+
+EXIF_IFD, DATE_TIME_ORIGINAL, DATE_TIME = 0x8769, 36867, 306
+
+
+def exif_taken_at(img) -> datetime.datetime | None:
+    """When the camera says the picture was taken (in the clinic's time zone), or None when it does
+    not say, or says something implausible (before 1990, or in the future)."""
+    try:
+        exif = img.getexif()
+        raw = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
+        naive = datetime.datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
+    except (TypeError, ValueError, OSError, SyntaxError):
+        return None
+    taken = timezone.make_aware(naive)
+    return taken if datetime.datetime(1990, 1, 1, tzinfo=datetime.UTC) < taken <= timezone.now() else None
 
 
 def normalise_image(upload, max_bytes=None, max_pixels=None, max_side=None) -> NormalisedImage:
@@ -88,6 +107,7 @@ def normalise_image(upload, max_bytes=None, max_pixels=None, max_side=None) -> N
                     )
                 img.verify()  # structure and checksums, before the full decode
                 img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+                taken_at = exif_taken_at(img)
                 if max_side and img.format == "JPEG" and max(width, height) > max_side:
                     # Decode at 1/2, 1/4 or 1/8 scale, the longer side still at least max_side.
                     r = max_side / max(width, height)
@@ -131,4 +151,5 @@ def normalise_image(upload, max_bytes=None, max_pixels=None, max_side=None) -> N
         extension=ALLOWED_FORMATS[fmt],
         thumbnail=ContentFile(thumb_bytes.getvalue()),
         original_size=(width, height),
+        taken_at=taken_at,
     )

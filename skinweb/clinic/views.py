@@ -1,3 +1,4 @@
+import datetime
 import io
 
 from django.contrib import messages
@@ -17,7 +18,7 @@ from PIL import Image
 from skinweb.audit.models import record
 from skinweb.clinic import insights, reports, tasks
 from skinweb.clinic.access import object_view
-from skinweb.clinic.forms import CaseFilterForm, FeedbackForm, LesionForm, PatientForm, UploadForm
+from skinweb.clinic.forms import CaseFilterForm, FeedbackForm, LesionForm, PatientForm, TakenForm, UploadForm
 from skinweb.clinic.models import Case, Lesion, Patient
 from skinweb.clinic.uploads import THUMBNAIL_SIDE, normalise_image
 from skinweb.models_registry.models import ModelVersion
@@ -125,7 +126,7 @@ def lesion_create(request, patient):
 
 
 def _lesion_page(request, lesion, form, status=200):
-    cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("created_at", "pk")
+    cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("taken_at", "pk")
     context = {"lesion": lesion, "timeline": insights.timeline(cases), "form": form}
     return render(request, "clinic/lesion_detail.html", context, status=status)
 
@@ -263,6 +264,23 @@ def case_flag(request, case):
         Case.objects.filter(pk=case.pk).update(flagged=value)
         record(request, "flag" if value else "unflag", case)
         messages.success(request, "Sent to the relabel queue." if value else "Removed from the relabel queue.")
+    return redirect("clinic:case_detail", pk=case.pk)
+
+
+@object_view(Case, methods=("POST",))
+def case_taken(request, case):
+    """Correct the day an image was taken (it decides the visit the image belongs to); audited."""
+    form = TakenForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(form.errors.get("taken_on", ["Enter a date."])))
+        return redirect("clinic:case_detail", pk=case.pk)
+    old = case.taken_at
+    local = timezone.localtime(old)
+    new = timezone.make_aware(datetime.datetime.combine(form.cleaned_data["taken_on"], local.time()))
+    if new != old:
+        Case.objects.filter(pk=case.pk).update(taken_at=new)
+        record(request, "correct_taken_at", case, old=old.isoformat(), new=new.isoformat())
+        messages.success(request, f"The image now belongs to the visit of {form.cleaned_data['taken_on']:%Y-%m-%d}.")
     return redirect("clinic:case_detail", pk=case.pk)
 
 
