@@ -282,3 +282,43 @@ def test_the_decode_budget_lets_one_image_at_the_pixel_limit_decode_at_a_time():
     assert order == ["large done", "small"]
     with budget.reserve(30, 60), budget.reserve(30, 60):  # small ones go side by side
         pass
+
+
+def test_image_checks_warn_on_bad_images_and_not_on_real_dermoscopy(client, lesion):
+    from PIL import ImageFilter
+
+    from skinweb.clinic import imagechecks
+    from tests.conftest import FIXTURES
+
+    for path in sorted((FIXTURES / "images").iterdir()):  # real dermoscopy, 256 px and 180 px
+        with Image.open(path) as img:
+            small = [f"small image ({min(img.size)} px on its shorter side; the model reads 224 px)"]
+            assert imagechecks.check(img.convert("RGB")) == (small if min(img.size) < 224 else []), path.name
+    with Image.open(sorted((FIXTURES / "images").iterdir())[0]) as img:
+        lesion_img = img.convert("RGB")
+    assert imagechecks.check(Image.new("RGB", (600, 600), (222, 200, 170))) == ["almost uniform: no lesion visible"]
+    assert "blurred" in imagechecks.check(lesion_img.filter(ImageFilter.GaussianBlur(8)))
+    assert "too dark" in imagechecks.check(lesion_img.point(lambda v: v // 8))
+    assert "overexposed" in imagechecks.check(lesion_img.point(lambda v: 245 + v // 30))
+    assert imagechecks.check(lesion_img.resize((120, 120)))[0].startswith("small image (120 px")
+
+
+def test_a_blank_upload_carries_its_warning_to_the_page_the_pdf_and_the_csv(client, lesion, published_model):
+    from pypdf import PdfReader
+
+    from skinweb.clinic import classification
+
+    blank = io.BytesIO()
+    Image.new("RGB", (600, 600), (222, 200, 170)).save(blank, format="JPEG")
+    post(client, lesion, upload("blank.jpg", blank.getvalue()))
+    case = Case.objects.get()
+    assert case.image_warnings == ["almost uniform: no lesion visible"]
+    classification.classify_case(case.pk)  # it is scored all the same: a warning never blocks
+    case.refresh_from_db()
+    assert case.status == "done"
+    page = client.get(reverse("clinic:case_detail", args=[case.pk])).content.decode()
+    assert 'data-testid="image-warnings"' in page and "almost uniform" in page
+    pdf = client.get(reverse("clinic:case_report", args=[case.pk])).content
+    assert "almost uniform" in " ".join(PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split())
+    rows = b"".join(client.get(reverse("clinic:case_export")).streaming_content).decode().splitlines()
+    assert "image_warnings" in rows[0] and "almost uniform" in rows[1]

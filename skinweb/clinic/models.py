@@ -117,6 +117,7 @@ class Lesion(models.Model):
             width=image.width,
             height=image.height,
             taken_at=getattr(image, "taken_at", None) or timezone.now(),
+            image_warnings=list(getattr(image, "warnings", [])),
         )
         case.image.save(f"upload.{image.extension}", image.content, save=False)
         try:
@@ -186,6 +187,9 @@ class Case(models.Model):
     image = models.FileField(upload_to=case_image_name)
     thumbnail = models.FileField(upload_to=thumbnail_name, blank=True, help_text="Made once, at upload")
     # The visit: images of one lesion taken on the same day belong to one visit (clinic.insights).
+    image_warnings = models.JSONField(
+        default=list, blank=True, help_text="What the image checks found (too dark, blurred…): shown with the result"
+    )
     taken_at = models.DateTimeField(
         default=timezone.now, db_index=True,
         help_text="When the image was taken: the camera's EXIF date when it has one, else the upload; editable",

@@ -9,6 +9,7 @@ thumbnail is made from that decode, so no later request decodes the full-size up
 """
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -23,6 +24,8 @@ from django.core.files.base import ContentFile
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from PIL import Image, ImageOps
+
+from skinweb.clinic import imagechecks
 
 ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png"}
 THUMBNAIL_SIDE = 320
@@ -64,6 +67,7 @@ class NormalisedImage:
     thumbnail: ContentFile  # JPEG, at most THUMBNAIL_SIDE on its longer side
     original_size: tuple[int, int]  # as uploaded, before orientation and downscaling
     taken_at: datetime.datetime | None = None  # EXIF DateTimeOriginal, read before the metadata is dropped
+    warnings: list[str] = dataclasses.field(default_factory=list)  # imagechecks: shown with the result
 
 
 EXIF_IFD, DATE_TIME_ORIGINAL, DATE_TIME = 0x8769, 36867, 306
@@ -152,4 +156,5 @@ def normalise_image(upload, max_bytes=None, max_pixels=None, max_side=None) -> N
         thumbnail=ContentFile(thumb_bytes.getvalue()),
         original_size=(width, height),
         taken_at=taken_at,
+        warnings=imagechecks.check(img, (width, height)),
     )
