@@ -138,6 +138,11 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
             results.nth(i).locator(".badge", has_text="alignant")
         ).wait_for()
     assert Case.objects.filter(status=Case.Status.DONE).count() == 2
+    # The lesion's timeline on the same page shows the new visit and both results, without a reload.
+    timeline = page.locator("#lesion-timeline")
+    timeline.get_by_text("2 images").wait_for()
+    page.wait_for_function("document.querySelectorAll('#lesion-timeline .badge').length >= 2")
+    assert "1 visit" in timeline.locator("h2").inner_text()
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # the same page, never reloaded
     j.check("upload-results")
 

@@ -229,6 +229,21 @@ def test_the_camera_date_sets_the_visit_and_a_wrong_date_can_be_corrected(client
     assert timezone.localdate(plain.taken_at).isoformat() == "2024-03-05"  # refused, unchanged
 
 
+def test_the_lesion_timeline_refreshes_itself_while_images_are_pending(client, north, published_model):
+    clinic, alice = north
+    lesion = make_lesion(make_patient(clinic))
+    url = reverse("clinic:lesion_detail", args=[lesion.pk]) + "?part=timeline"
+    empty = client.get(url).content.decode()
+    assert 'id="lesion-timeline"' in empty and "every 2s" not in empty and "skinweb:uploaded" in empty
+    assert "<html" not in empty and "No images yet" in empty
+    case = make_case(lesion, alice)  # queued
+    assert "every 2s" in client.get(url).content.decode()
+    classification.classify_case(case.pk)
+    done = client.get(url).content.decode()
+    assert "every 2s" not in done and f"Open case {case.pk}" in done
+    assert not AuditEvent.objects.filter(action="view", object_type="lesion").exists()  # polls are not page views
+
+
 def test_uploader_json_answers_per_file(client, north, published_model):
     clinic, alice = north
     lesion = make_lesion(make_patient(clinic))

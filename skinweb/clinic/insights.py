@@ -138,6 +138,7 @@ def timeline(cases, width: float = 600, height: float = 160, pad: float = 36) ->
     threshold = points[-1].threshold if points else None
     return {
         "visits": visits,
+        "pending": any(c.is_pending for v in visits for c in v.cases),  # the page polls until they are done
         "points": points,
         "polyline": " ".join(f"{v.x:.1f},{v.y:.1f}" for v in points),
         "threshold_y": pad + (height - 2 * pad) * (1 - threshold) if threshold is not None else None,

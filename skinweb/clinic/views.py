@@ -125,16 +125,18 @@ def lesion_create(request, patient):
     return render(request, "clinic/lesion_form.html", {"form": form, "patient": patient})
 
 
-def _lesion_page(request, lesion, form, status=200):
+def _lesion_page(request, lesion, form, status=200, template="clinic/lesion_detail.html"):
     cases = lesion.cases.select_related("prediction__model_version", "feedback").order_by("taken_at", "pk")
     context = {"lesion": lesion, "timeline": insights.timeline(cases), "form": form}
-    return render(request, "clinic/lesion_detail.html", context, status=status)
+    return render(request, template, context, status=status)
 
 
 @object_view(Lesion)
 def lesion_detail(request, lesion):
     """The lesion's timeline: its visits side by side in date order, the probability trend, the
     feedback of each visit, rises flagged; and the upload form for a new visit."""
+    if request.GET.get("part") == "timeline":  # polled while images are pending, and after each upload
+        return _lesion_page(request, lesion, None, template="clinic/partials/lesion_timeline.html")
     _no_model_warning(request)
     record(request, "view", lesion)
     return _lesion_page(request, lesion, UploadForm())

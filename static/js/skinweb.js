@@ -81,6 +81,8 @@ function uploadOne(form, file, row) {
         live.textContent = " queued…";
         row.status.append(link, " ", live);
         if (window.htmx) window.htmx.process(live);
+        // The lesion's timeline (if on the page) fetches itself again: the new image appears at once.
+        document.body.dispatchEvent(new CustomEvent("skinweb:uploaded"));
         resolve(true);
       } else {
         const reason = result ? result.error : (answer && answer.errors ? answer.errors.join(" ") : `The server answered ${xhr.status}.`);
