@@ -52,3 +52,29 @@ def test_unknown_anatomical_site_is_refused(client, alice):
     patient = make_patient(alice.clinic)
     r = client.post(reverse("clinic:lesion_create", args=[patient.pk]), {"site": "elbow"})
     assert "Select a valid choice" in r.content.decode() and not Lesion.objects.exists()
+
+
+def test_patient_and_lesion_details_can_be_corrected_with_old_and_new_in_the_audit(client, alice):
+    from tests.builders import make_lesion
+
+    patient = make_patient(alice.clinic, "DERM-7", birth_year=1961)
+    make_patient(alice.clinic, "DERM-8")
+    lesion = make_lesion(patient)
+    url = reverse("clinic:patient_edit", args=[patient.pk])
+    assert "Correct patient" in client.get(url).content.decode()
+    clash = client.post(url, {"identifier": "derm-8", "birth_year": 1961, "sex": patient.sex})
+    assert "already has a patient" in clash.content.decode()  # another patient's identifier: refused
+    r = client.post(url, {"identifier": "DERM-7", "birth_year": 1962, "sex": patient.sex})
+    assert r.status_code == 302 and r.url == reverse("clinic:patient_detail", args=[patient.pk])
+    patient.refresh_from_db()
+    assert patient.birth_year == 1962 and patient.identifier == "DERM-7"  # its own identifier is no clash
+    event = AuditEvent.objects.get(action="update", object_type="patient")
+    assert event.detail["changes"] == {"birth_year": ["1961", "1962"]}
+    r = client.post(reverse("clinic:lesion_edit", args=[lesion.pk]), {"site": "lower extremity", "label": "left shin"})
+    assert r.status_code == 302
+    lesion.refresh_from_db()
+    assert lesion.site == "lower extremity" and lesion.label == "left shin"
+    changes = AuditEvent.objects.get(action="update", object_type="lesion").detail["changes"]
+    assert set(changes) == {"site", "label"}
+    client.post(reverse("clinic:lesion_edit", args=[lesion.pk]), {"site": "lower extremity", "label": "left shin"})
+    assert AuditEvent.objects.filter(action="update").count() == 2  # nothing changed: nothing recorded
