@@ -40,6 +40,7 @@ OWNER_GET = {
     "clinic:case_image": 200,
     "clinic:case_flag": 405,  # POST only
     "clinic:case_taken": 405,  # POST only
+    "clinic:case_move": 405,  # POST only
     "login": 302,  # already logged in: sent on
     "logout": 405,  # POST only
 }

@@ -78,3 +78,32 @@ def test_patient_and_lesion_details_can_be_corrected_with_old_and_new_in_the_aud
     assert set(changes) == {"site", "label"}
     client.post(reverse("clinic:lesion_edit", args=[lesion.pk]), {"site": "lower extremity", "label": "left shin"})
     assert AuditEvent.objects.filter(action="update").count() == 2  # nothing changed: nothing recorded
+
+
+def test_an_image_moves_to_another_lesion_of_the_clinic_with_its_results_and_never_to_another_clinic(
+        client, alice, bob, published_model):
+    from skinweb.clinic import classification
+    from skinweb.clinic.models import Case
+    from tests.builders import make_case, make_lesion
+
+    wrong = make_lesion(make_patient(alice.clinic, "DERM-1"), label="left arm")
+    right = make_lesion(make_patient(alice.clinic, "DERM-2"), label="back")
+    south = make_lesion(make_patient(bob.clinic, "S-1"))
+    case = make_case(wrong, alice)
+    classification.classify_case(case.pk)
+    case.record_feedback(alice, agrees_with_ai=True, clinical_diagnosis="nevus", management="monitor")
+    page = client.get(reverse("clinic:case_detail", args=[case.pk])).content.decode()
+    assert "DERM-2 · " in page and "S-1" not in page  # only the clinic's lesions are offered
+    url = reverse("clinic:case_move", args=[case.pk])
+    client.post(url, {"lesion": south.pk})  # another clinic's lesion: refused
+    client.post(url, {"lesion": "x"})
+    case.refresh_from_db()
+    assert case.lesion == wrong
+    r = client.post(url, {"lesion": right.pk})
+    assert r.status_code == 302
+    case = Case.objects.get(pk=case.pk)
+    assert case.lesion == right and case.prediction and case.feedback  # its results and feedback came along
+    event = AuditEvent.objects.get(action="move")
+    assert event.detail["old"]["patient"] == "DERM-1" and event.detail["new"]["patient"] == "DERM-2"
+    timeline = client.get(reverse("clinic:lesion_detail", args=[right.pk])).content.decode()
+    assert f"Open case {case.pk}" in timeline

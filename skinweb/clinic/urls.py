@@ -21,6 +21,7 @@ urlpatterns = [
     path("cases/<int:pk>/retry/", views.case_retry, name="case_retry"),
     path("cases/<int:pk>/flag/", views.case_flag, name="case_flag"),
     path("cases/<int:pk>/taken/", views.case_taken, name="case_taken"),
+    path("cases/<int:pk>/move/", views.case_move, name="case_move"),
     path("cases/<int:pk>/image/", views.case_image, name="case_image"),
     path("cases/<int:pk>/heatmap/", views.case_heatmap, name="case_heatmap"),
     path("cases/<int:pk>/report.pdf", views.case_report, name="case_report"),

@@ -238,6 +238,7 @@ def case_detail(request, case):
     record(request, "view", case)
     form = FeedbackForm(instance=case.feedback)
     history = case.feedback_history.select_related("created_by")
+    lesions = Lesion.objects.visible_to(request.user).select_related("patient").order_by("patient__identifier", "pk")
     return render(
         request,
         "clinic/case_detail.html",
@@ -246,6 +247,7 @@ def case_detail(request, case):
             "form": form,
             "history": history,
             "predictions": case.predictions.select_related("model_version"),
+            "lesions": lesions,
         },
     )
 
@@ -299,6 +301,23 @@ def case_flag(request, case):
         Case.objects.filter(pk=case.pk).update(flagged=value)
         record(request, "flag" if value else "unflag", case)
         messages.success(request, "Sent to the relabel queue." if value else "Removed from the relabel queue.")
+    return redirect("clinic:case_detail", pk=case.pk)
+
+
+@object_view(Case, methods=("POST",))
+def case_move(request, case):
+    """File an image (with its predictions, heat maps and feedback) under another lesion of the same
+    clinic, when it was uploaded to the wrong one; audited with the old and new lesion."""
+    target = Lesion.objects.visible_to(request.user).filter(pk=request.POST.get("lesion") or 0).first() \
+        if (request.POST.get("lesion") or "").isdigit() else None
+    if target is None:
+        messages.error(request, "Choose a lesion of your clinic to move the image to.")
+    elif target.pk != case.lesion_id:
+        old = case.lesion
+        Case.objects.filter(pk=case.pk).update(lesion=target)
+        record(request, "move", case, old={"lesion": old.pk, "patient": old.patient.identifier},
+               new={"lesion": target.pk, "patient": target.patient.identifier})
+        messages.success(request, f"Image moved to {target} of patient {target.patient.identifier}.")
     return redirect("clinic:case_detail", pk=case.pk)
 
 
