@@ -16,7 +16,6 @@ import io
 import math
 import threading
 import warnings
-from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -57,7 +56,7 @@ class DecodeBudget:
 decode_budget = DecodeBudget()
 
 
-@dataclass
+@dataclasses.dataclass
 class NormalisedImage:
     content: ContentFile
     sha256: str

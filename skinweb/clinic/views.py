@@ -111,9 +111,13 @@ def patient_detail(request, patient):
     return render(request, "clinic/patient_detail.html", {"patient": patient, "lesions": lesions})
 
 
-def _changes(form) -> dict:
-    """{field: [old, new]} of a bound ModelForm's changed fields, for the audit trail."""
-    return {name: [str(form.initial.get(name, "")), str(form.cleaned_data.get(name, ""))] for name in form.changed_data}
+def _save_correction(request, form, obj, message) -> None:
+    """Save a valid ModelForm that corrects ``obj``; audited as {field: [old, new]} (nothing when nothing changed)."""
+    if form.has_changed():
+        changes = {n: [str(form.initial.get(n, "")), str(form.cleaned_data.get(n, ""))] for n in form.changed_data}
+        form.save()
+        record(request, "update", obj, changes=changes)
+        messages.success(request, message)
 
 
 @object_view(Patient, methods=("GET", "POST"))
@@ -121,11 +125,7 @@ def patient_edit(request, patient):
     """Correct a patient's details (identifier, birth year, sex); audited with old and new values."""
     form = PatientForm(request.POST if request.method == "POST" else None, instance=patient, clinic=patient.clinic)
     if request.method == "POST" and form.is_valid():
-        if form.has_changed():
-            changes = _changes(form)
-            form.save()
-            record(request, "update", patient, changes=changes)
-            messages.success(request, "Patient details corrected.")
+        _save_correction(request, form, patient, "Patient details corrected.")
         return redirect("clinic:patient_detail", pk=patient.pk)
     return render(request, "clinic/patient_form.html", {"form": form, "patient": patient})
 
@@ -135,11 +135,7 @@ def lesion_edit(request, lesion):
     """Correct a lesion's site or label; audited with old and new values."""
     form = LesionForm(request.POST if request.method == "POST" else None, instance=lesion)
     if request.method == "POST" and form.is_valid():
-        if form.has_changed():
-            changes = _changes(form)
-            form.save()
-            record(request, "update", lesion, changes=changes)
-            messages.success(request, "Lesion details corrected.")
+        _save_correction(request, form, lesion, "Lesion details corrected.")
         return redirect("clinic:lesion_detail", pk=lesion.pk)
     return render(request, "clinic/lesion_form.html", {"form": form, "patient": lesion.patient, "lesion": lesion})
 
