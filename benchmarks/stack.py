@@ -121,7 +121,7 @@ class Stack:
 
     def worker_peak_rss_mb(self, name="worker") -> dict:
         """Peak resident memory (VmHWM) of a worker's processes: the main one and its pool child."""
-        return self.processes.peak_rss_mb(name)
+        return self.processes.memory_mb(name)
 
     def down(self):
         self.processes.stop_all()

@@ -107,15 +107,8 @@ def run_one(max_stored_side: str, side: int, parallel: int) -> dict:
 
 def web_rss(procs, peak=False) -> float:
     """Resident memory of gunicorn's worker process (the master's child), now or at its peak."""
-    root = next(p.pid for n, p in procs.procs if n == "web")
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:
-            continue
-        if int(fields["PPid"]) == root:
-            return int(fields["VmHWM" if peak else "VmRSS"].split()[0]) / 1024
-    return float("nan")
+    children = [mb for key, mb in procs.memory_mb("web", "VmHWM" if peak else "VmRSS").items() if key != "main"]
+    return children[0] if children else float("nan")
 
 
 def get_args_parser():

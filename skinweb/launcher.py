@@ -109,8 +109,9 @@ class Processes:
     def dead(self) -> list[str]:
         return [name for name, p in self.procs if p.poll() is not None]
 
-    def peak_rss_mb(self, name: str) -> dict:
-        """Peak resident memory (VmHWM) of a process and its children (a worker's pool), in MB."""
+    def memory_mb(self, name: str, field: str = "VmHWM") -> dict:
+        """Resident memory of a process and its children (a worker's pool, gunicorn's workers), in MB:
+        at its peak (VmHWM) or now (VmRSS). Keys: "main" and "child <pid>"."""
         root = next(p.pid for n, p in self.procs if n == name)
         out = {}
         for status in Path("/proc").glob("[0-9]*/status"):
@@ -120,7 +121,7 @@ class Processes:
                 continue
             pid, ppid = int(fields["Pid"]), int(fields["PPid"])
             if pid == root or ppid == root:
-                out["main" if pid == root else f"child {pid}"] = int(fields["VmHWM"].split()[0]) / 1024
+                out["main" if pid == root else f"child {pid}"] = int(fields[field].split()[0]) / 1024
         return out
 
     def stop(self, name: str, timeout: float = 20.0) -> None:
