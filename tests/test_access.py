@@ -41,6 +41,7 @@ OWNER_GET = {
     "clinic:case_flag": 405,  # POST only
     "clinic:case_taken": 405,  # POST only
     "clinic:case_move": 405,  # POST only
+    "clinic:case_remove": 405,  # POST only
     "login": 302,  # already logged in: sent on
     "logout": 405,  # POST only
 }
@@ -51,6 +52,9 @@ STAFF_GET = {
     "clinic:relabel_queue": 200,
     "clinic:relabel": 405,
     "clinic:training_switch": 405,
+    "clinic:removed_list": 200,
+    "clinic:removed_image": 200,
+    "clinic:case_restore": 405,
     "manage:model_list": 200,
     "manage:retrain": 405,
     "manage:model_detail": 200,
@@ -85,19 +89,22 @@ def world(client, north, south, alice, bob, carol, root):
     case = make_case(lesion, alice, status=Case.Status.FAILED, failure_reason="test")
     south_case = make_case(make_lesion(make_patient(south, "S-001")), bob, status=Case.Status.FAILED,
                            failure_reason="test")
+    removed = make_case(lesion, alice)
+    removed.remove(alice, "duplicate")
     record(None, "view", case)
     record(None, "view", south_case)
     version = ModelVersion.objects.create(version="v-access", filename="v.safetensors", arch="vgg16", input_size=64,
                                           threshold=0.5, status=ModelVersion.Status.CANDIDATE)
     return {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "root": root, "north": north, "south": south,
-            "patient": patient, "lesion": lesion, "case": case, "south_case": south_case, "version": version}
+            "patient": patient, "lesion": lesion, "case": case, "south_case": south_case, "version": version,
+            "removed": removed}
 
 
 def url_for(name, route, world):
     if "<int:pk>" not in route:
         return reverse(name)
     owner = {"patients/": "patient", "lesions/": "lesion", "cases/": "case", "manage/relabel/": "case",
-             "manage/models/": "version"}
+             "manage/removed/": "removed", "manage/models/": "version"}
     kind = next(v for k, v in owner.items() if route.startswith(k))
     return reverse(name, kwargs={"pk": world[kind].pk})
 
@@ -105,6 +112,8 @@ def url_for(name, route, world):
 def expected(name, route, role):
     if name in STAFF_GET:
         allowed = {"root", "carol", "dave"} if name.startswith("clinic:") else {"root"}
+        if role == "dave" and name == "clinic:removed_image":
+            return 404  # North's removed image: South's administrator learns nothing of it
         return 302 if role == "anonymous" else STAFF_GET[name] if role in allowed else 403
     if name in PUBLIC:
         # LoginRequiredMiddleware sends anonymous visitors of logout to the login page too.

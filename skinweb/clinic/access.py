@@ -16,6 +16,12 @@ def get_for_user(user, model, **lookup):
         raise Http404(f"No {model._meta.verbose_name} found") from None
 
 
+def admin_scope(user, queryset):
+    """What an administrator works on: a clinic's administrator their clinic's records, the platform
+    administrator everyone's (the views are behind ``admin_required``)."""
+    return queryset if user.is_platform_admin else queryset.visible_to(user)
+
+
 def object_view(model, methods=("GET",)):
     """Decorate a view taking ``pk``: it receives the record instead, fetched with get_for_user.
 

@@ -119,7 +119,7 @@ def classify_case(case_id: int, batch_size: int | None = None) -> Outcome | None
     """
     case = Case.objects.filter(pk=case_id).select_related("prediction").first()
     if case is None:
-        log.warning("case %s no longer exists", case_id)
+        log.warning("case %s no longer exists or was removed", case_id)
         return None
     version = ModelVersion.objects.published()
     if version is None:

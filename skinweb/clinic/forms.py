@@ -149,3 +149,9 @@ class TakenForm(forms.Form):
         if not datetime.date(1990, 1, 1) <= day <= timezone.localdate():
             raise forms.ValidationError(f"Enter a date between 1990-01-01 and today ({timezone.localdate():%Y-%m-%d}).")
         return day
+
+
+class RemovalForm(forms.Form):
+    """Why an image is removed: kept with it, shown to the administrator who may restore it."""
+
+    reason = forms.CharField(max_length=500, strip=True)

@@ -76,7 +76,7 @@ class Patient(models.Model):
     def save(self, *args, **kwargs):
         super().save(*args, **kwargs)
         # Cases carry their clinic (the history's index); keep it in step if a patient is moved.
-        Case.objects.filter(lesion__patient=self).exclude(clinic_id=self.clinic_id).update(clinic_id=self.clinic_id)
+        Case.all_objects.filter(lesion__patient=self).exclude(clinic_id=self.clinic_id).update(clinic_id=self.clinic_id)
 
 
 class LesionQuerySet(ClinicQuerySet):
@@ -101,7 +101,7 @@ class Lesion(models.Model):
     def save(self, *args, **kwargs):
         super().save(*args, **kwargs)
         clinic_id = Patient.objects.filter(pk=self.patient_id).values_list("clinic_id", flat=True).first()
-        Case.objects.filter(lesion=self).exclude(clinic_id=clinic_id).update(clinic_id=clinic_id)
+        Case.all_objects.filter(lesion=self).exclude(clinic_id=clinic_id).update(clinic_id=clinic_id)
 
     def add_image(self, user, original_name: str, image) -> "Case":
         """Store a normalised image (uploads.NormalisedImage) as a new case dated now.
@@ -168,6 +168,15 @@ class CaseQuerySet(ClinicQuerySet):
         )
 
 
+class CaseManager(models.Manager.from_queryset(CaseQuerySet)):
+    """The cases in use. An image removed by mistake (Case.remove) is kept but left out of every
+    list, page, export, figure, queue and training set, because they all start here (related
+    managers and prefetches too: this is the default manager). ``Case.all_objects`` sees it."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(removed_at__isnull=True)
+
+
 class Case(models.Model):
     """One dermoscopic image of a lesion at one visit, its classification and the clinician's review."""
 
@@ -226,9 +235,18 @@ class Case(models.Model):
     use_for_training = models.BooleanField(default=False)
     flagged = models.BooleanField(default=False, help_text="Sent to the relabel queue by a clinician or admin")
 
-    objects = CaseQuerySet.as_manager()
+    # Removed by mistake: hidden everywhere, kept, restorable by the clinic's administrator.
+    removed_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False)
+    removed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    removal_reason = models.CharField(max_length=500, blank=True, editable=False)
+
+    objects = CaseManager()
+    all_objects = CaseQuerySet.as_manager()
 
     class Meta:
+        default_manager_name = "objects"
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["status", "created_at"], name="case_status_created"),
@@ -328,6 +346,27 @@ class Case(models.Model):
 
     def set_training(self, user, value: bool) -> tuple[dict, dict]:
         return self.relabel(user, self.truth_label, self.truth_source, value)
+
+    def removal_snapshot(self) -> dict:
+        return {"removed": self.removed_at is not None, "reason": self.removal_reason}
+
+    def remove(self, user, reason: str) -> tuple[dict, dict]:
+        """Hide an image uploaded by mistake (with its predictions, heat maps and feedback) from
+        everything but the administrators' list of removed images; returns (old, new) for the audit."""
+        reason = reason.strip()
+        if not reason:
+            raise ValidationError({"reason": "Say why the image is removed."})
+        old = self.removal_snapshot()
+        self.removed_at, self.removed_by, self.removal_reason = timezone.now(), user, reason
+        Case.all_objects.filter(pk=self.pk).update(removed_at=self.removed_at, removed_by=user, removal_reason=reason)
+        return old, self.removal_snapshot()
+
+    def restore(self) -> tuple[dict, dict]:
+        """Bring a removed image back where it was; returns (old, new) for the audit."""
+        old = self.removal_snapshot()
+        self.removed_at, self.removed_by, self.removal_reason = None, None, ""
+        Case.all_objects.filter(pk=self.pk).update(removed_at=None, removed_by=None, removal_reason="")
+        return old, self.removal_snapshot()
 
 
 class Prediction(models.Model):

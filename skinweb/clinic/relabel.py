@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from skinweb.accounts.decorators import admin_required
 from skinweb.audit.models import record
+from skinweb.clinic.access import admin_scope
 from skinweb.clinic.forms import TruthForm
 from skinweb.clinic.models import Case, Label
 from skinweb.redirects import redirect_to_next
@@ -21,10 +22,7 @@ PAGE_SIZE = 50
 
 
 def relabel_scope(user):
-    """A clinic's administrator relabels that clinic's cases; the platform administrator all of them."""
-    if user.is_platform_admin:
-        return Case.objects.all()
-    return Case.objects.visible_to(user)
+    return admin_scope(user, Case.objects.all())
 
 
 @admin_required

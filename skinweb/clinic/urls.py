@@ -1,6 +1,6 @@
 from django.urls import path
 
-from skinweb.clinic import relabel, views
+from skinweb.clinic import relabel, removed, views
 
 app_name = "clinic"
 
@@ -22,6 +22,7 @@ urlpatterns = [
     path("cases/<int:pk>/flag/", views.case_flag, name="case_flag"),
     path("cases/<int:pk>/taken/", views.case_taken, name="case_taken"),
     path("cases/<int:pk>/move/", views.case_move, name="case_move"),
+    path("cases/<int:pk>/remove/", views.case_remove, name="case_remove"),
     path("cases/<int:pk>/image/", views.case_image, name="case_image"),
     path("cases/<int:pk>/heatmap/", views.case_heatmap, name="case_heatmap"),
     path("cases/<int:pk>/report.pdf", views.case_report, name="case_report"),
@@ -30,4 +31,8 @@ urlpatterns = [
     path("manage/relabel/", relabel.relabel_queue, name="relabel_queue"),
     path("manage/relabel/label/", relabel.relabel, name="relabel"),
     path("manage/relabel/<int:pk>/training/", relabel.training_switch, name="training_switch"),
+    # Images removed by mistake: the administrator sees and restores them.
+    path("manage/removed/", removed.removed_list, name="removed_list"),
+    path("manage/removed/<int:pk>/image/", removed.removed_image, name="removed_image"),
+    path("manage/removed/<int:pk>/restore/", removed.restore, name="case_restore"),
 ]

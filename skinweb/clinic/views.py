@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Q
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,7 +18,15 @@ from PIL import Image
 from skinweb.audit.models import record
 from skinweb.clinic import insights, reports, tasks
 from skinweb.clinic.access import object_view
-from skinweb.clinic.forms import CaseFilterForm, FeedbackForm, LesionForm, PatientForm, TakenForm, UploadForm
+from skinweb.clinic.forms import (
+    CaseFilterForm,
+    FeedbackForm,
+    LesionForm,
+    PatientForm,
+    RemovalForm,
+    TakenForm,
+    UploadForm,
+)
 from skinweb.clinic.models import Case, Lesion, Patient
 from skinweb.clinic.uploads import THUMBNAIL_SIDE, normalise_image
 from skinweb.models_registry.models import ModelVersion
@@ -77,10 +85,11 @@ def case_list(request):
 @require_GET
 def patient_list(request):
     q = request.GET.get("q", "").strip()
+    in_use = Q(lesions__cases__removed_at__isnull=True)  # joins do not go through Case.objects
     patients = Patient.objects.visible_to(request.user).annotate(
         n_lesions=Count("lesions", distinct=True),
-        n_cases=Count("lesions__cases"),
-        last_case=Max("lesions__cases__created_at"),
+        n_cases=Count("lesions__cases", filter=in_use),
+        last_case=Max("lesions__cases__created_at", filter=in_use),
     ).order_by("identifier")
     if q:
         patients = patients.filter(identifier__icontains=q)
@@ -334,9 +343,30 @@ def case_taken(request, case):
     return redirect("clinic:case_detail", pk=case.pk)
 
 
+@object_view(Case, methods=("POST",))
+def case_remove(request, case):
+    """Remove an image uploaded by mistake, with a reason: hidden everywhere (with its predictions,
+    heat maps and feedback), kept, and restorable by the clinic's administrator; audited."""
+    form = RemovalForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Say why the image is removed (at most 500 characters); nothing was changed.")
+        return redirect("clinic:case_detail", pk=case.pk)
+    with transaction.atomic():
+        old, new = case.remove(request.user, form.cleaned_data["reason"])
+        record(request, "remove", case, old=old, new=new)
+    messages.success(request, f"Image {case.original_name or case.pk} removed. Your clinic's administrator can "
+                              "restore it from the list of removed images.")
+    return redirect("clinic:lesion_detail", pk=case.lesion_id)
+
+
 @object_view(Case)
 def case_image(request, case):
     """Serve a case's image to users of its clinic; there is no public media URL."""
+    return image_response(request, case)
+
+
+def image_response(request, case):
+    """The stored image of ``case`` (``?size=thumb``: its thumbnail), private to the browser."""
     if request.GET.get("size") == "thumb" and case.thumbnail:
         try:  # made once, at upload
             response = FileResponse(default_storage.open(case.thumbnail.name, "rb"), content_type="image/jpeg")
