@@ -4,7 +4,7 @@ the uploader's JSON answers."""
 import csv
 import io
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.urls import reverse
@@ -240,8 +240,25 @@ def test_the_lesion_timeline_refreshes_itself_while_images_are_pending(client, n
     assert "every 2s" in client.get(url).content.decode()
     classification.classify_case(case.pk)
     done = client.get(url).content.decode()
-    assert "every 2s" not in done and f"Open case {case.pk}" in done
+    assert "every 2s" not in done and "every 30s" in done and f"Open case {case.pk}" in done
     assert not AuditEvent.objects.filter(action="view", object_type="lesion").exists()  # polls are not page views
+
+
+def test_the_patient_page_shows_new_images_and_results_as_they_arrive(client, north, published_model):
+    clinic, alice = north
+    patient = make_patient(clinic)
+    lesion = make_lesion(patient, label="left shin")
+    page = client.get(reverse("clinic:patient_detail", args=[patient.pk])).content.decode()
+    assert 'id="patient-lesions"' in page and "every 30s" in page and "No images yet" in page
+    url = reverse("clinic:patient_detail", args=[patient.pk]) + "?part=lesions"
+    case = make_case(lesion, alice, taken_at=timezone.make_aware(datetime(2025, 4, 2, 10, 0)))  # from elsewhere
+    part = client.get(url).content.decode()
+    assert "<html" not in part and "every 2s" in part and f"/cases/{case.pk}/" in part and "2025-04-02" in part
+    classification.classify_case(case.pk)
+    case.refresh_from_db()
+    done = client.get(url).content.decode()
+    assert "every 30s" in done and f"{case.prediction.probability:.2f}" in done
+    assert AuditEvent.objects.filter(action="view", object_type="patient").count() == 1  # the page, not its polls
 
 
 def test_uploader_json_answers_per_file(client, north, published_model):

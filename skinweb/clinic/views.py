@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max, Prefetch, Q
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -115,9 +115,17 @@ def patient_create(request):
 
 @object_view(Patient)
 def patient_detail(request, patient):
-    lesions = patient.lesions.prefetch_related("cases__prediction__model_version", "cases__feedback")
+    """The patient's lesions, each with its images in visit order and their results. The list
+    refreshes itself (``?part=lesions``): every 2 s while a result is pending, else every 30 s, so
+    images uploaded elsewhere (another tab, a colleague) appear without a reload."""
+    cases = Case.objects.select_related("prediction__model_version", "feedback").order_by("taken_at", "pk")
+    lesions = list(patient.lesions.prefetch_related(Prefetch("cases", queryset=cases)))
+    context = {"patient": patient, "lesions": lesions,
+               "pending": any(c.is_pending for lesion in lesions for c in lesion.cases.all())}
+    if request.GET.get("part") == "lesions":
+        return render(request, "clinic/partials/patient_lesions.html", context)
     record(request, "view", patient)
-    return render(request, "clinic/patient_detail.html", {"patient": patient, "lesions": lesions})
+    return render(request, "clinic/patient_detail.html", context)
 
 
 def _save_correction(request, form, obj, message) -> None:
