@@ -291,6 +291,8 @@ TRAINING_DEVICE = env("TRAINING_DEVICE", "auto")
 TRAINING_STALE_AFTER = env_int("TRAINING_STALE_AFTER", 7200)
 # Training images the int8 artefact is calibrated on when a model version is published.
 FAST_PATH_CALIBRATION_IMAGES = env_int("FAST_PATH_CALIBRATION_IMAGES", 1024)
+# Where no training data is at hand: the images shipped for that (classifier/checkset/README.md).
+FAST_PATH_CHECKSET = Path(env("FAST_PATH_CHECKSET", str(BASE_DIR / "classifier" / "checkset")))
 
 LOGGING = {
     "version": 1,

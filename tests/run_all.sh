@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTEST=.venv/bin/pytest
+FULL=0  # no arguments: the whole run (lint, both databases, static analysis, audit)
+[ "$#" -eq 0 ] && FULL=1
 
-if [ "$#" -eq 0 ]; then
+if [ "$FULL" = 1 ]; then
   echo "== lint (ruff.toml: pycodestyle, pyflakes, import order, bugbear, pyupgrade; 'ruff check --fix .' repairs most)"
   .venv/bin/ruff check .
 fi
@@ -28,9 +30,11 @@ trap stop_pg EXIT
 as_pg "$PG_BIN/initdb" -D "$PGDATA" -U skinweb --auth=trust >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w \
   -o "-p $PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off" start >/dev/null
+# Long tests that use no database ran in the SQLite pass already.
+if [ "$FULL" = 1 ]; then set -- -m "not nodb"; fi
 DATABASE_URL="postgres://skinweb@127.0.0.1:$PORT/skinweb" "$PYTEST" "$@"
 
-if [ "$#" -eq 0 ]; then
+if [ "$FULL" = 1 ]; then
   echo "== static analysis (bandit: medium and high severity fail; accepted low findings: README, Security)"
   .venv/bin/bandit -q -r skinweb classifier --severity-level medium
   echo "== known vulnerabilities in the pinned requirements (pip-audit against PyPI's advisory data)"

@@ -42,8 +42,11 @@ def release(version_id: int) -> None:
 
 
 def calibration_dataset(version: ModelVersion) -> Path | None:
-    """The folder the version was trained on when it is here, else the first configured dataset."""
-    candidates = [version.metadata.get("training", {}).get("dataset"), *settings.TRAINING_DATASETS]
+    """The folder the version was trained on when it is here (its whole validation split guards the
+    int8 copy), else the first configured dataset, else the check set shipped with the code
+    (classifier/checkset: 128 calibration and 256 check images, so a fresh clone builds it too)."""
+    candidates = [version.metadata.get("training", {}).get("dataset"), *settings.TRAINING_DATASETS,
+                  settings.FAST_PATH_CHECKSET]
     for c in filter(None, candidates):
         if (Path(c) / "labels.csv").is_file() or (Path(c) / "benign").is_dir():
             return Path(c)
@@ -57,7 +60,8 @@ def build(version: ModelVersion) -> dict | None:
     if report is None:
         data = calibration_dataset(version)
         if data is None:
-            error = "no training images here to calibrate int8 on (set TRAINING_DATASETS); workers use PyTorch fp32"
+            error = ("no images here to calibrate int8 on (set TRAINING_DATASETS or FAST_PATH_CHECKSET); "
+                     "workers use PyTorch fp32")
         else:
             # In a child process: export and quantisation need a gigabyte or more for a moment, and a
             # worker process keeps its peak; the worker itself stays at its inference footprint.
