@@ -8,7 +8,8 @@ through classifier.runtime.
 import json
 from pathlib import Path
 
-REPORT_FORMAT = "skinweb-fastpath/1"
+# /2: the ONNX graphs also give the pooled features (the lesion check); a /1 build is rebuilt.
+REPORT_FORMAT = "skinweb-fastpath/2"
 
 
 def artefact_paths(model_path) -> dict[str, Path]:

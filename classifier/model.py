@@ -25,6 +25,23 @@ class VGGClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x))).squeeze(1)
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled features): the features are the head's input, 512 per image
+        (classifier.lesioncheck measures how far an image is from the training images in them)."""
+        pooled = self.pool(self.features(x)).flatten(1)
+        return self.head(pooled).squeeze(1), pooled
+
+
+class WithFeatures(nn.Module):
+    """A classifier whose forward returns (logits, pooled features): the ONNX export's graph."""
+
+    def __init__(self, model: VGGClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_features(x)
+
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for and cannot be had (not cached, not fetchable, or no such weights)."""

@@ -16,6 +16,8 @@ FORMAT = "skinweb-classifier/1"
 # The starter model shipped with skinweb; `make run` publishes it.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "starter.safetensors"
 METADATA_KEY = "skinweb"
+# Tensors of a model file that are data about the model, not weights (save_model_file(extra=...)).
+EXTRA_PREFIX = "extra."
 TTA_MODES = ("none", "dihedral8")
 
 
@@ -40,6 +42,9 @@ class ModelMetadata:
     # The threshold's validation sensitivity/specificity and the borderline band around it
     # (classifier.validation.operating_point); {} for files made before it existed.
     operating_point: dict = dataclasses.field(default_factory=dict)
+    # The "does this look like a dermoscopic lesion" check (classifier.lesioncheck): its cut-off and how
+    # it was set; its statistics are tensors of the file. {} for files made without it.
+    lesion_check: dict = dataclasses.field(default_factory=dict)
     created: str = ""
     training: dict = dataclasses.field(default_factory=dict)
     metrics: dict = dataclasses.field(default_factory=dict)
@@ -81,10 +86,13 @@ def weights_digest(state_dict: dict) -> str:
     return h.hexdigest()
 
 
-def save_model_file(path, model, metadata: ModelMetadata, half: bool = True) -> ModelMetadata:
+def save_model_file(path, model, metadata: ModelMetadata, half: bool = True,
+                    extra: dict | None = None) -> ModelMetadata:
     """Write a torch module's weights (fp16 by default, halving the file) and metadata to ``path``.
 
     Fills in ``created`` and, when empty, a ``version`` derived from the date and the weights.
+    ``extra``: further tensors stored as they are under ``EXTRA_PREFIX`` (e.g. the lesion check's
+    statistics, ``lesion_check.mean``); they are not weights and do not enter the version's digest.
     """
     from safetensors.torch import save_file
 
@@ -96,7 +104,8 @@ def save_model_file(path, model, metadata: ModelMetadata, half: bool = True) -> 
     metadata = dataclasses.replace(metadata, created=metadata.created or now.isoformat(timespec="seconds"))
     if not metadata.version:
         metadata.version = f"{metadata.arch}-{now:%Y%m%d}-{weights_digest(state)[:8]}"
-    save_file(state, str(path), metadata={METADATA_KEY: metadata.to_json()})
+    extra = {EXTRA_PREFIX + k: v.detach().cpu().contiguous() for k, v in (extra or {}).items()}
+    save_file({**state, **extra}, str(path), metadata={METADATA_KEY: metadata.to_json()})
     return metadata
 
 
@@ -118,11 +127,22 @@ def read_metadata(path) -> ModelMetadata:
 
 
 def load_model_file(path) -> tuple[dict, ModelMetadata]:
-    """Return (state_dict, metadata). Tensors are read by safetensors; nothing is unpickled."""
+    """Return (state_dict, metadata): the network's weights, without the ``extra`` tensors (see
+    read_extra). Tensors are read by safetensors; nothing is unpickled."""
     metadata = read_metadata(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(EXTRA_PREFIX)}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{Path(path).name}: cannot read weights ({exc})") from exc
     return state, metadata
+
+
+def read_extra(path, name: str) -> dict:
+    """The ``extra`` tensors saved under ``EXTRA_PREFIX + name + "."`` (names without that prefix)."""
+    prefix = f"{EXTRA_PREFIX}{name}."
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{Path(path).name}: cannot read {name} ({exc})") from exc

@@ -7,7 +7,7 @@ import time
 import torch
 from PIL import Image
 
-from classifier import artefacts
+from classifier import artefacts, lesioncheck
 from classifier import runtime as runtimes
 from classifier.model import load_classifier
 from classifier.modelfile import ModelMetadata, read_metadata
@@ -23,6 +23,14 @@ class Prediction:
     threshold: float
     model_version: str
     ms: float  # wall time per image, preprocessing included
+    # classifier.lesioncheck: the image's distance from the training images and the model's cut-off
+    # (None for a model file without the check, or an ONNX artefact built before it).
+    lesion_distance: float | None = None
+    lesion_cutoff: float | None = None
+
+    @property
+    def looks_like_lesion(self) -> bool | None:
+        return None if self.lesion_distance is None else self.lesion_distance <= self.lesion_cutoff
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -49,6 +57,7 @@ class Predictor:
         self.runtime = runtime
         self.runner = runner if runner is not None else runtimes.TorchRunner(model, device)
         self.transform = ClassificationPresetEval(metadata.input_size, metadata.mean, metadata.std)
+        self.lesion_check = None  # set by from_file when the model file has one
 
     @classmethod
     def from_file(cls, path, device: str = "auto", runtime: str = "auto") -> "Predictor":
@@ -76,13 +85,17 @@ class Predictor:
             except runtimes.FastPathError as exc:
                 log.warning("%s; using PyTorch fp32", exc)
             else:
-                return cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime)
+                return cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime).with_check(path)
             runtime = "torch"
         model, metadata = load_classifier(path)
         if dev.type == "cuda" and runtime == "torch":
             runtime = "torch-cuda-fp32"
         runner = runtimes.TorchRunner(model, dev, runtimes.CUDA_DTYPES.get(runtime))
-        return cls(model, metadata, dev, runner=runner, runtime=runtime)
+        return cls(model, metadata, dev, runner=runner, runtime=runtime).with_check(path)
+
+    def with_check(self, path) -> "Predictor":
+        self.lesion_check = lesioncheck.load(path, self.metadata)
+        return self
 
     @property
     def version(self) -> str:
@@ -114,13 +127,27 @@ class Predictor:
     def run(self, batch: torch.Tensor) -> list[float]:
         """Probabilities of malignancy for an already preprocessed batch: the model file's test-time
         averaging (the 8 rotations/mirror images, logits averaged) and calibration applied."""
-        return self.calibrate(self.logits(batch)).tolist()
+        return self.assess(batch)[0]
+
+    def assess(self, batch: torch.Tensor) -> tuple[list[float], list[float] | None]:
+        """(probabilities as ``run``, each image's lesion-check distance or None without a check)."""
+        logits, features = self._forward(batch)
+        distances = None
+        if self.lesion_check is not None and features is not None:
+            distances = self.lesion_check.distances(features).tolist()
+        return self.calibrate(logits).tolist(), distances
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """The (view-averaged, uncalibrated) logit of each image of a preprocessed batch."""
+        return self._forward(batch)[0]
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(view-averaged logits, pooled features of the first view, the image as given)."""
+        first, features = self.runner.both(batch)
         if self.metadata.views == 1:
-            return self.runner(batch)
-        return self.view_logits(batch, self.metadata.views).mean(1)
+            return first, features
+        rest = [self.runner(dihedral(batch, k)) for k in range(1, self.metadata.views)]
+        return torch.stack([first, *rest], dim=1).mean(1), features
 
     def view_logits(self, batch: torch.Tensor, views: int = DIHEDRAL_VIEWS) -> torch.Tensor:
         """(n, views) logits of the first ``views`` rotations/mirror images of each image. One runner
@@ -137,8 +164,9 @@ class Predictor:
         if not images:
             return []
         start = time.perf_counter()
-        probs = self.probabilities(images)
+        probs, distances = self.assess(self.preprocess(images))
         ms = (time.perf_counter() - start) * 1000 / len(images)
+        cutoff = self.lesion_check.cutoff if distances is not None else None
         return [
             Prediction(
                 probability=p,
@@ -146,6 +174,8 @@ class Predictor:
                 threshold=self.threshold,
                 model_version=self.version,
                 ms=round(ms, 1),
+                lesion_distance=None if distances is None else round(distances[i], 3),
+                lesion_cutoff=cutoff,
             )
-            for p in probs
+            for i, p in enumerate(probs)
         ]

@@ -21,7 +21,8 @@ def default_threads() -> int:
 
 
 class OnnxRunner:
-    """Runs an ONNX graph on the CPU: a float32 NCHW batch in, one logit per image out."""
+    """Runs an ONNX graph on the CPU: a float32 NCHW batch in, one logit per image out (and, from
+    graphs exported with them, the pooled features: ``both``)."""
 
     def __init__(self, path, threads: int | None = None):
         try:
@@ -43,8 +44,12 @@ class OnnxRunner:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input_name: batch.contiguous().numpy()})
-        return torch.from_numpy(logits).reshape(-1)
+        return self.both(batch)[0]
+
+    def both(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, pooled features or None for a graph without them)."""
+        logits, *features = self.session.run(None, {self.input_name: batch.contiguous().numpy()})
+        return torch.from_numpy(logits).reshape(-1), torch.from_numpy(features[0]) if features else None
 
 
 CUDA_DTYPES = {"torch-cuda-fp16": torch.float16, "torch-cuda-bf16": torch.bfloat16, "torch-cuda-fp32": None}
@@ -61,15 +66,16 @@ class TorchRunner:
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.both(batch)[0]
+
+    @torch.inference_mode()
+    def both(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled features): the features come with the logits at no extra cost."""
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            if self.dtype is None:
-                logits = self.model(batch)
-            else:
-                with torch.autocast("cuda", dtype=self.dtype):
-                    logits = self.model(batch)
+            with torch.autocast("cuda", dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                logits, features = self.model.forward_with_features(batch)
         else:
-            logits = self.model(batch)
-        return logits.float().reshape(-1).cpu()
+            logits, features = self.model.forward_with_features(batch)
+        return logits.float().reshape(-1).cpu(), features.float().cpu()

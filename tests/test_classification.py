@@ -102,13 +102,13 @@ def test_deleted_case_is_ignored(published_model):
 def spy_on_forward_passes(monkeypatch):
     """Count the predictor's forward passes (the real method still runs)."""
     calls = []
-    real = classifier_predictor.Predictor.run
+    real = classifier_predictor.Predictor.assess
 
-    def run(self, batch):
+    def assess(self, batch):
         calls.append(len(batch))
         return real(self, batch)
 
-    monkeypatch.setattr(classifier_predictor.Predictor, "run", run)
+    monkeypatch.setattr(classifier_predictor.Predictor, "assess", assess)
     return calls
 
 
@@ -214,12 +214,22 @@ def test_switches_to_the_fast_runtime_once_built_without_a_restart(case, publish
     assert second.prediction.runtime == report["chosen"].replace("torch-fp32", "torch")
 
 
-def test_a_failed_build_is_recorded_and_workers_stay_on_pytorch(published_model, settings):
+def test_without_training_data_the_build_uses_the_shipped_check_set(published_model, settings, tmp_path):
     settings.TRAINING_DATASETS = []
+    published_model.metadata = {**published_model.metadata, "training": {"dataset": str(tmp_path / "gone")}}
+    assert registry_fastpath.calibration_dataset(published_model) == settings.BASE_DIR / "classifier" / "checkset"
+    settings.TRAINING_DATASETS = [FIXTURES]
+    assert registry_fastpath.calibration_dataset(published_model) == FIXTURES  # configured data comes first
+
+
+def test_a_failed_build_is_recorded_and_workers_stay_on_pytorch(published_model, settings, tmp_path):
+    settings.TRAINING_DATASETS = []
+    settings.FAST_PATH_CHECKSET = tmp_path / "no-checkset"
     published_model.metadata = {**published_model.metadata, "training": {}}
     assert registry_fastpath.build(published_model) is None
     published_model = ModelVersion.objects.get(pk=published_model.pk)
-    assert "no training images here" in published_model.fast_path["error"] and published_model.runtime == "torch"
+    assert "no images here to calibrate int8 on" in published_model.fast_path["error"]
+    assert published_model.runtime == "torch"
 
 
 def test_sweep_resends_cases_whose_message_may_be_lost(case, settings, monkeypatch):

@@ -13,6 +13,7 @@ import torch
 from classifier import Predictor, fastpath
 from classifier.artefacts import artefact_paths, read_report
 from classifier.data import load_samples, split_samples
+from classifier.presets import dihedral
 from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner
 from tests.conftest import FIXTURES, ROOT
 
@@ -38,6 +39,16 @@ def test_agreement_counts_flips_and_auc_change_by_hand():
     assert a["passed"] is False
     same = fastpath.agreement(ref, ref + 1e-4, labels, 0.5)
     assert same["decision_flips"] == 0 and same["passed"] is True
+
+
+def test_a_small_calibration_set_is_shown_in_more_orientations_where_the_model_averages_them():
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert fastpath.calibration_inputs(images, views=1) is images  # a model that only ever sees it upright
+    many = fastpath.calibration_inputs(images, views=8)
+    assert many.shape == (16, 3, 4, 4) and torch.equal(many[:2], images)
+    assert all(torch.equal(many[2 * k:2 * k + 2], dihedral(images, k)) for k in range(8))
+    big = torch.zeros(fastpath.MIN_CALIBRATION_INPUTS, 3, 4, 4)
+    assert fastpath.calibration_inputs(big, views=8) is big  # enough already: upright only
 
 
 def test_guard_bounds_are_the_issue_s():
@@ -156,3 +167,21 @@ def test_a_report_that_chose_pytorch_loads_pytorch(built, tmp_path):
     shutil.copyfile(path, copy)
     artefact_paths(copy)["report"].write_text(json.dumps({**report, "chosen": "torch-fp32"}))
     assert Predictor.from_file(copy, device="cpu").runtime == "torch"
+
+
+@pytest.mark.nodb
+def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from_the_shipped_images(tmp_path):
+    """No ../shared: the check set shipped in classifier/checkset (CC-0 ISIC 2017 images) calibrates
+    the starter's int8 copy and guards it (make run on a fresh clone, through the registry)."""
+    from classifier.modelfile import DEFAULT_MODEL_PATH
+
+    path = tmp_path / "starter.safetensors"
+    shutil.copyfile(DEFAULT_MODEL_PATH, path)
+    checkset = ROOT / "classifier" / "checkset"
+    inputs = fastpath.inputs_from_dataset(path, checkset, n_calibration=1024)
+    assert (len(inputs.calibration), len(inputs.validation)) == (128, 256)
+    report = fastpath.build_artefacts(path, inputs)
+    int8 = report["runtimes"]["onnx-int8"]
+    assert int8["passed"] and report["chosen"] == "onnx-int8", int8
+    assert int8["decision_flip_rate"] <= fastpath.MAX_FLIP_RATE and abs(int8["auc_delta"]) <= fastpath.MAX_AUC_DELTA
+    assert "the split its labels.csv fixes: 128 calibration, 256 check images" in report["images_from"]

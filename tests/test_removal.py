@@ -107,3 +107,13 @@ def test_a_removed_image_is_hidden_everywhere_and_restored_by_the_clinic_adminis
     again = pages(client, restored)
     assert all(f"/cases/{mistake.pk}/" in again[k] for k in ("lesion", "timeline", "patient", "history"))
     assert list(clinic_cases()) == [restored]
+
+
+def test_a_result_that_arrives_after_the_removal_is_kept_with_the_image(alice, published_model):
+    case = make_case(make_lesion(make_patient(alice.clinic, "DERM-3")), alice)
+    case.mark_running("worker@host:1")  # claimed by a worker, then removed while it runs
+    case.remove(alice, "duplicate")
+    classification.classify_batch([case], published_model)
+    stored = Case.all_objects.get(pk=case.pk)
+    assert stored.removed_at and stored.status == Case.Status.DONE and stored.prediction.case_id == case.pk
+    assert not Case.objects.filter(pk=case.pk).exists()

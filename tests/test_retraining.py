@@ -243,8 +243,11 @@ def test_the_model_page_shows_validation_figures_and_why_the_fast_path_is_missin
     assert "Headline: melanoma vs nevus" in page and f"{v['headline']['auc']:.3f}" in page
     assert "By data source" in page and "isic2017" in page and "ham224" in page
     assert "Calibration error" in page and "Not asked for yet" in page
+    lc = starter.metadata["lesion_check"]
+    assert f"above <strong>{lc['cutoff']:.1f}</strong>" in page and f"of the {lc['validation_images']} validation" in page
     settings.TRAINING_DATASETS = []
+    settings.FAST_PATH_CHECKSET = tmp_path / "no-checkset"
     starter.metadata = {**starter.metadata, "training": {}}
     registry_fastpath.build(starter)  # nothing to calibrate int8 on: the reason is shown, not buried
     page = client.get(reverse("manage:model_detail", args=[starter.pk])).content.decode()
-    assert "Not built: no training images here to calibrate int8 on" in page
+    assert "Not built: no images here to calibrate int8 on" in page

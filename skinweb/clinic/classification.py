@@ -175,7 +175,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
     import torch  # workers only (the predictor above has loaded it already)
 
     try:
-        probabilities = predictor.run(torch.stack(images))
+        probabilities, distances = predictor.assess(torch.stack(images))
     except Exception as exc:
         log.exception("classification of cases %s failed", [c.pk for c in ready])
         for c in ready:
@@ -187,7 +187,8 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
 
     band_low, band_high = version.operating_point["band"]
     written = []
-    for c, p in zip(ready, probabilities):
+    check = predictor.lesion_check if distances is not None else None
+    for i, (c, p) in enumerate(zip(ready, probabilities)):
         try:
             prediction = Prediction.objects.create(
                 case=c,
@@ -201,6 +202,8 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
                 device=str(predictor.device),
                 runtime=predictor.runtime,
                 batch_size=len(ready),
+                lesion_distance=None if check is None else round(distances[i], 3),
+                lesion_cutoff=None if check is None else check.cutoff,
             )
         except IntegrityError:
             # Another delivery of the same task got there first.

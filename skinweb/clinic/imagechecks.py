@@ -5,7 +5,8 @@ The measures are taken on the stored copy at upload (numpy and Pillow, no model)
 are set on the ISIC development set so that real dermoscopy rarely warns:
 ``python -m benchmarks.image_checks --data DIR`` prints each measure's percentiles there and the
 share of images that would warn (README, "Image checks"). Whether the image shows a skin lesion at
-all needs the model's features and is not checked here.
+all needs the model's features: the worker measures it with the prediction (classifier.lesioncheck,
+``Prediction.unlike_lesion``) and ``Case.warnings`` adds this wording.
 """
 
 import dataclasses
@@ -19,6 +20,7 @@ BRIGHT_MEAN = 235  # above this: overexposed
 UNIFORM_STD = 5  # luminance standard deviation below this: almost uniform, no visible lesion
 BLUR_EDGE = 1.2  # mean absolute Laplacian at 256 px below this: blurred
 MEASURE_SIDE = 256  # the measures are taken on a copy this size (the development set's)
+UNLIKE_LESION = "does not look like a dermoscopic image of a skin lesion"
 
 
 @dataclasses.dataclass

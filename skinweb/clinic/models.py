@@ -5,6 +5,8 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
 
+from skinweb.clinic import imagechecks
+
 # ISIC Archive "anatom_site_general" vocabulary.
 ANATOMIC_SITES = [
     ("anterior torso", "Anterior torso"),
@@ -277,10 +279,11 @@ class Case(models.Model):
         return None
 
     # State changes are single UPDATEs on the row so a web request and a worker never overwrite
-    # each other's fields.
+    # each other's fields. They reach removed images too: a result that arrives after a removal is
+    # kept with the image, ready if it is restored.
     def mark_running(self, claimed_by=""):
         now = timezone.now()
-        Case.objects.filter(pk=self.pk).update(
+        Case.all_objects.filter(pk=self.pk).update(
             status=self.Status.RUNNING, started_at=now, failure_reason="", attempts=models.F("attempts") + 1,
             claimed_by=claimed_by,
         )
@@ -288,16 +291,16 @@ class Case(models.Model):
 
     def mark_done(self, prediction):
         now = timezone.now()
-        Case.objects.filter(pk=self.pk).update(status=self.Status.DONE, prediction=prediction, finished_at=now)
+        Case.all_objects.filter(pk=self.pk).update(status=self.Status.DONE, prediction=prediction, finished_at=now)
         self.status, self.prediction, self.finished_at = self.Status.DONE, prediction, now
 
     def mark_failed(self, reason: str):
         now = timezone.now()
-        Case.objects.filter(pk=self.pk).update(status=self.Status.FAILED, failure_reason=reason, finished_at=now)
+        Case.all_objects.filter(pk=self.pk).update(status=self.Status.FAILED, failure_reason=reason, finished_at=now)
         self.status, self.failure_reason, self.finished_at = self.Status.FAILED, reason, now
 
     def requeue(self):
-        Case.objects.filter(pk=self.pk).update(
+        Case.all_objects.filter(pk=self.pk).update(
             status=self.Status.QUEUED, failure_reason="", started_at=None, finished_at=None, enqueued_at=timezone.now()
         )
         self.status, self.failure_reason = self.Status.QUEUED, ""
@@ -347,6 +350,13 @@ class Case(models.Model):
     def set_training(self, user, value: bool) -> tuple[dict, dict]:
         return self.relabel(user, self.truth_label, self.truth_source, value)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What to check before trusting the score: the upload's image checks and, with the result,
+        the model's lesion check (shown with the result in the page, the lists, the PDF and the CSV)."""
+        unlike = self.prediction_id is not None and self.prediction.unlike_lesion
+        return [*self.image_warnings, *([imagechecks.UNLIKE_LESION] if unlike else [])]
+
     def removal_snapshot(self) -> dict:
         return {"removed": self.removed_at is not None, "reason": self.removal_reason}
 
@@ -384,6 +394,10 @@ class Prediction(models.Model):
     device = models.CharField(max_length=20)
     runtime = models.CharField(max_length=20, blank=True, help_text="torch, onnx-fp32 or onnx-int8")
     batch_size = models.PositiveIntegerField(default=1, help_text="Images classified in the same forward pass")
+    # classifier.lesioncheck: how far the image is from the training images in the model's features,
+    # and the version's cut-off above which it "does not look like a dermoscopic skin lesion".
+    lesion_distance = models.FloatField(null=True, blank=True)
+    lesion_cutoff = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # Grad-CAM of the evidence for the decision (transparent PNG the size of the image), computed by a
     # worker after the prediction is stored (skinweb.clinic.explanations).
@@ -396,6 +410,11 @@ class Prediction(models.Model):
 
     def __str__(self):
         return f"{self.decision} ({self.probability:.2f}) by {self.model_version_id}"
+
+    @property
+    def unlike_lesion(self) -> bool:
+        """The lesion check's warning (False when the version has no check)."""
+        return None not in (self.lesion_distance, self.lesion_cutoff) and self.lesion_distance > self.lesion_cutoff
 
     @property
     def explanation_pending(self) -> bool:

@@ -103,8 +103,8 @@ def case_pdf(case, generated_by) -> bytes:
             ("What the threshold means", p.model_version.threshold_in_words),
             ("Model version", p.model_version.version),
             ("Classified", f"{timezone.localtime(p.created_at):%Y-%m-%d %H:%M}"),
-            *([("Image check", "; ".join(case.image_warnings) + ": check the image before trusting its score")]
-              if case.image_warnings else []),
+            *([("Image check", "; ".join(case.warnings) + ": check the image before trusting its score")]
+              if case.warnings else []),
         ]))
     else:
         story.append(Paragraph(f"No AI result ({escape(case.get_status_display())}).", styles["Normal"]))
@@ -164,7 +164,7 @@ def case_rows(cases):
             c.lesion.get_site_display(), c.lesion.label, c.status,
             f"{p.probability:.4f}" if p else "", f"{p.threshold:.4f}" if p else "", p.decision if p else "",
             p.certainty if p else "", f"{p.band[0]:.4f}" if p else "", f"{p.band[1]:.4f}" if p else "",
-            p.model_version.version if p else "", "; ".join(c.image_warnings),
+            p.model_version.version if p else "", "; ".join(c.warnings),
             ("yes" if f.agrees_with_ai else "no") if f else "", f.clinical_diagnosis if f else "",
             f.management if f else "", f.histopathology_result if f else "", c.truth_label,
         )]
