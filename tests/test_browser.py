@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.db import connections
 from django.utils import timezone
+from PIL import Image
 from pypdf import PdfReader
 
 from classifier.modelfile import DEFAULT_MODEL_PATH
@@ -23,6 +24,8 @@ from tests.conftest import ROOT, WorkerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 FIXTURE_IMAGES = sorted((ROOT / "tests" / "fixtures" / "isic" / "images").glob("*.jpg"))
+# A shipped check image the starter model scores inside its borderline band (p about 0.18).
+BORDERLINE = ROOT / "classifier" / "checkset" / "images" / "ISIC_0010074.jpg"
 ARTIFACTS = Path(os.environ.get("SKINWEB_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 PASSWORD = "a long browser-test password"
 
@@ -193,21 +196,56 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     assert rows.count() == 1 and "BR-0001" in rows.first.inner_text()
     j.check("history-filtered")
 
-    # The two images were taken today: one visit. This one was in fact taken at an earlier visit.
+    # The two images were uploaded today: one visit. They were in fact taken at a visit a month ago.
     page.goto(case_url)
     page.get_by_role("link", name="left scapula").first.click()
+    lesion_url = page.url
     assert page.locator(".timeline-visit").count() == 1 and "2 images" in page.locator(".timeline-visit").inner_text()
-    page.goto(case_url)
     earlier = (timezone.localdate() - datetime.timedelta(days=30)).isoformat()
-    page.get_by_label("Taken on").fill(earlier)
-    page.get_by_role("button", name="Correct the date").click()
-    page.get_by_text("now belongs to the visit of").wait_for()
+    for case in Case.objects.order_by("pk"):
+        j.go(f"/cases/{case.pk}/")
+        page.get_by_label("Taken on").fill(earlier)
+        page.get_by_role("button", name="Correct the date").click()
+        page.get_by_text("now belongs to the visit of").wait_for()
 
-    # The lesion's timeline: both visits side by side.
-    page.get_by_role("link", name="left scapula").first.click()
-    assert page.locator(".timeline-visit").count() == 2
-    assert page.locator(".trend-chart").is_visible()
+    # Today's visit: a third image, borderline for the starter model (p about 0.18 against its
+    # threshold 0.179, inside its band). The timeline compares the two visits side by side.
+    page.goto(lesion_url)
+    page.set_input_files("input[type=file]", [str(BORDERLINE)])
+    page.get_by_role("button", name="Upload and classify").click()
+    page.locator("[data-testid=upload-result] .badge", has_text="borderline").wait_for(timeout=60_000)
+    timeline = page.locator("#lesion-timeline")
+    timeline.locator("h2", has_text="2 visits").wait_for()
+    page.locator(".trend-chart").wait_for(timeout=60_000)  # once the new visit's result is in: two points
+    visits = page.locator(".timeline-visit")
+    assert "2 images" in visits.first.inner_text() and visits.last.inner_text().count("Open case") == 1
     j.check("lesion-timeline")
+
+    # A borderline result looks borderline, not like the confident red or green banner.
+    page.locator("[data-upload-list] a").first.click()
+    result = page.get_by_test_id("result")
+    result.wait_for()
+    assert result.get_attribute("data-certainty") == "borderline" and "borderline" in result.inner_text().lower()
+    j.check("borderline-result")
+
+    # A blank picture, uploaded by mistake: scored, but with a warning; then removed with a reason.
+    page.goto(lesion_url)
+    blank = tmp_path / "blank.jpg"
+    Image.new("RGB", (640, 480), (222, 196, 170)).save(blank, quality=90)
+    page.set_input_files("input[type=file]", [str(blank)])
+    page.get_by_role("button", name="Upload and classify").click()
+    page.locator("[data-testid=upload-result] .badge", has_text="check image").wait_for(timeout=60_000)
+    page.locator("[data-upload-list] a").first.click()
+    warning = page.get_by_test_id("image-warnings")
+    warning.wait_for()
+    assert "almost uniform: no lesion visible" in warning.inner_text()
+    j.check("blank-warning")
+    page.get_by_text("Uploaded by mistake? Remove the image").click()
+    page.get_by_label("Reason").fill("blank picture, not the lesion")
+    page.get_by_role("button", name="Remove the image").click()
+    page.get_by_text("blank.jpg removed").wait_for()
+    assert page.url == lesion_url and "blank.jpg" not in page.locator("#lesion-timeline").inner_text()
+    assert page.locator(".timeline-visit").last.inner_text().count("Open case") == 1
 
     # On a tablet (portrait): the same page, one column, still accessible.
     page.set_viewport_size({"width": 768, "height": 1024})
@@ -216,9 +254,9 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     j.check("case-tablet")
     page.set_viewport_size({"width": 1280, "height": 900})
 
-    # The dashboard counts the reviewed case out of the waiting list.
+    # The dashboard counts the reviewed case out of the waiting list (and the removed one out of everything).
     page.get_by_role("link", name="Home").click()
-    assert page.get_by_test_id("n-waiting").inner_text() == "1"
+    assert page.get_by_test_id("n-waiting").inner_text() == "2"
     j.check("dashboard")
 
     # An administrator relabels the case for retraining.
@@ -232,4 +270,13 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     case.refresh_from_db()
     assert case.truth_label == "malignant" and case.truth_set_by == root
     j.check("relabel")
-    assert len(j.shots) == 10
+
+    # The removed picture waits in the administrators' list with its reason, and can be restored.
+    page.get_by_role("link", name="Removed").click()
+    row = page.get_by_test_id("removed-row")
+    assert row.count() == 1 and "blank picture, not the lesion" in row.inner_text() and "alice" in row.inner_text()
+    j.check("removed-images")
+    row.get_by_role("button", name="Restore").click()
+    page.get_by_text("blank.jpg restored").wait_for()
+    assert Case.objects.count() == 4
+    assert len(j.shots) == 13
