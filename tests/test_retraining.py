@@ -244,7 +244,8 @@ def test_the_model_page_shows_validation_figures_and_why_the_fast_path_is_missin
     assert "By data source" in page and "isic2017" in page and "ham224" in page
     assert "Calibration error" in page and "Not asked for yet" in page
     lc = starter.metadata["lesion_check"]
-    assert f"above <strong>{lc['cutoff']:.1f}</strong>" in page and f"of the {lc['validation_images']} validation" in page
+    assert f"above <strong>{lc['cutoff']:.1f}</strong>" in page
+    assert f"of the {lc['validation_images']} validation" in page
     settings.TRAINING_DATASETS = []
     settings.FAST_PATH_CHECKSET = tmp_path / "no-checkset"
     starter.metadata = {**starter.metadata, "training": {}}
