@@ -92,51 +92,60 @@ def get_args_parser(add_help=True):
     return p
 
 
-def main(args) -> int:
-    from classifier.data import DatasetError, load_samples, split_samples
+def fit_model_file(model_path, data_dir, train_images: int = 2000, percentile: float = PERCENTILE,
+                   seed: int = 0) -> dict:
+    """Fit the check of a model file on ``data_dir`` (its split remade from the file's recipe, or
+    fixed by the labels' split column), rewrite the file with it and return the metadata it got.
+    Raises ModelFileError, DatasetError or OSError."""
+    from classifier.data import load_samples, split_samples
     from classifier.model import load_classifier
-    from classifier.modelfile import ModelFileError, save_model_file
+    from classifier.modelfile import save_model_file
     from classifier.predictor import Predictor
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    try:
-        model, meta = load_classifier(args.model)
-        recipe = meta.training.get("recipe", {})
-        samples = load_samples(args.data)
-    except (ModelFileError, DatasetError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    train, val = split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
+    model, meta = load_classifier(model_path)
+    recipe = meta.training.get("recipe", {})
+    train, val = split_samples(load_samples(data_dir), recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
                                tuple(recipe.get("train_only_sources", ())))
-    rng = np.random.default_rng(args.seed)
-    train = [train[i] for i in sorted(rng.permutation(len(train))[:args.train_images])]
+    rng = np.random.default_rng(seed)
+    train = [train[i] for i in sorted(rng.permutation(len(train))[:train_images])]
     predictor = Predictor(model, meta, torch.device("cpu"))
     mean, precision = fit_statistics(features_of(predictor, train))
-    check = LesionCheck(mean, precision, 0.0)
-    dist = check.distances(features_of(predictor, val)).numpy()
-    cutoff = float(np.percentile(dist, args.percentile))
-    sources = sorted({s.source for s in val})
+    dist = LesionCheck(mean, precision, 0.0).distances(features_of(predictor, val)).numpy()
+    cutoff = float(np.percentile(dist, percentile))
     per_source = {}
-    for src in sources:
+    for src in sorted({s.source for s in val}):
         d = np.array([x for x, s in zip(dist, val) if s.source == src])
         warned = int((d > cutoff).sum())
         per_source[src] = {"n": int(len(d)), "warned": warned, "rate": round(warned / len(d), 4)}
     info = {
         "cutoff": round(cutoff, 3),
-        "percentile": args.percentile,
+        "percentile": percentile,
         "shrinkage": SHRINKAGE,
         "features": "pooled last-layer features of the image as given (first view)",
-        "fitted_on": f"{len(train)} training images of {Path(args.data).name}",
+        "fitted_on": f"{len(train)} training images of {Path(data_dir).name}",
         "validation_images": int(len(dist)),
         "validation_warning_rate": round(float((dist > cutoff).mean()), 4),
         "validation_distance_median": round(float(np.median(dist)), 3),
         "by_source": per_source,
     }
-    meta = dataclasses.replace(meta, lesion_check=info)
-    tmp = Path(args.model).with_suffix(".tmp.safetensors")
+    tmp = Path(model_path).with_suffix(".tmp.safetensors")
     # fp16 precision matrix: 0.5 MB instead of 1 (distances change by about 2e-5 of themselves).
-    save_model_file(tmp, model, meta, extra={f"{NAME}.mean": mean, f"{NAME}.precision": precision.half()})
-    tmp.replace(args.model)
+    save_model_file(tmp, model, dataclasses.replace(meta, lesion_check=info),
+                    extra={f"{NAME}.mean": mean, f"{NAME}.precision": precision.half()})
+    tmp.replace(model_path)
+    return info
+
+
+def main(args) -> int:
+    from classifier.data import DatasetError
+    from classifier.modelfile import ModelFileError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        info = fit_model_file(args.model, args.data, args.train_images, args.percentile, args.seed)
+    except (ModelFileError, DatasetError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(info, indent=2))
     return 0
 

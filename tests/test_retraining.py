@@ -144,6 +144,7 @@ def test_a_run_trains_evaluates_and_records_its_data(platform_admin, parent, car
     run = training.run_training(run.pk)
     assert run.status == "candidate", run.error
     assert run.path.is_file() and run.threshold > 0 and run.metadata["version"] == run.version
+    assert run.metadata["lesion_check"]["validation_images"] > 0  # fitted on the run's own data
     data = run.training_data
     assert data["base_datasets"][0]["n"] == 12
     assert (data["clinic_cases_for_training"], data["clinic_cases_held_out"]) == (6, 2)  # a quarter of the lesions

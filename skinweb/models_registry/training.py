@@ -175,7 +175,7 @@ def owned_elsewhere(version: ModelVersion) -> bool:
 
 def run_training(version_id: int) -> ModelVersion:
     """Train, import the candidate and evaluate it. Safe to call again after a crash (resumes)."""
-    from classifier import train  # in the training worker only: the web process never loads PyTorch
+    from classifier import lesioncheck, train  # in the training worker only: the web process never loads PyTorch
 
     version = ModelVersion.objects.get(pk=version_id)
     if version.status != ModelVersion.Status.TRAINING or owned_elsewhere(version):
@@ -209,6 +209,8 @@ def run_training(version_id: int) -> ModelVersion:
             raise RunCancelled()
         if status != 0 or not (folder / "out" / "model.safetensors").is_file():
             raise RuntimeError(f"training exited with status {status}; see the worker's log")
+        # The new version's "does not look like a dermoscopic lesion" check, fitted on its own data.
+        lesioncheck.fit_model_file(folder / "out" / "model.safetensors", folder / "data")
         finish(version, folder / "out" / "model.safetensors")
     except RunCancelled:
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED,
