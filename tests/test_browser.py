@@ -93,6 +93,8 @@ class Journey:
 
 
 def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
+    from playwright.sync_api import expect
+
     page = browser_page
     north = make_clinic("North Dermatology")
     alice = make_user("alice", north)
@@ -192,15 +194,19 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     page.get_by_role("link", name="Cases").click()
     page.get_by_label("Feedback").select_option("given")
     page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**feedback=given**")
     rows = page.locator("table tbody tr")
-    assert rows.count() == 1 and "BR-0001" in rows.first.inner_text()
+    expect(rows).to_have_count(1)
+    assert "BR-0001" in rows.first.inner_text()
     j.check("history-filtered")
 
     # The two images were uploaded today: one visit. They were in fact taken at a visit a month ago.
     page.goto(case_url)
     page.get_by_role("link", name="left scapula").first.click()
+    page.wait_for_url("**/lesions/*/")
     lesion_url = page.url
-    assert page.locator(".timeline-visit").count() == 1 and "2 images" in page.locator(".timeline-visit").inner_text()
+    expect(page.locator(".timeline-visit")).to_have_count(1)
+    assert "2 images" in page.locator(".timeline-visit").inner_text()
     earlier = (timezone.localdate() - datetime.timedelta(days=30)).isoformat()
     for case in Case.objects.order_by("pk"):
         j.go(f"/cases/{case.pk}/")
@@ -256,6 +262,7 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
 
     # The dashboard counts the reviewed case out of the waiting list (and the removed one out of everything).
     page.get_by_role("link", name="Home").click()
+    page.wait_for_url(j.base + "/")
     assert page.get_by_test_id("n-waiting").inner_text() == "2"
     j.check("dashboard")
 
@@ -266,15 +273,17 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     case = Case.objects.filter(feedback__isnull=False).get()
     row = page.locator("tr", has=page.locator(f"a[href='/cases/{case.pk}/']"))
     row.get_by_role("button", name="Malignant").click()
-    page.get_by_text("malignant").first.wait_for()
+    page.get_by_text("Ground truth malignant").wait_for()
     case.refresh_from_db()
     assert case.truth_label == "malignant" and case.truth_set_by == root
     j.check("relabel")
 
     # The removed picture waits in the administrators' list with its reason, and can be restored.
     page.get_by_role("link", name="Removed").click()
+    page.wait_for_url("**/manage/removed/")
     row = page.get_by_test_id("removed-row")
-    assert row.count() == 1 and "blank picture, not the lesion" in row.inner_text() and "alice" in row.inner_text()
+    expect(row).to_have_count(1)
+    assert "blank picture, not the lesion" in row.inner_text() and "alice" in row.inner_text()
     j.check("removed-images")
     row.get_by_role("button", name="Restore").click()
     page.get_by_text("blank.jpg restored").wait_for()
