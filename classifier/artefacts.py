@@ -8,8 +8,9 @@ through classifier.runtime.
 import json
 from pathlib import Path
 
-# /2: the ONNX graphs also give the pooled features (the lesion check); a /1 build is rebuilt.
-REPORT_FORMAT = "skinweb-fastpath/2"
+# /2: the ONNX graphs also give the pooled features (the lesion check); /3: the guard compares the
+# worker's decisions (averaged over the model's views), not a single view's. An older build is rebuilt.
+REPORT_FORMAT = "skinweb-fastpath/3"
 
 
 def artefact_paths(model_path) -> dict[str, Path]:

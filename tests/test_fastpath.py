@@ -1,5 +1,6 @@
 """Fast CPU artefacts (ONNX fp32, int8) and their accuracy guard; batching in the worker's function."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -49,6 +50,28 @@ def test_a_small_calibration_set_is_shown_in_more_orientations_where_the_model_a
     assert all(torch.equal(many[2 * k:2 * k + 2], dihedral(images, k)) for k in range(8))
     big = torch.zeros(fastpath.MIN_CALIBRATION_INPUTS, 3, 4, 4)
     assert fastpath.calibration_inputs(big, views=8) is big  # enough already: upright only
+
+
+def test_the_guard_compares_the_decisions_the_worker_makes(tmp_path, model_file):
+    """A model that averages the 8 orientations is judged on the averaged probability the worker
+    computes, not on the upright view's (which a quantised copy can flip where the average does not)."""
+    from classifier.model import load_classifier
+    from classifier.modelfile import save_model_file
+
+    model, meta = load_classifier(model_file)
+    path = tmp_path / "d8.safetensors"
+    save_model_file(path, model, dataclasses.replace(meta, tta="dihedral8", calibration={"scale": 2.0, "bias": -0.5}))
+    predictor = Predictor.from_file(path, device="cpu", runtime="torch")
+    assert predictor.metadata.views == 8
+    inputs = fastpath.inputs_from_dataset(path, FIXTURES, n_calibration=8)
+    images = inputs.validation
+    guard = fastpath.run_batched(predictor.runner, images, 4, predictor.calibrate, predictor.metadata.views)
+    worker = np.array(predictor.run(images))
+    upright = fastpath.run_batched(predictor.runner, images, 4, predictor.calibrate)
+    assert np.allclose(guard, worker, atol=1e-6)
+    assert not np.allclose(upright, worker, atol=1e-4)  # the views differ: a single one is another figure
+    report = fastpath.build_artefacts(path, inputs, batch_size=4, onnx=False)
+    assert report["views"] == 8 and report["runtimes"]["torch-fp32"]["n"] == len(inputs.validation)
 
 
 def test_guard_bounds_are_the_issue_s():
