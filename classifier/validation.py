@@ -48,17 +48,29 @@ def fit_platt(logits, y, iterations: int = 100) -> dict:
     """Platt scaling, p = sigmoid(scale * logit + bias), fitted by Newton's method on the log loss.
 
     A temperature alone (bias 0) cannot undo the shift that a class-weighted loss puts into the
-    logits, so the bias is fitted too. Both are monotone maps: AUC and rankings are unchanged."""
+    logits, so the bias is fitted too. Both are monotone maps: AUC and rankings are unchanged.
+    Each Newton step is halved until the loss goes down: a full step from (1, 0) overshoots when the
+    logits are large (an over-confident network) and the plain iteration then runs off to infinity."""
     z, y = np.asarray(logits, dtype=float), np.asarray(y, dtype=float)
+
+    def loss(a, b):
+        s = a * z + b
+        return float(np.sum(np.logaddexp(0.0, s) - y * s))
+
     a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
         p = sigmoid(a * z + b)
         g = np.array([np.sum((p - y) * z), np.sum(p - y)])
         w = p * (1 - p) + 1e-12
         h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        t = 1.0
+        while t > 1e-12 and loss(a - t * step[0], b - t * step[1]) > current:
+            t /= 2
+        a, b = a - t * step[0], b - t * step[1]
+        current = loss(a, b)
+        if np.abs(t * step).max() < 1e-10:
             break
     return {"method": "platt", "scale": float(a), "bias": float(b)}
 

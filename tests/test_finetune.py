@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from torchvision.models import vgg16
 
-from classifier import ModelMetadata, Predictor, save_model_file, validation
+from classifier import ModelMetadata, Predictor, metrics, save_model_file, validation
 from classifier.data import load_samples, split_samples
 from classifier.imagenet import CACHE_NAME
 from classifier.model import build_model
@@ -195,6 +195,21 @@ def test_platt_fit_matches_unregularised_logistic_regression():
     ref = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(z.reshape(-1, 1), y)
     assert fit["scale"] == pytest.approx(ref.coef_[0, 0], rel=1e-4)
     assert fit["bias"] == pytest.approx(ref.intercept_[0], rel=1e-4, abs=1e-5)
+
+
+def test_platt_fit_converges_on_the_large_logits_of_an_over_confident_network():
+    # A network trained to a low training loss gives logits of +-10 and more; from (1, 0) a plain
+    # Newton step overshoots and the iteration ran off to a scale of 1e10 (saturated probabilities,
+    # threshold 0, AUC lost to ties). The fit must still be the logistic regression's.
+    rng = np.random.default_rng(1)
+    y = (rng.random(1000) < 0.26).astype(int)
+    z = 8 * (rng.normal(0, 1, 1000) + 1.6 * y - 1.5) - 3
+    fit = validation.fit_platt(z, y)
+    ref = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(z.reshape(-1, 1), y)
+    assert fit["scale"] == pytest.approx(ref.coef_[0, 0], rel=1e-4)
+    assert fit["bias"] == pytest.approx(ref.intercept_[0], rel=1e-4, abs=1e-5)
+    p = validation.apply_calibration(z, fit)
+    assert metrics.roc_auc(y, p) == pytest.approx(metrics.roc_auc(y, z))
 
 
 def test_calibration_error_and_brier_hand_computed():
