@@ -39,7 +39,7 @@ from classifier.data import fingerprint, load_rgb
 from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import ModelMetadata, save_model_file
 from classifier.presets import DIHEDRAL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval, dihedral
-from classifier.train import EMA, WarmupCosine, load_split
+from classifier.train import EMA, WarmupCosine, load_split, parse_weights
 
 log = logging.getLogger("classifier.finetune")
 
@@ -182,17 +182,6 @@ def top_logits(top, cache: np.ndarray, batch_size=128) -> np.ndarray:
         with _autocast():
             out.append(top(as_features(cache[b:b + batch_size]).contiguous(memory_format=torch.channels_last)).float())
     return torch.cat(out).numpy()
-
-
-def parse_weights(items) -> dict[str, float]:
-    weights = {}
-    for item in items:
-        name, _, w = item.partition("=")
-        try:
-            weights[name] = float(w)
-        except ValueError:
-            raise SystemExit(f"--source-weight {item!r}: expected SOURCE=NUMBER") from None
-    return weights
 
 
 def main(args) -> int:

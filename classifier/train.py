@@ -65,6 +65,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--train-only-sources", default="isic2018test600",
                    help="comma-separated sources kept whole in training (no lesion ids to split them by)")
+    p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
+                   help="sample SOURCE's training images W times as often (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-sensitivity", type=float, default=0.90)
     p.add_argument("--patience", type=int, default=12, help="stop after this many epochs without a better AUC")
@@ -130,9 +132,25 @@ class EMA:
         self.steps = state["steps"]
 
 
-def make_loader(dataset, batch_size, shuffle, seed=0, workers=0, pin_memory=False):
+def parse_weights(items) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        name, _, w = item.partition("=")
+        try:
+            weights[name] = float(w)
+        except ValueError:
+            raise SystemExit(f"--source-weight {item!r}: expected SOURCE=NUMBER") from None
+    return weights
+
+
+def make_loader(dataset, batch_size, shuffle, seed=0, workers=0, pin_memory=False, weights=None):
+    """``weights`` (one per image): draw each epoch's images with replacement in these proportions."""
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
+    sampler = None
+    if weights is not None:
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), replacement=True, generator=g)
+        shuffle = False
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, sampler=sampler,
                                        num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
 
 
@@ -271,14 +289,17 @@ def main(args, on_epoch=None) -> int:
     val_set = CachedImages(val_samples, size, ClassificationPresetEval(size))
     log.info("decoded %d images in %.0f s", len(samples), time.perf_counter() - t0)
     pin = device.type == "cuda"
+    source_weights = parse_weights(args.source_weight)
+    sample_w = torch.tensor([source_weights.get(s.source, 1.0) for s in train_samples], dtype=torch.float64)
     train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, workers=args.workers,
-                               pin_memory=pin)
+                               pin_memory=pin, weights=sample_w if source_weights else None)
     val_loader = make_loader(val_set, args.batch_size * 2, shuffle=False, pin_memory=pin)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    n_pos = sum(s.label for s in train_samples)
-    pos_weight = torch.tensor((len(train_samples) - n_pos) / max(n_pos, 1), device=device)
+    # The malignant share as the sampler draws the images (equal to the plain share without weights).
+    share = float((sample_w * train_set.labels.double()).sum() / sample_w.sum())
+    pos_weight = torch.tensor((1 - share) / max(share, 1e-9), device=device)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]

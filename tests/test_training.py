@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 from classifier import metrics
 from classifier.data import DatasetError, load_samples, split_by_group
 from classifier.modelfile import read_metadata
-from classifier.train import epochs_within
+from classifier.train import epochs_within, make_loader
 from tests.conftest import FIXTURES, ROOT
 
 # Metrics ---------------------------------------------------------------------------------------
@@ -147,6 +147,18 @@ def test_time_budget_shortens_the_schedule(tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epochs"] == 1
 
 
+def test_source_weights_draw_a_source_that_much_more_often():
+    """--source-weight isic2017=3: half the images, drawn 3 times as often as the other half."""
+    images = torch.utils.data.TensorDataset(torch.arange(200), torch.zeros(200))
+    weights = torch.tensor([3.0] * 100 + [1.0] * 100, dtype=torch.float64)
+    loader = make_loader(images, 50, shuffle=True, seed=0, weights=weights)
+    epochs = [torch.cat([x for x, _ in loader]) for _ in range(20)]
+    assert all(len(e) == 200 for e in epochs)  # an epoch is still as many draws as images
+    drawn = torch.cat(epochs)
+    assert (drawn < 100).double().mean().item() == pytest.approx(0.75, abs=0.03)
+    assert len(set(drawn.tolist())) == 200  # every image still comes up
+
+
 def test_epochs_within():
     assert epochs_within(300, 3.0, 200) == 100
     assert epochs_within(300, 3.0, 50) == 50
@@ -188,11 +200,13 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path):
 
 def test_train_can_start_from_a_model_file(trained, tmp_path):
     r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
-            "--batch-size", "4", "--val-fraction", "0.34", "--init", str(trained / "model.safetensors"))
+            "--batch-size", "4", "--val-fraction", "0.34", "--init", str(trained / "model.safetensors"),
+            "--source-weight", "isic2017=3")
     assert r.returncode == 0, r.stderr
     parent = read_metadata(trained / "model.safetensors").version
     assert f"starting from the weights of {parent}" in r.stderr
-    assert read_metadata(tmp_path / "model.safetensors").training["recipe"]["init"] == parent
+    recipe = read_metadata(tmp_path / "model.safetensors").training["recipe"]
+    assert recipe["init"] == parent and recipe["source_weight"] == ["isic2017=3"]
 
 
 def test_init_with_a_wrong_architecture_is_a_clear_error(trained, tmp_path):
