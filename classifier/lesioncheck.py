@@ -73,7 +73,7 @@ def features_of(predictor, samples, batch_size: int = 16) -> torch.Tensor:
     out = []
     for i in range(0, len(samples), batch_size):
         batch = predictor.preprocess([s.path for s in samples[i:i + batch_size]])
-        out.append(predictor.runner.both(batch)[1])
+        out.append(predictor.runner.both(batch)[1].float().cpu())
         if (i // batch_size) % 20 == 0:
             log.info("features: %d/%d images", min(i + batch_size, len(samples)), len(samples))
     return torch.cat(out)
@@ -89,11 +89,12 @@ def get_args_parser(add_help=True):
     p.add_argument("--percentile", type=float, default=PERCENTILE,
                    help="the cut-off: this percentile of the validation images' distances")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     return p
 
 
 def fit_model_file(model_path, data_dir, train_images: int = 2000, percentile: float = PERCENTILE,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, device: str = "cpu") -> dict:
     """Fit the check of a model file on ``data_dir`` (its split remade from the file's recipe, or
     fixed by the labels' split column), rewrite the file with it and return the metadata it got.
     Raises ModelFileError, DatasetError or OSError."""
@@ -108,7 +109,7 @@ def fit_model_file(model_path, data_dir, train_images: int = 2000, percentile: f
                                tuple(recipe.get("train_only_sources", ())))
     rng = np.random.default_rng(seed)
     train = [train[i] for i in sorted(rng.permutation(len(train))[:train_images])]
-    predictor = Predictor(model, meta, torch.device("cpu"))
+    predictor = Predictor(model.to(device), meta, torch.device(device))
     mean, precision = fit_statistics(features_of(predictor, train))
     dist = LesionCheck(mean, precision, 0.0).distances(features_of(predictor, val)).numpy()
     cutoff = float(np.percentile(dist, percentile))
@@ -142,7 +143,7 @@ def main(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
-        info = fit_model_file(args.model, args.data, args.train_images, args.percentile, args.seed)
+        info = fit_model_file(args.model, args.data, args.train_images, args.percentile, args.seed, args.device)
     except (ModelFileError, DatasetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

