@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from classifier import metrics
-from classifier.data import DatasetError, load_samples, split_by_group
+from classifier.data import DatasetError, fingerprint, load_samples, split_by_group
 from classifier.modelfile import read_metadata
 from classifier.train import epochs_within, make_loader
 from tests.conftest import FIXTURES, ROOT
@@ -157,6 +157,19 @@ def test_source_weights_draw_a_source_that_much_more_often():
     drawn = torch.cat(epochs)
     assert (drawn < 100).double().mean().item() == pytest.approx(0.75, abs=0.03)
     assert len(set(drawn.tolist())) == 200  # every image still comes up
+
+
+def test_gpu_transport_copy_keeps_names_split_and_labels(tmp_path):
+    """docker/gpu-pack-dataset.py: WebP content under the same names, so a model trained on the copy
+    records the original dataset's split fingerprints."""
+    r = subprocess.run([sys.executable, "docker/gpu-pack-dataset.py", str(FIXTURES), str(tmp_path / "copy")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    original, copy = load_samples(FIXTURES), load_samples(tmp_path / "copy")
+    for a, b in zip(split_by_group(original, 0.34), split_by_group(copy, 0.34)):
+        assert fingerprint(a) == fingerprint(b)
+    with Image.open(copy[0].path) as img:
+        assert img.format == "WEBP" and img.size == Image.open(original[0].path).size
 
 
 def test_epochs_within():
