@@ -1,5 +1,6 @@
 """classifier.metrics against hand-computed cases and scikit-learn; datasets; train/evaluate commands."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -226,3 +227,40 @@ def test_init_with_a_wrong_architecture_is_a_clear_error(trained, tmp_path):
     r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
             "--arch", "vgg16", "--init", str(trained / "model.safetensors"))
     assert r.returncode == 2 and "cannot start from" in r.stderr
+
+
+def test_calibrate_refits_the_operating_point_and_keeps_weights_version_and_lesion_check(trained, tmp_path):
+    from classifier.model import load_classifier
+    from classifier.modelfile import load_model_file, read_extra, save_model_file
+
+    model, meta = load_classifier(trained / "model.safetensors")
+    path = tmp_path / "model.safetensors"
+    # A deliberately wrong operating point, and lesion-check statistics that must survive.
+    save_model_file(path, model, dataclasses.replace(meta, threshold=0.999, calibration={"method": "platt",
+                    "scale": 1.0, "bias": 0.0}), extra={"lesion_check.mean": torch.arange(4.0)})
+    before, _ = load_model_file(path)
+    r = run("classifier.calibrate", "--model", str(path), "--data", str(FIXTURES), "--bootstrap", "50")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    after, new = load_model_file(path)
+    assert new.version == meta.version and out["previous_threshold"] == 0.999
+    assert new.threshold == out["threshold"] == new.operating_point["threshold"] != 0.999
+    assert new.metrics["validation"]["sensitivity"] >= 0.9  # the file's training target
+    assert new.training["operating_point_fitted_on"]["images"] == meta.training["validation"]["n"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(read_extra(path, "lesion_check")["mean"], torch.arange(4.0))
+
+
+def test_calibrate_refuses_data_that_is_not_the_models_validation_split(trained, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(FIXTURES, other)
+    from classifier.data import split_samples
+
+    drop = split_samples(load_samples(FIXTURES), 0.34, 0)[1][0].path.name  # a validation image
+    lines = [line for line in (other / "labels.csv").read_text().splitlines() if drop not in line]
+    (other / "labels.csv").write_text("\n".join(lines) + "\n")
+    path = tmp_path / "model.safetensors"
+    shutil.copyfile(trained / "model.safetensors", path)
+    r = run("classifier.calibrate", "--model", str(path), "--data", str(other))
+    assert r.returncode == 2 and "does not give the validation split" in r.stderr
+    assert path.read_bytes() == (trained / "model.safetensors").read_bytes()

@@ -1,0 +1,97 @@
+"""Refit a model file's operating point on its validation split, from the images as they are on disk.
+
+    python -m classifier.calibrate --model FILE --data DIR [--target-sensitivity 0.90]
+
+Test-time averaging, Platt calibration, threshold, borderline band and the stored validation figures
+are chosen again exactly as at the end of training (classifier.validation.choose_and_report, on the
+network's logits for the 8 rotations/mirror images of every validation image). For a network trained
+on other copies of the images than the ones it will see (a GPU host's WebP transport copy,
+docker/gpu-pack-dataset.py), or after a change of the validation data's encoding. The weights, the
+version and the lesion check are unchanged; the file is rewritten in place. The split is remade
+from the file's recipe and must be the one it records (same labels fingerprint), else nothing changes.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("classifier.calibrate")
+
+
+def get_args_parser(add_help=True):
+    p = argparse.ArgumentParser(description="Refit a model file's test-time averaging, calibration, threshold "
+                                "and band on its validation split; the file is rewritten in place.", add_help=add_help)
+    p.add_argument("--model", required=True, help="model file (.safetensors), rewritten in place")
+    p.add_argument("--data", required=True, help="the dataset the model was trained on (its split is remade)")
+    p.add_argument("--target-sensitivity", type=float, default=None,
+                   help="default: the one the model was trained for (else 0.90)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC intervals")
+    return p
+
+
+def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, device="cpu", n_boot=1000) -> dict:
+    """Refit and rewrite ``model_path``; return the new operating point. Raises ModelFileError,
+    DatasetError or OSError."""
+    import torch
+
+    from classifier import lesioncheck, validation
+    from classifier.data import DatasetError, fingerprint, load_samples, split_samples
+    from classifier.model import load_classifier
+    from classifier.modelfile import read_extra, save_model_file
+    from classifier.presets import ClassificationPresetEval
+    from classifier.train import CachedImages, make_loader, view_logits
+
+    model, meta = load_classifier(model_path)
+    recipe = meta.training.get("recipe", {})
+    _, val = split_samples(load_samples(data_dir), recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
+                           tuple(recipe.get("train_only_sources", ())))
+    recorded = meta.training.get("validation", {}).get("labels_sha256")
+    if recorded and fingerprint(val)["labels_sha256"] != recorded:
+        raise DatasetError(f"{data_dir} does not give the validation split {meta.version} records")
+    target = target_sensitivity or meta.training.get("target_sensitivity") or 0.90
+    dev = torch.device(device)
+    size = meta.input_size
+    loader = make_loader(CachedImages(val, size, ClassificationPresetEval(size, mean=meta.mean, std=meta.std)),
+                         batch_size, shuffle=False)
+    logits = view_logits(model.to(dev), loader, dev)
+    y = [s.label for s in val]
+    report = validation.choose_and_report(y, logits, val, target, n_boot=n_boot)
+    fitted = {"data": str(data_dir), "images": len(val), "target_sensitivity": target,
+              "date": datetime.date.today().isoformat()}
+    new = dataclasses.replace(
+        meta, tta=report["tta"], calibration=report["calibration"], threshold=report["threshold"],
+        operating_point=report["operating_point"], metrics={**meta.metrics, "validation": report["validation"]},
+        training={**meta.training, "operating_point_fitted_on": fitted},
+    )
+    extra = {f"{lesioncheck.NAME}.{k}": v for k, v in read_extra(model_path, lesioncheck.NAME).items()}
+    tmp = Path(model_path).with_suffix(".tmp.safetensors")
+    save_model_file(tmp, model, new, extra=extra)
+    tmp.replace(model_path)
+    return {"version": new.version, "tta": new.tta, "calibration": new.calibration, "threshold": new.threshold,
+            "operating_point": new.operating_point, "previous_threshold": meta.threshold,
+            "fitted_on": fitted}
+
+
+def main(args) -> int:
+    from classifier.data import DatasetError
+    from classifier.modelfile import ModelFileError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        out = recalibrate(args.model, args.data, args.target_sensitivity, args.batch_size, args.device,
+                          args.bootstrap)
+    except (ModelFileError, DatasetError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
