@@ -159,7 +159,7 @@ def test_the_shipped_model_warns_on_pictures_that_are_not_dermoscopic_lesions(st
     assert found["lesion"] == []
     assert found["cat"] == found["coffee"] == [imagechecks.UNLIKE_LESION]  # sharp, well exposed: only this check
     # A uniform skin-coloured picture is close to the average lesion in the model's features (distance
-    # about 13 against a cut-off of 39): the upload's own check is the one that catches it.
+    # about 5 against a cut-off of 33): the upload's own check is the one that catches it.
     assert found["blank"] == ["almost uniform: no lesion visible"]
     assert "blurred" in found["blurred"]
 
