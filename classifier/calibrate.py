@@ -41,7 +41,7 @@ def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, de
     import torch
 
     from classifier import lesioncheck, validation
-    from classifier.data import DatasetError, fingerprint, load_samples, split_samples
+    from classifier.data import DatasetError, fingerprint, load_samples, split_as_recorded
     from classifier.model import load_classifier
     from classifier.modelfile import read_extra, save_model_file
     from classifier.presets import ClassificationPresetEval
@@ -49,8 +49,7 @@ def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, de
 
     model, meta = load_classifier(model_path)
     recipe = meta.training.get("recipe", {})
-    _, val = split_samples(load_samples(data_dir), recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
-                           tuple(recipe.get("train_only_sources", ())))
+    _, val = split_as_recorded(load_samples(data_dir), recipe)
     recorded = meta.training.get("validation", {}).get("labels_sha256")
     if recorded and fingerprint(val)["labels_sha256"] != recorded:
         raise DatasetError(f"{data_dir} does not give the validation split {meta.version} records")

@@ -90,6 +90,13 @@ def split_samples(samples, val_fraction=0.2, seed=0, train_only_sources=()):
     return fixed_train + train, fixed_val + val
 
 
+def split_as_recorded(samples, recipe: dict):
+    """The training and validation split a model's recorded recipe (its ``training.recipe``
+    metadata) made of ``samples``: the same fraction, seed and training-only sources."""
+    return split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
+                         tuple(recipe.get("train_only_sources", ())))
+
+
 def split_by_group(samples, val_fraction=0.2, seed=0):
     """Stratified split that keeps every image of one lesion on the same side.
 

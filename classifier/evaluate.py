@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from classifier import metrics, validation
-from classifier.data import DatasetError, load_samples, split_samples
+from classifier.data import DatasetError, load_samples, split_as_recorded
 from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError
 from classifier.predictor import Predictor
 
@@ -95,9 +95,7 @@ def main(args) -> int:
         log.error("no images in %s", args.data)
         return 2
     if args.split == "validation":
-        recipe = predictor.metadata.training.get("recipe", {})
-        _, samples = split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
-                                   tuple(recipe.get("train_only_sources", ())))
+        _, samples = split_as_recorded(samples, predictor.metadata.training.get("recipe", {}))
     t = time.perf_counter()
     y = np.array([s.label for s in samples])
     p, view_logits = predict_all(predictor, samples, args.batch_size, flips=not args.no_flips)

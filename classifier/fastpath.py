@@ -287,15 +287,14 @@ def inputs_from_dataset(model_path, data_dir, n_calibration: int = 1024, seed: i
     validation fingerprint differs from the recorded one (other data), the split of ``data_dir`` is
     used as it is and the report says so.
     """
-    from classifier.data import fingerprint, load_samples, split_samples
+    from classifier.data import fingerprint, load_samples, split_as_recorded
     from classifier.modelfile import read_metadata
     from classifier.presets import ClassificationPresetEval
 
     meta = read_metadata(model_path)
     recipe = meta.training.get("recipe", {})
     samples = load_samples(data_dir)
-    train, val = split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
-                               tuple(recipe.get("train_only_sources", ())))
+    train, val = split_as_recorded(samples, recipe)
     same = fingerprint(val).get("labels_sha256") == meta.training.get("validation", {}).get("labels_sha256")
     rng = np.random.default_rng(seed)
     calibration = [train[i] for i in rng.permutation(len(train))[:n_calibration]]

@@ -98,15 +98,14 @@ def fit_model_file(model_path, data_dir, train_images: int = 2000, percentile: f
     """Fit the check of a model file on ``data_dir`` (its split remade from the file's recipe, or
     fixed by the labels' split column), rewrite the file with it and return the metadata it got.
     Raises ModelFileError, DatasetError or OSError."""
-    from classifier.data import load_samples, split_samples
+    from classifier.data import load_samples, split_as_recorded
     from classifier.model import load_classifier
     from classifier.modelfile import save_model_file
     from classifier.predictor import Predictor
 
     model, meta = load_classifier(model_path)
     recipe = meta.training.get("recipe", {})
-    train, val = split_samples(load_samples(data_dir), recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
-                               tuple(recipe.get("train_only_sources", ())))
+    train, val = split_as_recorded(load_samples(data_dir), recipe)
     rng = np.random.default_rng(seed)
     train = [train[i] for i in sorted(rng.permutation(len(train))[:train_images])]
     predictor = Predictor(model.to(device), meta, torch.device(device))

@@ -126,6 +126,18 @@ def test_train_writes_model_metrics_and_checkpoint(trained):
     assert meta.training["recipe"]["pretrained"] == "none"
 
 
+def test_the_recorded_recipe_remakes_the_split_the_model_was_validated_on(trained):
+    from classifier.data import split_as_recorded
+
+    meta = read_metadata(trained / "model.safetensors")
+    train, val = split_as_recorded(load_samples(FIXTURES), meta.training["recipe"])
+    assert fingerprint(val)["labels_sha256"] == meta.training["validation"]["labels_sha256"]
+    assert fingerprint(train)["labels_sha256"] == meta.training["train"]["labels_sha256"]
+    # The default fraction (0.2) would not: the recipe's 0.34 is what makes it the same split.
+    assert fingerprint(split_as_recorded(load_samples(FIXTURES), {})[1])["labels_sha256"] \
+        != meta.training["validation"]["labels_sha256"]
+
+
 def test_train_resumes_from_the_checkpoint(trained, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(trained, out)
