@@ -146,3 +146,17 @@ def read_extra(path, name: str) -> dict:
             return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{Path(path).name}: cannot read {name} ({exc})") from exc
+
+
+def replace_metadata(path, **changes) -> ModelMetadata:
+    """Rewrite a model file's metadata with ``changes`` (as dataclasses.replace takes them); its
+    tensors are copied as they are, the version kept unless ``changes`` names one."""
+    from safetensors.torch import save_file
+
+    meta = dataclasses.replace(read_metadata(path), **changes)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tmp = Path(path).with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={METADATA_KEY: meta.to_json()})
+    tmp.replace(path)
+    return meta

@@ -36,14 +36,17 @@ class ClassificationPresetEval:
 
 class ClassificationPresetTrain:
     """Augmentation suited to dermoscopy: lesions have no canonical orientation, so any flip or
-    rotation is a valid view; colour varies between dermatoscopes and lighting."""
+    rotation is a valid view; colour varies between dermatoscopes and lighting. ``jpeg=(lo, hi)``
+    re-encodes a share ``jpeg_p`` of the views as JPEG at a quality drawn from lo..hi, before the
+    crop (the codec's 8x8 blocks then move and scale like the lesion)."""
 
-    def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, jpeg=None, jpeg_p=0.5):
         from torchvision.transforms import v2 as T
 
         self.transforms = T.Compose(
             [
                 T.ToImage(),
+                *([T.RandomApply([T.JPEG(list(jpeg))], p=jpeg_p)] if jpeg else []),
                 T.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
                 T.RandomHorizontalFlip(),
                 T.RandomVerticalFlip(),

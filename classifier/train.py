@@ -30,7 +30,14 @@ from tqdm import tqdm
 from classifier import metrics, validation
 from classifier.data import DatasetError, fingerprint, load_rgb, load_samples, split_samples
 from classifier.model import PretrainedWeightsUnavailable, build_model
-from classifier.modelfile import ModelFileError, ModelMetadata, load_model_file, save_model_file
+from classifier.modelfile import (
+    ModelFileError,
+    ModelMetadata,
+    load_model_file,
+    read_metadata,
+    replace_metadata,
+    save_model_file,
+)
 from classifier.predictor import resolve_device
 from classifier.presets import (
     DIHEDRAL_VIEWS,
@@ -67,7 +74,15 @@ def get_args_parser(add_help=True):
                    help="comma-separated sources kept whole in training (no lesion ids to split them by)")
     p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
                    help="sample SOURCE's training images W times as often (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the training/validation split (and of training, "
+                   "unless --train-seed is given)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of initialisation, sampling and augmentation alone: runs that differ only in it "
+                   "share one split (for weight averaging, classifier.soup)")
+    p.add_argument("--jpeg-quality", default="", metavar="LO,HI",
+                   help="re-encode training views as JPEG at a quality drawn from LO..HI (see --jpeg-p): the "
+                   "network cannot learn one codec's artefacts, e.g. of a WebP transport copy")
+    p.add_argument("--jpeg-p", type=float, default=0.5, help="share of training views re-encoded (--jpeg-quality)")
     p.add_argument("--target-sensitivity", type=float, default=0.90)
     p.add_argument("--patience", type=int, default=12, help="stop after this many epochs without a better AUC")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -141,6 +156,19 @@ def parse_weights(items) -> dict[str, float]:
         except ValueError:
             raise SystemExit(f"--source-weight {item!r}: expected SOURCE=NUMBER") from None
     return weights
+
+
+def parse_quality(text: str):
+    """``--jpeg-quality``: "LO,HI" or one number, each 1..100; None for an empty string."""
+    if not text:
+        return None
+    try:
+        values = [int(q) for q in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(1 <= q <= 100 for q in values) or values[0] > values[-1]:
+        raise SystemExit(f"--jpeg-quality {text!r}: expected LO,HI (or one quality) between 1 and 100")
+    return values[0], values[-1]
 
 
 def make_loader(dataset, batch_size, shuffle, seed=0, workers=0, pin_memory=False, weights=None):
@@ -255,7 +283,9 @@ def main(args, on_epoch=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    jpeg = parse_quality(args.jpeg_quality)
+    torch.manual_seed(train_seed)
     device = resolve_device(args.device)
 
     split = load_split(args)
@@ -284,14 +314,14 @@ def main(args, on_epoch=None) -> int:
     size = args.image_size
     cache_size = round(size * 1.15)
     t0 = time.perf_counter()
-    train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size))
+    train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size, jpeg=jpeg, jpeg_p=args.jpeg_p))
     # Validation images go through the same preset as the predictor (their resize is a no-op here).
     val_set = CachedImages(val_samples, size, ClassificationPresetEval(size))
     log.info("decoded %d images in %.0f s", len(samples), time.perf_counter() - t0)
     pin = device.type == "cuda"
     source_weights = parse_weights(args.source_weight)
     sample_w = torch.tensor([source_weights.get(s.source, 1.0) for s in train_samples], dtype=torch.float64)
-    train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, workers=args.workers,
+    train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=train_seed, workers=args.workers,
                                pin_memory=pin, weights=sample_w if source_weights else None)
     val_loader = make_loader(val_set, args.batch_size * 2, shuffle=False, pin_memory=pin)
     if device.type == "cuda":
@@ -372,6 +402,8 @@ def main(args, on_epoch=None) -> int:
                          seconds, fitted, args.epochs)
                 args.epochs = fitted
                 schedule.total_steps = args.epochs * steps_per_epoch
+                if best_epoch >= 0:  # exported before the schedule was fitted: record its length
+                    restamp_epochs(out, args.epochs)
         record = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
                   "val_auc": round(auc, 5), "val_headline_auc": round(headline, 5), "best_val_auc": round(best_auc, 5),
                   "lr": scheduler.get_last_lr()[0],
@@ -397,10 +429,18 @@ def main(args, on_epoch=None) -> int:
     return 0
 
 
+def restamp_epochs(out, epochs):
+    meta = read_metadata(out / "model.safetensors")
+    meta = replace_metadata(out / "model.safetensors",
+                            training={**meta.training, "recipe": {**meta.training["recipe"], "epochs": epochs}})
+    (out / "model.json").write_text(json.dumps(dataclasses.asdict(meta), indent=2))
+
+
 def export(model, args, y, logits_by_view, val_samples, out, recipe, train_fp, val_fp, epoch):
     """Write the model file for this epoch's weights, with what the validation split says about it
     (classifier.validation): test-time averaging if needed, calibration, threshold, figures."""
     report = validation.choose_and_report(y, logits_by_view, val_samples, args.target_sensitivity, n_boot=500)
+    recipe = {**recipe, "epochs": args.epochs}  # the schedule's length, once a time budget has fitted it
     meta = ModelMetadata(
         version=args.version,
         arch=args.arch,

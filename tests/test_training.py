@@ -158,6 +158,7 @@ def test_time_budget_shortens_the_schedule(tmp_path):
     assert "epochs instead of 50" in r.stderr
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epochs"] == 1
+    assert read_metadata(out / "model.safetensors").training["recipe"]["epochs"] == 1  # what ran, not 50
 
 
 def test_source_weights_draw_a_source_that_much_more_often():
@@ -233,6 +234,42 @@ def test_train_can_start_from_a_model_file(trained, tmp_path):
     assert f"starting from the weights of {parent}" in r.stderr
     recipe = read_metadata(tmp_path / "model.safetensors").training["recipe"]
     assert recipe["init"] == parent and recipe["source_weight"] == ["isic2017=3"]
+
+
+def fine_tune(trained, out, *extra):
+    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "1", "--image-size", "32",
+            "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--threads", "2",
+            "--init", str(trained / "model.safetensors"), *extra)
+    assert r.returncode == 0, r.stderr
+    return out / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def two_seeds(trained, tmp_path_factory):
+    """Two fine-tunes of one model that differ only in --train-seed (one with JPEG re-encoding)."""
+    out = tmp_path_factory.mktemp("seeds")
+    return (fine_tune(trained, out / "a", "--train-seed", "1", "--jpeg-quality", "40,90", "--jpeg-p", "1"),
+            fine_tune(trained, out / "b", "--train-seed", "2"))
+
+
+def test_train_seed_changes_the_training_but_not_the_split(two_seeds):
+    from classifier.modelfile import load_model_file
+
+    (wa, a), (wb, b) = (load_model_file(path) for path in two_seeds)
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.training["train"] == b.training["train"] and a.training["validation"] == b.training["validation"]
+    assert a.training["recipe"]["seed"] == b.training["recipe"]["seed"] == 0
+    assert (a.training["recipe"]["train_seed"], b.training["recipe"]["train_seed"]) == (1, 2)
+    assert a.training["recipe"]["jpeg_quality"] == "40,90" and b.training["recipe"]["jpeg_quality"] == ""
+
+
+def test_jpeg_quality_is_checked_before_any_image_is_read():
+    from classifier.train import parse_quality
+
+    assert parse_quality("40,90") == (40, 90) and parse_quality("75") == (75, 75) and parse_quality("") is None
+    for bad in ("90,40", "0,50", "50,101", "high", "1,2,3"):
+        with pytest.raises(SystemExit, match="--jpeg-quality"):
+            parse_quality(bad)
 
 
 def test_init_with_a_wrong_architecture_is_a_clear_error(trained, tmp_path):
