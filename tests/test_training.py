@@ -272,6 +272,47 @@ def test_jpeg_quality_is_checked_before_any_image_is_read():
             parse_quality(bad)
 
 
+def test_soup_averages_the_weights_and_fits_its_own_operating_point(two_seeds, tmp_path):
+    from classifier import lesioncheck
+    from classifier.modelfile import load_model_file, read_extra
+
+    out = tmp_path / "soup.safetensors"
+    r = run("classifier.soup", "--models", *map(str, two_seeds), "--data", str(FIXTURES), "--out", str(out),
+            "--bootstrap", "50")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    (wa, a), (wb, b) = (load_model_file(path) for path in two_seeds)
+    soup, meta = load_model_file(out)
+    for k in soup:  # the mean, stored in fp16 like every model file
+        assert torch.allclose(soup[k].float(), (wa[k].float() + wb[k].float()) / 2, atol=2e-3, rtol=2e-3), k
+    assert meta.version == report["version"] and meta.version not in (a.version, b.version)
+    assert [i["version"] for i in meta.training["soup"]["ingredients"]] == [a.version, b.version]
+    assert [i["train_seed"] for i in report["ingredients"]] == [1, 2]
+    assert meta.training["validation"] == a.training["validation"]
+    assert meta.metrics["validation"]["n"] == a.metrics["validation"]["n"]
+    assert meta.training["operating_point_fitted_on"]["images"] == a.metrics["validation"]["n"]
+    assert 0 < meta.threshold < 1 and report["threshold"] == meta.threshold
+    assert read_extra(out, lesioncheck.NAME) == {}  # an ingredient's lesion check does not fit the soup
+
+
+def test_soup_refuses_models_of_another_split_or_one_model_twice(two_seeds, tmp_path):
+    from classifier.model import load_classifier
+    from classifier.modelfile import save_model_file
+
+    model, meta = load_classifier(two_seeds[1])
+    other = tmp_path / "other.safetensors"
+    save_model_file(other, model, dataclasses.replace(
+        meta, version="", training={**meta.training, "validation": {**meta.training["validation"],
+                                                                    "labels_sha256": "0" * 64}}))
+    out = tmp_path / "soup.safetensors"
+    for models, message in (([two_seeds[0], other], "another split"),
+                            ([two_seeds[0], two_seeds[0]], "given twice"),
+                            ([two_seeds[0]], "at least two")):
+        r = run("classifier.soup", "--models", *map(str, models), "--data", str(FIXTURES), "--out", str(out))
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert not out.exists() and not list(tmp_path.glob("*.tmp.*"))
+
+
 def test_init_with_a_wrong_architecture_is_a_clear_error(trained, tmp_path):
     r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
             "--arch", "vgg16", "--init", str(trained / "model.safetensors"))
