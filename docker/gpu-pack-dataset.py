@@ -4,13 +4,17 @@ a size limit on what travels): every image re-encoded as WebP at the given quali
 file name, so the lesion-grouped split and the data fingerprints recorded in a model file match the
 original dataset's; labels.csv, lesion_ids.csv and README.md copied as they are.
 
-    python3 docker/gpu-pack-dataset.py ../shared/datasets/isic-derm-dev .gpudata/isic-derm-dev [--quality 75]
+    python3 docker/gpu-pack-dataset.py ../shared/datasets/isic-derm-dev .gpudata/isic-derm-dev \
+        [--quality 75] [--source-quality isic2017=85]
 
-(isic-derm-dev, 6,588 images of 256 px: 85 MB as JPEG, 21 MiB at quality 75.) Training on the copy
-sees mild compression artefacts; measure the resulting model on the original images.
+(isic-derm-dev, 6,588 images of 256 px: 71 MiB as JPEG; as WebP about 22 MiB at quality 75, 38 at 85,
+52 at 90; the ISIC 2017 part, the headline's, 7 MiB at 75 and 11 at 85.) Training on the copy sees
+its compression artefacts (classifier.train --jpeg-quality keeps the network from learning them);
+measure the resulting model on the original images.
 """
 
 import argparse
+import csv
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -33,17 +37,27 @@ def main(argv=None) -> int:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--quality", type=int, default=75)
+    p.add_argument("--source-quality", action="append", default=[], metavar="SOURCE=Q",
+                   help="another quality for the images of one source (labels.csv's source column; repeatable)")
     args = p.parse_args(argv)
     if not (args.src / "labels.csv").is_file():
         print(f"error: {args.src} has no labels.csv", file=sys.stderr)
         return 2
+    try:
+        by_source = {name: int(q) for name, _, q in (item.partition("=") for item in args.source_quality)}
+    except ValueError:
+        print(f"error: --source-quality {args.source_quality}: expected SOURCE=QUALITY", file=sys.stderr)
+        return 2
+    with open(args.src / "labels.csv", newline="") as f:
+        source_of = {args.src / row["image"]: (row.get("source") or "") for row in csv.DictReader(f)}
     args.dst.mkdir(parents=True, exist_ok=True)
     for name in ("labels.csv", "lesion_ids.csv", "README.md"):
         if (args.src / name).is_file():
             shutil.copy(args.src / name, args.dst / name)
     images = sorted(p for p in (args.src / "images").rglob("*") if p.is_file())
     with ProcessPoolExecutor() as pool:
-        total = sum(pool.map(partial(reencode, args.src, args.dst, args.quality), images, chunksize=64))
+        qualities = [by_source.get(source_of.get(path, ""), args.quality) for path in images]
+        total = sum(pool.map(partial(reencode, args.src, args.dst), qualities, images, chunksize=64))
     print(f"{len(images)} images, {total / 2**20:.1f} MiB in {args.dst}")
     return 0
 

@@ -184,6 +184,13 @@ def test_gpu_transport_copy_keeps_names_split_and_labels(tmp_path):
         assert fingerprint(a) == fingerprint(b)
     with Image.open(copy[0].path) as img:
         assert img.format == "WEBP" and img.size == Image.open(original[0].path).size
+    finer = tmp_path / "finer"  # the headline's part at a higher quality, the rest as before
+    r = subprocess.run([sys.executable, "docker/gpu-pack-dataset.py", str(FIXTURES), str(finer),
+                        "--source-quality", "isic2017=95"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for s in copy:
+        size, finer_size = s.path.stat().st_size, (finer / s.path.relative_to(tmp_path / "copy")).stat().st_size
+        assert (finer_size > size) if s.source == "isic2017" else (finer_size == size), s.path.name
 
 
 def test_epochs_within():
