@@ -14,12 +14,8 @@ from the file's recipe and must be the one it records (same labels fingerprint),
 import argparse
 import dataclasses
 import datetime
-import json
-import logging
 import sys
 from pathlib import Path
-
-log = logging.getLogger("classifier.calibrate")
 
 
 def get_args_parser(add_help=True):
@@ -78,18 +74,10 @@ def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, de
 
 
 def main(args) -> int:
-    from classifier.data import DatasetError
-    from classifier.modelfile import ModelFileError
+    from classifier.cli import run_and_print
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    try:
-        out = recalibrate(args.model, args.data, args.target_sensitivity, args.batch_size, args.device,
-                          args.bootstrap)
-    except (ModelFileError, DatasetError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(out, indent=2))
-    return 0
+    return run_and_print(lambda: recalibrate(args.model, args.data, args.target_sensitivity, args.batch_size,
+                                             args.device, args.bootstrap))
 
 
 if __name__ == "__main__":

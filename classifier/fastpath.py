@@ -335,20 +335,13 @@ def get_args_parser(add_help=True):
 
 
 def main(args) -> int:
-    import sys
+    from classifier.cli import run_and_print
 
-    from classifier.data import DatasetError
-    from classifier.modelfile import ModelFileError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    try:
+    def work():
         inputs = inputs_from_dataset(args.model, args.data, args.calibration_images)
-        report = build_artefacts(args.model, inputs, args.batch_size, args.threads or None, onnx=not args.no_onnx)
-    except (ModelFileError, DatasetError, FastPathError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2))
-    return 0
+        return build_artefacts(args.model, inputs, args.batch_size, args.threads or None, onnx=not args.no_onnx)
+
+    return run_and_print(work, errors=(FastPathError,))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ prints the share of validation images per source that warn and rewrites FILE.
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -137,17 +136,10 @@ def fit_model_file(model_path, data_dir, train_images: int = 2000, percentile: f
 
 
 def main(args) -> int:
-    from classifier.data import DatasetError
-    from classifier.modelfile import ModelFileError
+    from classifier.cli import run_and_print
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    try:
-        info = fit_model_file(args.model, args.data, args.train_images, args.percentile, args.seed, args.device)
-    except (ModelFileError, DatasetError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(info, indent=2))
-    return 0
+    return run_and_print(lambda: fit_model_file(args.model, args.data, args.train_images, args.percentile, args.seed,
+                                                args.device))
 
 
 if __name__ == "__main__":

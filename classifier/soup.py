@@ -19,12 +19,8 @@ as classifier.calibrate fits them; it gets its own version (from its weights) an
 
 import argparse
 import dataclasses
-import json
-import logging
 import sys
 from pathlib import Path
-
-log = logging.getLogger("classifier.soup")
 
 
 def get_args_parser(add_help=True):
@@ -109,17 +105,10 @@ def make_soup(model_paths, data_dir, out, batch_size=32, device="cpu", n_boot=10
 
 
 def main(args) -> int:
-    from classifier.data import DatasetError
-    from classifier.modelfile import ModelFileError
+    from classifier.cli import run_and_print
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    try:
-        report = make_soup(args.models, args.data, args.out, args.batch_size, args.device, args.bootstrap)
-    except (ModelFileError, DatasetError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2))
-    return 0
+    return run_and_print(lambda: make_soup(args.models, args.data, args.out, args.batch_size, args.device,
+                                           args.bootstrap))
 
 
 if __name__ == "__main__":
