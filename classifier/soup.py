@@ -4,10 +4,11 @@ and fit the average's operating point on their shared validation split.
     python -m classifier.soup --models A.safetensors B.safetensors [...] --data DIR --out SOUP.safetensors
 
 Runs that start from the same weights and differ only in their training seed (classifier.train
---train-seed) tend to end in one basin of the loss, where the average of their weights usually
-scores at least as well as the best of them while costing one network at inference (an ensemble
-costs one per member). Whether it does here is measured, not assumed: the JSON printed gives the
-soup's validation figures beside each ingredient's stored ones.
+--train-seed) tend to end in one basin of the loss, where the average of their weights often scores
+better than each of them while costing one network at inference (an ensemble costs one per
+member). Whether it does here is measured, not assumed: the JSON printed gives the soup's
+validation figures beside each ingredient's stored ones (two runs that differed only by a GPU's
+nondeterminism gained nothing: MODEL_CARD.md).
 
 The ingredients must agree on architecture, input size and normalisation and record the same
 training and validation splits (labels fingerprints); else nothing is written. Batch-norm running
