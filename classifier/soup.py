@@ -90,8 +90,9 @@ def make_soup(model_paths, data_dir, out, batch_size=32, device="cpu", n_boot=10
                     "train_seed": m.training.get("recipe", {}).get("train_seed"),
                     "validation": summary(m.metrics.get("validation", {}))} for m in metas]
     first = metas[0]
-    meta = dataclasses.replace(first, version="", created="", metrics={},
-                               training={**first.training, "soup": {"method": "uniform", "ingredients": ingredients}})
+    training = {k: v for k, v in first.training.items() if k not in ("epoch", "operating_point_fitted_on")}
+    meta = dataclasses.replace(first, version="", created="", metrics={}, lesion_check={},
+                               training={**training, "soup": {"method": "uniform", "ingredients": ingredients}})
     out = Path(out)
     tmp = out.with_suffix(".tmp.safetensors")
     try:

@@ -283,8 +283,11 @@ def test_soup_averages_the_weights_and_fits_its_own_operating_point(two_seeds, t
     from classifier import lesioncheck
     from classifier.modelfile import load_model_file, read_extra
 
+    first = tmp_path / "first.safetensors"  # an ingredient with a lesion check, as a shipped model has
+    shutil.copyfile(two_seeds[0], first)
+    assert lesioncheck.fit_model_file(first, FIXTURES, train_images=8)["cutoff"] > 0
     out = tmp_path / "soup.safetensors"
-    r = run("classifier.soup", "--models", *map(str, two_seeds), "--data", str(FIXTURES), "--out", str(out),
+    r = run("classifier.soup", "--models", str(first), str(two_seeds[1]), "--data", str(FIXTURES), "--out", str(out),
             "--bootstrap", "50")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
@@ -299,7 +302,9 @@ def test_soup_averages_the_weights_and_fits_its_own_operating_point(two_seeds, t
     assert meta.metrics["validation"]["n"] == a.metrics["validation"]["n"]
     assert meta.training["operating_point_fitted_on"]["images"] == a.metrics["validation"]["n"]
     assert 0 < meta.threshold < 1 and report["threshold"] == meta.threshold
-    assert read_extra(out, lesioncheck.NAME) == {}  # an ingredient's lesion check does not fit the soup
+    # An ingredient's lesion check does not fit the soup: neither its tensors nor its cut-off come along.
+    assert read_extra(out, lesioncheck.NAME) == {} and meta.lesion_check == {}
+    assert "epoch" not in meta.training
 
 
 def test_soup_refuses_models_of_another_split_or_one_model_twice(two_seeds, tmp_path):
