@@ -12,10 +12,8 @@ from the file's recipe and must be the one it records (same labels fingerprint),
 """
 
 import argparse
-import dataclasses
 import datetime
 import sys
-from pathlib import Path
 
 
 def get_args_parser(add_help=True):
@@ -36,10 +34,10 @@ def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, de
     DatasetError or OSError."""
     import torch
 
-    from classifier import lesioncheck, validation
+    from classifier import validation
     from classifier.data import DatasetError, fingerprint, load_samples, split_as_recorded
     from classifier.model import load_classifier
-    from classifier.modelfile import read_extra, save_model_file
+    from classifier.modelfile import replace_metadata
     from classifier.presets import ClassificationPresetEval
     from classifier.train import CachedImages, make_loader, view_logits
 
@@ -59,15 +57,11 @@ def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, de
     report = validation.choose_and_report(y, logits, val, target, n_boot=n_boot)
     fitted = {"data": str(data_dir), "images": len(val), "target_sensitivity": target,
               "date": datetime.date.today().isoformat()}
-    new = dataclasses.replace(
-        meta, tta=report["tta"], calibration=report["calibration"], threshold=report["threshold"],
+    new = replace_metadata(
+        model_path, tta=report["tta"], calibration=report["calibration"], threshold=report["threshold"],
         operating_point=report["operating_point"], metrics={**meta.metrics, "validation": report["validation"]},
         training={**meta.training, "operating_point_fitted_on": fitted},
-    )
-    extra = {f"{lesioncheck.NAME}.{k}": v for k, v in read_extra(model_path, lesioncheck.NAME).items()}
-    tmp = Path(model_path).with_suffix(".tmp.safetensors")
-    save_model_file(tmp, model, new, extra=extra)
-    tmp.replace(model_path)
+    )  # the tensors, weights and lesion check alike, are copied as they are
     return {"version": new.version, "tta": new.tta, "calibration": new.calibration, "threshold": new.threshold,
             "operating_point": new.operating_point, "previous_threshold": meta.threshold,
             "fitted_on": fitted}
