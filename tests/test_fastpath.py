@@ -195,7 +195,9 @@ def test_a_report_that_chose_pytorch_loads_pytorch(built, tmp_path):
 @pytest.mark.nodb
 def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from_the_shipped_images(tmp_path):
     """No ../shared: the check set shipped in classifier/checkset (CC-0 ISIC 2017 images) calibrates
-    the starter's int8 copy and guards it (make run on a fresh clone, through the registry)."""
+    the starter's int8 copy and guards it (make run on a fresh clone, through the registry). The
+    starter vgg16-20261127-417e4f35 misses the guard there (5 of 256 averaged decisions flip, all
+    within 0.016 of its threshold): the worker then runs ONNX fp32, which must agree exactly."""
     from classifier.modelfile import DEFAULT_MODEL_PATH
 
     path = tmp_path / "starter.safetensors"
@@ -204,7 +206,15 @@ def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from
     inputs = fastpath.inputs_from_dataset(path, checkset, n_calibration=1024)
     assert (len(inputs.calibration), len(inputs.validation)) == (128, 256)
     report = fastpath.build_artefacts(path, inputs)
-    int8 = report["runtimes"]["onnx-int8"]
-    assert int8["passed"] and report["chosen"] == "onnx-int8", int8
-    assert int8["decision_flip_rate"] <= fastpath.MAX_FLIP_RATE and abs(int8["auc_delta"]) <= fastpath.MAX_AUC_DELTA
+    runtimes = report["runtimes"]
+    int8 = runtimes["onnx-int8"]
+    # int8 tried with the first convolution in fp32, then (if that missed) the first two, each
+    # measured against the worker's 8-view decisions; the verdict follows the guard's limits.
+    assert [a["fp32_convolutions"] for a in int8["earlier_attempts"]] + [int8["fp32_convolutions"]] in ([1], [1, 2])
+    assert int8["n"] == 256 and int8["passed"] == (int8["decision_flip_rate"] <= fastpath.MAX_FLIP_RATE
+                                                    and abs(int8["auc_delta"]) <= fastpath.MAX_AUC_DELTA)
+    assert runtimes["onnx-fp32"]["passed"] and runtimes["onnx-fp32"]["decision_flips"] == 0
+    chosen = report["chosen"]
+    assert runtimes[chosen]["passed"]
+    assert chosen == max((n for n, r in runtimes.items() if r["passed"]), key=lambda n: runtimes[n]["img_s"])
     assert "the split its labels.csv fixes: 128 calibration, 256 check images" in report["images_from"]
