@@ -36,6 +36,21 @@ def env_int(name, default):
     return int(env(name, default))
 
 
+def env_jpeg_quality(name, default):
+    """"LO,HI" (or one quality), each 1..100, or empty for none: what classifier.train's --jpeg-quality
+    takes, checked here so a typo stops the start-up, not a training run hours later."""
+    text = env(name, default).strip()
+    try:
+        values = [int(q) for q in text.split(",")] if text else []
+    except ValueError:
+        values = [0]
+    if text and (len(values) not in (1, 2) or not all(1 <= q <= 100 for q in values) or values[0] > values[-1]):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{name}={text!r}: expected LO,HI (JPEG qualities 1..100, LO <= HI), or empty")
+    return text
+
+
 VAR_DIR = Path(env("SKINWEB_VAR_DIR", BASE_DIR / "var"))
 
 # Placeholder used when SECRET_KEY is unset; the deploy check refuses it (skinweb.checks).
@@ -287,6 +302,11 @@ TRAINING_DATASETS = [Path(p) for p in env("TRAINING_DATASETS", "").split(":") if
 RETRAIN_EPOCHS = env_int("RETRAIN_EPOCHS", 10)
 RETRAIN_LR = float(env("RETRAIN_LR", "0.0003"))
 RETRAIN_BATCH_SIZE = env_int("RETRAIN_BATCH_SIZE", 32)
+# Re-encode this share of the training views as JPEG at a quality drawn from LO,HI (empty: never), as
+# the starter was trained: uploads come from many cameras and codecs, and the network should not
+# learn one codec's artefacts (MODEL_CARD.md).
+RETRAIN_JPEG_QUALITY = env_jpeg_quality("RETRAIN_JPEG_QUALITY", "50,95")
+RETRAIN_JPEG_P = float(env("RETRAIN_JPEG_P", "0.5"))
 TRAINING_DEVICE = env("TRAINING_DEVICE", "auto")
 TRAINING_STALE_AFTER = env_int("TRAINING_STALE_AFTER", 7200)
 # Training images the int8 artefact is calibrated on when a model version is published.

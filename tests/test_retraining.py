@@ -155,6 +155,10 @@ def test_a_run_trains_evaluates_and_records_its_data(platform_admin, parent, car
     assert ev["candidate"]["validation"]["n"] == ev["parent"]["validation"]["n"] > 0
     assert ev["candidate"]["clinic_held_out"]["n"] == ev["parent"]["clinic_held_out"]["n"] == 2
     assert run.progress["epoch"] == 1 and run.progress["epochs"] == 1
+    # Trained as the starter was: half the views re-encoded as JPEG (the model file records it).
+    assert (run.recipe["jpeg_quality"], run.recipe["jpeg_p"]) == ("50,95", 0.5)
+    trained = run.metadata["training"]["recipe"]
+    assert (trained["jpeg_quality"], trained["jpeg_p"]) == ("50,95", 0.5)
 
 
 def test_only_one_run_at_a_time_and_only_from_a_published_version(platform_admin, parent, settings):
@@ -253,3 +257,22 @@ def test_the_model_page_shows_validation_figures_and_why_the_fast_path_is_missin
     registry_fastpath.build(starter)  # nothing to calibrate int8 on: the reason is shown, not buried
     page = client.get(reverse("manage:model_detail", args=[starter.pk])).content.decode()
     assert "Not built: no images here to calibrate int8 on" in page
+
+
+@pytest.mark.parametrize("value, expected", [("50,95", "50,95"), (" 90 ", "90"), ("", "")])
+def test_the_jpeg_setting_takes_what_training_takes(monkeypatch, value, expected):
+    from skinweb.settings import env_jpeg_quality
+
+    monkeypatch.setenv("RETRAIN_JPEG_QUALITY", value)
+    assert env_jpeg_quality("RETRAIN_JPEG_QUALITY", "50,95") == expected
+
+
+@pytest.mark.parametrize("value", ["95,50", "0,90", "50,101", "fifty", "50,70,90", "50,"])
+def test_a_malformed_jpeg_setting_stops_the_start_not_a_run(monkeypatch, value):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from skinweb.settings import env_jpeg_quality
+
+    monkeypatch.setenv("RETRAIN_JPEG_QUALITY", value)
+    with pytest.raises(ImproperlyConfigured, match="RETRAIN_JPEG_QUALITY"):
+        env_jpeg_quality("RETRAIN_JPEG_QUALITY", "50,95")

@@ -66,6 +66,8 @@ def start_run(user, parent: ModelVersion | None = None, epochs: int | None = Non
             "lr": settings.RETRAIN_LR,
             "init": parent.version,
             "batch_size": settings.RETRAIN_BATCH_SIZE,
+            "jpeg_quality": settings.RETRAIN_JPEG_QUALITY,
+            "jpeg_p": settings.RETRAIN_JPEG_P,
         },
         heartbeat_at=timezone.now(),
     )
@@ -196,6 +198,9 @@ def run_training(version_id: int) -> ModelVersion:
             "--lr", str(recipe["lr"]), "--warmup-epochs", "1", "--batch-size", str(recipe["batch_size"]),
             "--patience", str(max(3, recipe["epochs"])), "--version", version.version, "--resume",
             "--device", settings.TRAINING_DEVICE,
+            # A run created before the recipe had these keys resumes as it started: without.
+            *(["--jpeg-quality", recipe["jpeg_quality"], "--jpeg-p", str(recipe["jpeg_p"])]
+              if recipe.get("jpeg_quality") else []),
         ])
 
         def on_epoch(record):
