@@ -139,6 +139,22 @@ def fingerprint(samples) -> dict:
     }
 
 
+def jpeg_quality_range(text: str) -> tuple[int, int] | None:
+    """The JPEG re-encoding range of a training recipe: "LO,HI" or one quality, each 1..100, LO <= HI;
+    None for an empty string. ValueError otherwise. (classifier.train's --jpeg-quality and the web
+    app's RETRAIN_JPEG_QUALITY setting both take it; the web process imports no PyTorch.)"""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        values = [int(q) for q in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(1 <= q <= 100 for q in values) or values[0] > values[-1]:
+        raise ValueError(f"{text!r}: expected LO,HI (or one quality) between 1 and 100, LO <= HI")
+    return values[0], values[-1]
+
+
 def load_rgb(path) -> Image.Image:
     with Image.open(path) as img:
         return img.convert("RGB")

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from classifier import metrics, validation
-from classifier.data import DatasetError, fingerprint, load_rgb, load_samples, split_samples
+from classifier.data import DatasetError, fingerprint, jpeg_quality_range, load_rgb, load_samples, split_samples
 from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import (
     ModelFileError,
@@ -160,15 +160,10 @@ def parse_weights(items) -> dict[str, float]:
 
 def parse_quality(text: str):
     """``--jpeg-quality``: "LO,HI" or one number, each 1..100; None for an empty string."""
-    if not text:
-        return None
     try:
-        values = [int(q) for q in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or not all(1 <= q <= 100 for q in values) or values[0] > values[-1]:
-        raise SystemExit(f"--jpeg-quality {text!r}: expected LO,HI (or one quality) between 1 and 100")
-    return values[0], values[-1]
+        return jpeg_quality_range(text)
+    except ValueError as exc:
+        raise SystemExit(f"--jpeg-quality {exc}") from None
 
 
 def make_loader(dataset, batch_size, shuffle, seed=0, workers=0, pin_memory=False, weights=None):

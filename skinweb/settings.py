@@ -37,18 +37,31 @@ def env_int(name, default):
 
 
 def env_jpeg_quality(name, default):
-    """"LO,HI" (or one quality), each 1..100, or empty for none: what classifier.train's --jpeg-quality
-    takes, checked here so a typo stops the start-up, not a training run hours later."""
+    """A JPEG quality range for training ("LO,HI", one quality, or empty for none), checked here so a
+    typo stops the start-up, not a training run hours later."""
+    from classifier.data import jpeg_quality_range
+
     text = env(name, default).strip()
     try:
-        values = [int(q) for q in text.split(",")] if text else []
-    except ValueError:
-        values = [0]
-    if text and (len(values) not in (1, 2) or not all(1 <= q <= 100 for q in values) or values[0] > values[-1]):
+        jpeg_quality_range(text)
+    except ValueError as exc:
         from django.core.exceptions import ImproperlyConfigured
 
-        raise ImproperlyConfigured(f"{name}={text!r}: expected LO,HI (JPEG qualities 1..100, LO <= HI), or empty")
+        raise ImproperlyConfigured(f"{name}={exc}") from None
     return text
+
+
+def env_share(name, default):
+    """A fraction in [0, 1]."""
+    try:
+        value = float(env(name, default))
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{name}={env(name, default)!r}: expected a share between 0 and 1")
+    return value
 
 
 VAR_DIR = Path(env("SKINWEB_VAR_DIR", BASE_DIR / "var"))
@@ -306,7 +319,7 @@ RETRAIN_BATCH_SIZE = env_int("RETRAIN_BATCH_SIZE", 32)
 # the starter was trained: uploads come from many cameras and codecs, and the network should not
 # learn one codec's artefacts (MODEL_CARD.md).
 RETRAIN_JPEG_QUALITY = env_jpeg_quality("RETRAIN_JPEG_QUALITY", "50,95")
-RETRAIN_JPEG_P = float(env("RETRAIN_JPEG_P", "0.5"))
+RETRAIN_JPEG_P = env_share("RETRAIN_JPEG_P", "0.5")
 TRAINING_DEVICE = env("TRAINING_DEVICE", "auto")
 TRAINING_STALE_AFTER = env_int("TRAINING_STALE_AFTER", 7200)
 # Training images the int8 artefact is calibrated on when a model version is published.

@@ -276,3 +276,16 @@ def test_a_malformed_jpeg_setting_stops_the_start_not_a_run(monkeypatch, value):
     monkeypatch.setenv("RETRAIN_JPEG_QUALITY", value)
     with pytest.raises(ImproperlyConfigured, match="RETRAIN_JPEG_QUALITY"):
         env_jpeg_quality("RETRAIN_JPEG_QUALITY", "50,95")
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half", "nan"])
+def test_a_share_outside_0_to_1_stops_the_start(monkeypatch, value):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from skinweb.settings import env_share
+
+    monkeypatch.setenv("RETRAIN_JPEG_P", value)
+    with pytest.raises(ImproperlyConfigured, match="RETRAIN_JPEG_P"):
+        env_share("RETRAIN_JPEG_P", "0.5")
+    monkeypatch.setenv("RETRAIN_JPEG_P", "0.25")
+    assert env_share("RETRAIN_JPEG_P", "0.5") == 0.25
