@@ -83,6 +83,10 @@ def get_args_parser(add_help=True):
                    help="re-encode training views as JPEG at a quality drawn from LO..HI (see --jpeg-p): the "
                    "network cannot learn one codec's artefacts, e.g. of a WebP transport copy")
     p.add_argument("--jpeg-p", type=float, default=0.5, help="share of training views re-encoded (--jpeg-quality)")
+    p.add_argument("--aux-diagnosis", type=float, default=0.0, metavar="WEIGHT",
+                   help="add the finer diagnosis (labels.csv's diagnosis column) as a second training target: a "
+                   "linear head on the same pooled features, cross-entropy weighted by WEIGHT; used in training only, "
+                   "the model file keeps the one malignant logit (0: off)")
     p.add_argument("--target-sensitivity", type=float, default=0.90)
     p.add_argument("--patience", type=int, default=12, help="stop after this many epochs without a better AUC")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -100,15 +104,17 @@ class CachedImages(torch.utils.data.Dataset):
     """Images decoded once and kept in memory as uint8 tensors of ``size`` x ``size``.
 
     Squashed to a square, as the evaluation preset does. Decoding JPEGs every epoch would cost
-    as much CPU time as a small model's forward pass.
+    as much CPU time as a small model's forward pass. With ``diagnoses`` (one class index per
+    image, IGNORE where unknown) an item is (image, label, diagnosis).
     """
 
-    def __init__(self, samples, size: int, transform=None):
+    def __init__(self, samples, size: int, transform=None, diagnoses=None):
         from torchvision.transforms import v2 as T  # training only; inference never imports torchvision
 
         resize = T.Compose([T.ToImage(), T.Resize((size, size), antialias=True)])
         self.images = torch.stack([resize(load_rgb(s.path)) for s in samples])
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+        self.diagnoses = None if diagnoses is None else torch.tensor(diagnoses, dtype=torch.long)
         self.transform = transform
 
     def __len__(self):
@@ -116,7 +122,37 @@ class CachedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         img = self.images[i]
-        return (self.transform(img) if self.transform else img), self.labels[i]
+        img = self.transform(img) if self.transform else img
+        if self.diagnoses is None:
+            return img, self.labels[i]
+        return img, self.labels[i], self.diagnoses[i]
+
+
+IGNORE = -100  # cross_entropy's ignore_index: an image without a diagnosis adds nothing to the auxiliary loss
+
+
+def diagnosis_targets(samples):
+    """(class names, one index per sample) for --aux-diagnosis: the diagnoses that occur, sorted;
+    IGNORE for a sample without one."""
+    names = sorted({s.diagnosis for s in samples if s.diagnosis})
+    index = {name: i for i, name in enumerate(names)}
+    return names, [index.get(s.diagnosis, IGNORE) for s in samples]
+
+
+class AuxiliaryLoss:
+    """``weight`` x cross-entropy of a linear diagnosis head on the classifier's pooled features.
+
+    The head exists in training only: it shapes the shared features (melanoma against nevus is one
+    of its distinctions, which the benign/malignant logit mixes with carcinoma against keratosis)
+    and is left out of the model file."""
+
+    def __init__(self, n_classes, weight, dropout, device):
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(512, n_classes)).to(device)
+        self.weight = weight
+
+    def __call__(self, pooled, diagnoses):
+        return self.weight * nn.functional.cross_entropy(self.head(pooled.float()), diagnoses, ignore_index=IGNORE)
+
 
 class EMA:
     """Exponential moving average of the weights (BatchNorm statistics included).
@@ -177,15 +213,24 @@ def make_loader(dataset, batch_size, shuffle, seed=0, workers=0, pin_memory=Fals
                                        num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=None, progress=None):
+def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=None, progress=None, aux=None):
+    """One pass over the loader; ``aux`` (an AuxiliaryLoss) adds the diagnosis loss, its loader
+    then yielding (images, labels, diagnoses)."""
     model.train()
+    if aux is not None:
+        aux.head.train()
     total, n = 0.0, 0
-    for images, labels in loader:
+    for images, labels, *diagnoses in loader:
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(images)
+            if aux is None:
+                logits = model(images)
+            else:
+                logits, pooled = model.forward_with_features(images)
         loss = criterion(logits.float(), labels)
+        if aux is not None:
+            loss = loss + aux(pooled, diagnoses[0].to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -306,10 +351,21 @@ def main(args, on_epoch=None) -> int:
         log.info("starting from the weights of %s", init_meta.version)
     model = model.to(device).to(memory_format=torch.channels_last)
 
+    aux, diagnoses = None, None
+    if args.aux_diagnosis:
+        names, diagnoses = diagnosis_targets(train_samples)
+        if len(names) < 2:
+            log.error("--aux-diagnosis needs a diagnosis column naming at least two diagnoses in the training images")
+            return 2
+        aux = AuxiliaryLoss(len(names), args.aux_diagnosis, args.dropout, device)
+        log.info("auxiliary diagnosis target (weight %g): %s; %d training images without one", args.aux_diagnosis,
+                 ", ".join(names), diagnoses.count(IGNORE))
+
     size = args.image_size
     cache_size = round(size * 1.15)
     t0 = time.perf_counter()
-    train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size, jpeg=jpeg, jpeg_p=args.jpeg_p))
+    train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size, jpeg=jpeg, jpeg_p=args.jpeg_p),
+                             diagnoses=diagnoses)
     # Validation images go through the same preset as the predictor (their resize is a no-op here).
     val_set = CachedImages(val_samples, size, ClassificationPresetEval(size))
     log.info("decoded %d images in %.0f s", len(samples), time.perf_counter() - t0)
@@ -329,6 +385,8 @@ def main(args, on_epoch=None) -> int:
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if aux is not None:
+        groups.append({"params": list(aux.head.parameters()), "weight_decay": args.weight_decay})
     if args.opt == "sgd":
         optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     else:
@@ -342,11 +400,17 @@ def main(args, on_epoch=None) -> int:
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if (aux is None) != ("aux_head" not in ckpt):  # the optimiser's parameter groups differ
+            log.error("%s was trained %s --aux-diagnosis: resume with the same setting", ckpt_path,
+                      "without" if aux is not None else "with")
+            return 2
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if ema is not None and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
+        if aux is not None:
+            aux.head.load_state_dict(ckpt["aux_head"])
         torch.set_rng_state(ckpt["rng"])
         start_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
         if args.time_budget and ckpt.get("epochs"):  # the budget fixed the schedule's length: keep it
@@ -374,7 +438,7 @@ def main(args, on_epoch=None) -> int:
         t = time.perf_counter()
         with tqdm(total=len(train_set), desc=f"epoch {epoch + 1}/{args.epochs}", unit="img", file=sys.stderr,
                   leave=False, disable=None) as bar:
-            train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device, ema, bar)
+            train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device, ema, bar, aux)
         eval_model = ema.module if ema is not None else model
         val_loss, y, p = evaluate(eval_model, val_loader, criterion, device)
         auc = metrics.roc_auc(y, p)
@@ -414,6 +478,8 @@ def main(args, on_epoch=None) -> int:
                  "epochs": args.epochs}
         if ema is not None:
             state["ema"] = ema.state_dict()
+        if aux is not None:
+            state["aux_head"] = aux.head.state_dict()
         torch.save(state, out / "checkpoint.tmp")
         (out / "checkpoint.tmp").replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
         if on_epoch is not None and on_epoch({**record, "epochs": args.epochs, "eta_s": round(remaining)}) is False:

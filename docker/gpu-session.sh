@@ -15,7 +15,8 @@
 # scratch. SEEDS="1 2 3" trains one run per training seed (same split, TRAIN_SECONDS shared out) and
 # keeps their weight average (classifier.soup; its report goes to session.log). JPEG=LO,HI re-encodes
 # half the training views as JPEG (JPEG_P), so a network trained on a WebP copy does not learn the
-# copy's codec. Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it
+# copy's codec. AUX=W adds the finer diagnosis as a training-only second target (--aux-diagnosis W).
+# Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it
 # finished; at most 8 files come back. The model file is split into 15 MB parts (join: `cat model.safetensors.part-* > model.safetensors`).
 set -u
 DATA=${1:?dataset folder}
@@ -60,9 +61,10 @@ read -ra SEED_LIST <<<"$SEEDS"
 EACH=$(( BUDGET / ${#SEED_LIST[@]} ))
 AUGMENT=()
 if [ -n "${JPEG:-}" ]; then AUGMENT=(--jpeg-quality "$JPEG" --jpeg-p "${JPEG_P:-0.5}"); fi
+if [ -n "${AUX:-}" ]; then AUGMENT+=(--aux-diagnosis "$AUX"); fi
 MODELS=()
 for seed in "${SEED_LIST[@]}"; do
-    log "train (training seed $seed): $ARCH from ${INIT:-$PRETRAINED}, ${SIZE} px, at most ${EPOCHS} epochs within ${EACH} s, ${WORKERS} loader processes${JPEG:+, JPEG $JPEG}"
+    log "train (training seed $seed): $ARCH from ${INIT:-$PRETRAINED}, ${SIZE} px, at most ${EPOCHS} epochs within ${EACH} s, ${WORKERS} loader processes${JPEG:+, JPEG $JPEG}${AUX:+, diagnosis target x$AUX}"
     # Killed at twice the budget: the best epoch's model file is written when it is reached, so it survives.
     timeout $(( EACH * 2 + 60 )) python3 -m classifier.train --data "$DATA" --out "$RUN/train-$seed" \
         --device "$DEVICE" --image-size "$SIZE" --arch "$ARCH" "${START[@]}" --lr "$LR" --dropout "${DROPOUT:-0.3}" \

@@ -270,6 +270,45 @@ def test_train_seed_changes_the_training_but_not_the_split(two_seeds):
     assert a.training["recipe"]["jpeg_quality"] == "40,90" and b.training["recipe"]["jpeg_quality"] == ""
 
 
+def test_the_diagnosis_target_trains_a_second_head_that_stays_out_of_the_model_file(trained, tmp_path):
+    from classifier.data import split_as_recorded
+    from classifier.modelfile import load_model_file
+    from classifier.train import IGNORE, diagnosis_targets
+
+    names, targets = diagnosis_targets(load_samples(FIXTURES))
+    assert names == ["basal_cell_carcinoma", "melanoma", "nevus", "vascular_lesion"]
+    assert targets[:3] == [1, 2, 2] and IGNORE not in targets
+    out = tmp_path / "aux"
+    model = fine_tune(trained, out, "--aux-diagnosis", "0.5", "--epochs", "2")
+    weights, meta = load_model_file(model)
+    assert set(weights) == set(load_model_file(trained / "model.safetensors")[0])  # one logit, as before
+    assert meta.training["recipe"]["aux_diagnosis"] == 0.5
+    train, _ = split_as_recorded(load_samples(FIXTURES), meta.training["recipe"])
+    head = torch.load(out / "checkpoint.pt", weights_only=True)["aux_head"]
+    assert head["1.weight"].shape == (len({s.diagnosis for s in train}), 512)  # one output per diagnosis
+
+    # The checkpoint resumes with the head; not without it (the optimiser's parameters differ).
+    args = ("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "3", "--image-size", "32",
+            "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--threads", "2", "--resume")
+    r = run(*args)
+    assert r.returncode == 2 and "trained with --aux-diagnosis: resume with the same setting" in r.stderr
+    r = run(*args, "--aux-diagnosis", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "resumed after epoch 2" in r.stderr
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_the_diagnosis_target_needs_diagnoses(trained, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    lines = (data / "labels.csv").read_text().splitlines()
+    (data / "labels.csv").write_text("\n".join(",".join(x.split(",")[:2]) for x in lines) + "\n")
+    r = run("classifier.train", "--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1",
+            "--image-size", "32", "--val-fraction", "0.34", "--aux-diagnosis", "1")
+    assert r.returncode == 2 and "--aux-diagnosis needs a diagnosis column" in r.stderr
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
 def test_jpeg_quality_is_checked_before_any_image_is_read():
     from classifier.train import parse_quality
 
