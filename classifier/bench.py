@@ -104,6 +104,8 @@ def run_product(model, paths, batch_size, runtime, device, queue):
 
     predictor = Predictor.from_file(model, device=device, runtime=runtime)
     predictor.probabilities(paths[:batch_size])  # warm-up, as a worker's first batch
+    if predictor.recheck:
+        predictor.recheck.images = predictor.recheck.rechecked = 0
     probs, model_seconds = [], 0.0
     start = time.perf_counter()
     for i in range(0, len(paths), batch_size):
@@ -122,6 +124,9 @@ def run_product(model, paths, batch_size, runtime, device, queue):
             "rss_mb": peak_rss_mb(),
             "runtime": predictor.runtime if predictor.runtime != "torch" else f"torch-{device}",
             "threshold": predictor.threshold,
+            # onnx-int8-recheck: the share of images whose borderline int8 result was rerun in fp32
+            "rechecked_share": (predictor.recheck.rechecked / max(predictor.recheck.images, 1)
+                                if predictor.recheck else None),
         }
     )
 
@@ -169,6 +174,7 @@ def main(args) -> int:
         "decision_flip_rate": flips / n,
         "max_probability_difference": float(np.max(np.abs(ref - got))),
         "rss_mb": product["rss_mb"],
+        "rechecked_share": product["rechecked_share"],
         "full_size_preprocess_ms": product["full_size_preprocess_ms"],
     }
     if args.json:
@@ -183,6 +189,8 @@ def main(args) -> int:
     print(f"speedup {result['speedup']:.1f}x (model only {result['model_speedup']:.1f}x); decision flips "
           f"{flips}/{n} ({result['decision_flip_rate']:.2%}); max probability difference "
           f"{result['max_probability_difference']:.4f}; product peak RSS {result['rss_mb']:.0f} MB")
+    if result["rechecked_share"] is not None:
+        print(f"rerun in fp32 (within the recheck margin of the threshold): {result['rechecked_share']:.1%} of images")
     print(f"decode + preprocess of a 4032 x 3024 JPEG: {result['full_size_preprocess_ms']:.1f} ms")
     return 0
 

@@ -46,7 +46,8 @@ def get_args_parser(add_help=True):
 
 
 def predict_all(predictor, samples, batch_size, flips=True):
-    """(probabilities as the worker computes them, the network's logits for each orientation or None)."""
+    """(probabilities as the worker computes them, the network's logits for each orientation or None;
+    on onnx-int8-recheck those are int8's, the probabilities the worker's, borderline ones in fp32)."""
     probs, views = [], []
     for start in range(0, len(samples), batch_size):
         batch = predictor.preprocess([s.path for s in samples[start:start + batch_size]])
@@ -54,6 +55,8 @@ def predict_all(predictor, samples, batch_size, flips=True):
             logits = predictor.view_logits(batch)
             views.append(logits.numpy())
             z = logits.mean(1) if predictor.metadata.views > 1 else logits[:, 0]
+            if predictor.recheck is not None:  # as the worker: borderline int8 results rerun in fp32
+                z = predictor.recheck(batch, z)
             probs.extend(predictor.calibrate(z).tolist())
         else:
             probs.extend(predictor.run(batch))

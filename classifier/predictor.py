@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import math
 import time
 
 import torch
@@ -36,6 +37,13 @@ class Prediction:
         return dataclasses.asdict(self)
 
 
+def threshold_logit(metadata: ModelMetadata) -> float:
+    """The (view-averaged, uncalibrated) logit at which the calibrated probability meets the threshold."""
+    t = float(metadata.threshold)
+    cal = metadata.calibration or {}
+    return (math.log(t / (1 - t)) - float(cal.get("bias", 0.0))) / float(cal.get("scale", 1.0))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -44,7 +52,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8", "torch-cuda-fp16", "torch-cuda-bf16", "torch-cuda-fp32")
+RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-recheck", "torch-cuda-fp16", "torch-cuda-bf16",
+            "torch-cuda-fp32")
 
 
 class Predictor:
@@ -58,6 +67,7 @@ class Predictor:
         self.runner = runner if runner is not None else runtimes.TorchRunner(model, device)
         self.transform = ClassificationPresetEval(metadata.input_size, metadata.mean, metadata.std)
         self.lesion_check = None  # set by from_file when the model file has one
+        self.recheck = None  # runtimes.Recheck for "onnx-int8-recheck": borderline images rerun in fp32
 
     @classmethod
     def from_file(cls, path, device: str = "auto", runtime: str = "auto") -> "Predictor":
@@ -79,19 +89,31 @@ class Predictor:
             runtime = "torch"
         if runtime.startswith("onnx"):
             metadata = read_metadata(path)
-            onnx_path = artefacts.artefact_paths(path)[runtime]
+            paths = artefacts.artefact_paths(path)
             try:
-                runner = runtimes.OnnxRunner(onnx_path)
+                runner = runtimes.OnnxRunner(paths[runtime.removesuffix("-recheck")])
+                recheck = cls.load_recheck(path, metadata) if runtime.endswith("-recheck") else None
             except runtimes.FastPathError as exc:
                 log.warning("%s; using PyTorch fp32", exc)
             else:
-                return cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime).with_check(path)
+                predictor = cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime)
+                predictor.recheck = recheck
+                return predictor.with_check(path)
             runtime = "torch"
         model, metadata = load_classifier(path)
         if dev.type == "cuda" and runtime == "torch":
             runtime = "torch-cuda-fp32"
         runner = runtimes.TorchRunner(model, dev, runtimes.CUDA_DTYPES.get(runtime))
         return cls(model, metadata, dev, runner=runner, runtime=runtime).with_check(path)
+
+    @staticmethod
+    def load_recheck(path, metadata: ModelMetadata) -> runtimes.Recheck:
+        """The fp32 graph and the margin the fast-path report measured for the int8 graph's recheck."""
+        entry = ((artefacts.read_report(path) or {}).get("runtimes") or {}).get("onnx-int8-recheck") or {}
+        if not isinstance(entry.get("recheck_margin"), (int, float)):
+            raise runtimes.FastPathError("the fast-path report has no recheck margin for the int8 graph")
+        exact = runtimes.OnnxRunner(artefacts.artefact_paths(path)["onnx-fp32"])
+        return runtimes.Recheck(exact, threshold_logit(metadata), float(entry["recheck_margin"]), metadata.views)
 
     def with_check(self, path) -> "Predictor":
         self.lesion_check = lesioncheck.load(path, self.metadata)
@@ -144,10 +166,8 @@ class Predictor:
     def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(view-averaged logits, pooled features of the first view, the image as given)."""
         first, features = self.runner.both(batch)
-        if self.metadata.views == 1:
-            return first, features
-        rest = [self.runner(dihedral(batch, k)) for k in range(1, self.metadata.views)]
-        return torch.stack([first, *rest], dim=1).mean(1), features
+        logits = runtimes.averaged_logits(self.runner, batch, self.metadata.views, first=first)
+        return (logits if self.recheck is None else self.recheck(batch, logits)), features
 
     def view_logits(self, batch: torch.Tensor, views: int = DIHEDRAL_VIEWS) -> torch.Tensor:
         """(n, views) logits of the first ``views`` rotations/mirror images of each image. One runner

@@ -1,4 +1,5 @@
-"""What runs a model on every prediction: the PyTorch runner and the ONNX runner.
+"""What runs a model on every prediction: the PyTorch runner, the ONNX runner, and the recheck that
+gives an int8 graph's borderline images to the fp32 graph.
 
 The fast-path report (classifier.artefacts) names the runtime that passed the accuracy guard;
 ``Predictor.from_file`` reads it and builds the runner here. Building
@@ -10,6 +11,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from classifier.presets import dihedral
 
 
 class FastPathError(RuntimeError):
@@ -79,3 +82,37 @@ class TorchRunner:
         else:
             logits, features = self.model.forward_with_features(batch)
         return logits.float().reshape(-1).cpu(), features.float().cpu()
+
+
+def averaged_logits(runner, batch: torch.Tensor, views: int, first: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image's logit averaged over its first ``views`` rotations/mirror images (one runner call per
+    view); ``first``: the upright view's logits when the caller has them already."""
+    upright = runner(batch) if first is None else first
+    if views == 1:
+        return upright
+    return torch.stack([upright, *(runner(dihedral(batch, k)) for k in range(1, views))], dim=1).mean(1)
+
+
+class Recheck:
+    """Runs again, on an exact (fp32) runner, every image whose fast (int8) averaged logit lies within
+    ``margin`` of the threshold's logit, and keeps the exact logit for it. int8 moves a logit by a
+    bounded amount (measured when the artefacts are built), so only an image that close to the
+    threshold can have its decision changed by it; a few percent of images then cost one fp32 pass
+    more, and every decision is fp32's as long as the error stays within the margin (the build's
+    guard checks that on images not used to choose the margin)."""
+
+    def __init__(self, exact, threshold_logit: float, margin: float, views: int):
+        self.exact = exact
+        self.low, self.high = threshold_logit - margin, threshold_logit + margin
+        self.views = views
+        self.images = self.rechecked = 0  # counts, for the build's report and the benchmark
+
+    def __call__(self, batch: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        near = ((logits > self.low) & (logits < self.high)).nonzero().flatten()
+        self.images += len(logits)
+        self.rechecked += len(near)
+        if not len(near):
+            return logits
+        logits = logits.clone()
+        logits[near] = averaged_logits(self.exact, batch[near], self.views)
+        return logits

@@ -14,8 +14,9 @@ import torch
 from classifier import Predictor, fastpath
 from classifier.artefacts import artefact_paths, read_report
 from classifier.data import load_samples, split_samples
+from classifier.predictor import threshold_logit
 from classifier.presets import dihedral
-from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner
+from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner, Recheck
 from tests.conftest import FIXTURES, ROOT
 
 
@@ -98,6 +99,75 @@ def test_build_writes_the_artefacts_and_a_report(built):
     assert report["runtimes"][report["chosen"]]["passed"]
     # The int8 graph really is quantised: its file holds int8 weights, a quarter of the size.
     assert paths["onnx-int8"].stat().st_size < 0.35 * paths["onnx-fp32"].stat().st_size
+    # The recheck can only undo int8's flips (an image it flips lies outside the band, where the int8
+    # decision is kept), and it costs at least int8's time.
+    int8, recheck = report["runtimes"]["onnx-int8"], report["runtimes"]["onnx-int8-recheck"]
+    assert recheck["decision_flips"] <= int8["decision_flips"] and recheck["img_s"] <= int8["img_s"]
+    assert recheck["recheck_margin"] > 0 and 0 <= recheck["rechecked"] <= recheck["n"]
+    assert recheck["rechecked_share"] == recheck["rechecked"] / recheck["n"]
+    assert "8 calibration images" in recheck["margin_from"]
+
+
+def test_the_recheck_reruns_exactly_the_borderline_images_in_every_view():
+    batch = torch.rand(5, 3, 4, 4)
+    calls = []
+
+    def exact(b):  # the same logit in every orientation: the mean of the pixels
+        calls.append(len(b))
+        return b.mean((1, 2, 3))
+
+    recheck = Recheck(exact, threshold_logit=1.0, margin=0.1, views=8)
+    fast = torch.tensor([-3.0, 0.9375, 1.0625, 1.25, 5.0])
+    out = recheck(batch, fast)
+    assert calls == [2] * 8  # the two images within 0.1 of the threshold's logit, in all 8 orientations
+    assert torch.allclose(out[1:3], batch[1:3].mean((1, 2, 3)))
+    assert out[[0, 3, 4]].tolist() == [-3.0, 1.25, 5.0] and fast[1] == 0.9375  # the input is left as it was
+    assert (recheck.images, recheck.rechecked) == (5, 2)
+    assert recheck(batch[:1], fast[:1]).tolist() == [-3.0] and calls == [2] * 8  # nothing near: no exact pass
+
+
+def test_the_threshold_s_logit_maps_back_to_the_threshold_through_the_calibration(model_file):
+    from classifier.modelfile import read_metadata
+
+    meta = dataclasses.replace(read_metadata(model_file), threshold=0.3, calibration={"scale": 2.0, "bias": -0.5})
+    predictor = Predictor(None, meta, torch.device("cpu"), runner=lambda b: b)
+    assert float(predictor.calibrate(torch.tensor([threshold_logit(meta)]))) == pytest.approx(0.3)
+
+
+def test_the_recheck_runtime_gives_fp32_decisions_inside_its_band_and_int8_s_outside(built, tmp_path):
+    path, report, inputs = built
+    copy = tmp_path / "m.safetensors"
+    for src, dest in zip(artefact_paths(path).values(), artefact_paths(copy).values(), strict=True):
+        shutil.copyfile(src, dest)
+    shutil.copyfile(path, copy)
+    images = inputs.validation
+    probs = {r: np.array(Predictor.from_file(copy, device="cpu", runtime=r).run(images))
+             for r in ("onnx-fp32", "onnx-int8")}
+
+    def with_margin(margin):
+        entry = {**report["runtimes"]["onnx-int8-recheck"], "recheck_margin": margin}
+        artefact_paths(copy)["report"].write_text(json.dumps(
+            {**report, "chosen": "onnx-int8-recheck", "runtimes": {**report["runtimes"], "onnx-int8-recheck": entry}}))
+        return Predictor.from_file(copy, device="cpu")
+
+    everything = with_margin(1e6)
+    assert everything.runtime == "onnx-int8-recheck"
+    np.testing.assert_allclose(everything.run(images), probs["onnx-fp32"], atol=1e-6)
+    assert everything.recheck.rechecked == len(images)
+    from classifier.evaluate import predict_all  # classifier.evaluate's probabilities are the worker's too
+
+    samples = load_samples(FIXTURES)[:6]
+    evaluated, _ = predict_all(everything, samples, 4)
+    np.testing.assert_allclose(evaluated, everything.run(everything.preprocess([s.path for s in samples])), atol=1e-6)
+    nothing = with_margin(0.0)
+    np.testing.assert_allclose(nothing.run(images), probs["onnx-int8"], atol=1e-6)
+    assert nothing.recheck.rechecked == 0
+    # A report without the margin, or without the fp32 graph to rerun on: PyTorch fp32, not int8 unchecked.
+    with_margin(None)
+    assert Predictor.from_file(copy, device="cpu").runtime == "torch"
+    with_margin(0.5)
+    artefact_paths(copy)["onnx-fp32"].unlink()
+    assert Predictor.from_file(copy, device="cpu").runtime == "torch"
 
 
 def test_report_has_no_cuda_choice_without_a_gpu(built):
@@ -170,7 +240,8 @@ def test_bench_prints_one_json_object(built):
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    for key in ("baseline_img_s", "product_img_s", "speedup", "decision_flip_rate", "rss_mb", "runtime"):
+    for key in ("baseline_img_s", "product_img_s", "speedup", "decision_flip_rate", "rss_mb", "runtime",
+                "rechecked_share"):
         assert key in out
     assert out["images"] == 8 and out["rss_mb"] > 0 and 0 <= out["decision_flip_rate"] <= 1
     assert out["runtime"] == built[1]["chosen"].replace("torch-fp32", "torch-cpu")
@@ -197,7 +268,8 @@ def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from
     """No ../shared: the check set shipped in classifier/checkset (CC-0 ISIC 2017 images) calibrates
     the starter's int8 copy and guards it (make run on a fresh clone, through the registry). The
     starter vgg16-20261127-417e4f35 misses the guard there (5 of 256 averaged decisions flip, all
-    within 0.016 of its threshold): the worker then runs ONNX fp32, which must agree exactly."""
+    within 0.016 of its threshold); with its borderline images rerun in fp32 (10% of them) it passes,
+    so a fresh clone runs this model on int8, at twice ONNX fp32's speed."""
     from classifier.modelfile import DEFAULT_MODEL_PATH
 
     path = tmp_path / "starter.safetensors"
@@ -218,3 +290,6 @@ def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from
     assert runtimes[chosen]["passed"]
     assert chosen == max((n for n, r in runtimes.items() if r["passed"]), key=lambda n: runtimes[n]["img_s"])
     assert "the split its labels.csv fixes: 128 calibration, 256 check images" in report["images_from"]
+    recheck = runtimes["onnx-int8-recheck"]
+    assert recheck["decision_flips"] <= int8["decision_flips"] and "128 calibration images" in recheck["margin_from"]
+    assert chosen in ("onnx-int8", "onnx-int8-recheck"), runtimes  # the worker's path is int8 again

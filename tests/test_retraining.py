@@ -259,6 +259,27 @@ def test_the_model_page_shows_validation_figures_and_why_the_fast_path_is_missin
     assert "Not built: no images here to calibrate int8 on" in page
 
 
+def test_the_model_page_says_how_many_check_images_the_int8_recheck_reran_in_fp32(client, platform_admin, tmp_path):
+    import json
+    import shutil
+
+    from classifier.artefacts import REPORT_FORMAT, artefact_paths
+    from classifier.modelfile import DEFAULT_MODEL_PATH
+
+    shutil.copyfile(DEFAULT_MODEL_PATH, tmp_path / "starter.safetensors")
+    starter = ModelVersion.import_file(tmp_path / "starter.safetensors")
+    fp32 = {"img_s": 7.3, "n": 256, "decision_flips": 0, "auc_delta": 0.0, "passed": True}
+    artefact_paths(starter.path)["report"].write_text(json.dumps({
+        "format": REPORT_FORMAT, "model_version": starter.version, "created": "2026-11-27T22:00:00Z",
+        "validation_images": 256, "images_from": "classifier/checkset", "chosen": "onnx-int8-recheck",
+        "guard": {"max_decision_flip_rate": 0.005, "max_auc_delta": 0.005},
+        "runtimes": {"onnx-fp32": fp32, "onnx-int8-recheck": {**fp32, "img_s": 14.9, "rechecked": 26}},
+    }))
+    page = client.get(reverse("manage:model_detail", args=[starter.pk])).content.decode()
+    assert "CPU workers use <strong>onnx-int8-recheck</strong>" in page
+    assert page.count("rerun in fp32") == 1 and "26 of 256 borderline images rerun in fp32" in page
+
+
 @pytest.mark.parametrize("value, expected", [("50,95", "50,95"), (" 90 ", "90"), ("", "")])
 def test_the_jpeg_setting_takes_what_training_takes(monkeypatch, value, expected):
     from skinweb.settings import env_jpeg_quality

@@ -90,7 +90,7 @@ def test_publishing_builds_the_fast_path_and_the_worker_switches_to_it(client, a
             time.sleep(0.5)
             version = ModelVersion.objects.get()
         assert version.fast_path.get("built"), worker.output()[-3000:]
-        assert set(version.fast_report["runtimes"]) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
+        assert set(version.fast_report["runtimes"]) == {"torch-fp32", "onnx-fp32", "onnx-int8", "onnx-int8-recheck"}
 
         lesion = make_lesion(make_patient(alice.clinic))
         client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {"images": [upload("a.jpg")]})
