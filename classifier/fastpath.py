@@ -116,6 +116,10 @@ def quantize_int8(fp32_path, int8_path, calibration: torch.Tensor, batch_size: i
         nodes = onnx.load(str(prepared), load_external_data=False).graph.node
         convs = [n.name for n in nodes if n.op_type == "Conv"]
         head = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+        # What comes before the first convolution (colour constancy, classifier.model.ShadesOfGray)
+        # is preprocessing, cheap and shared by every pixel: it stays fp32.
+        first = next(i for i, n in enumerate(nodes) if n.op_type == "Conv")
+        head += [n.name for n in nodes[:first]]
         quantize_static(
             str(prepared),
             str(tmp),

@@ -8,27 +8,57 @@ from torch import nn
 ARCHITECTURES = {"vgg16": ("vgg16", "VGG16_Weights"), "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights")}
 
 
+class ShadesOfGray(nn.Module):
+    """Colour constancy by the shades of grey estimate (Finlayson and Trezzi 2004): the illuminant is
+    the Minkowski p-norm mean of each channel, and each channel is scaled so that it becomes grey,
+    keeping the overall brightness. Dermatoscopes and their lighting differ between clinics; Barata
+    et al. (2015) found this normalisation helps dermoscopy classifiers, and several ISIC 2018-2019
+    entries used it with p = 6.
+
+    Works on normalised input (``mean``/``std``, the model file's) and returns it normalised again,
+    so it is part of the network: every runtime (PyTorch, the ONNX graphs, Grad-CAM) applies it the
+    same way and no preprocessing code changes. It has no weights. The estimate is the same for all
+    8 rotations/mirror images of an image.
+    """
+
+    def __init__(self, p: float, mean, std):
+        super().__init__()
+        self.p = float(p)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = (x * self.std + self.mean).clamp(0, 1)
+        illuminant = rgb.pow(self.p).mean(dim=(2, 3), keepdim=True).pow(1 / self.p)  # N x 3 x 1 x 1
+        gain = illuminant.norm(dim=1, keepdim=True) / (illuminant * 3**0.5).clamp_min(1e-6)
+        return ((rgb * gain).clamp(0, 1) - self.mean) / self.std
+
+
 class VGGClassifier(nn.Module):
     """VGG convolutional features, global average pooling and one logit (malignant).
 
     Global pooling replaces the 120M-parameter fc6/fc7 of the original VGG16, which keeps the
     model file at tens of megabytes and makes the network accept any input size of 32 px or more.
     Parameter names under ``features.`` match torchvision's, so ImageNet weights load directly.
+    ``colour_constancy`` (p > 0) puts ``ShadesOfGray(p)`` before the trunk (a property of the model
+    file: its metadata's ``colour_constancy``).
     """
 
-    def __init__(self, features: nn.Module, dropout: float = 0.5):
+    def __init__(self, features: nn.Module, dropout: float = 0.5, colour_constancy: float = 0.0,
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         super().__init__()
+        self.constancy = ShadesOfGray(colour_constancy, mean, std) if colour_constancy else nn.Identity()
         self.features = features
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(512, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x))).squeeze(1)
+        return self.head(self.pool(self.features(self.constancy(x)))).squeeze(1)
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, pooled features): the features are the head's input, 512 per image
         (classifier.lesioncheck measures how far an image is from the training images in them)."""
-        pooled = self.pool(self.features(x)).flatten(1)
+        pooled = self.pool(self.features(self.constancy(x))).flatten(1)
         return self.head(pooled).squeeze(1), pooled
 
 
@@ -69,11 +99,17 @@ def vgg16_features(batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def model_for_weights(arch: str) -> VGGClassifier:
+def model_for_weights(arch: str, colour_constancy: float = 0.0, mean=None, std=None) -> VGGClassifier:
     """An uninitialised-by-design classifier to load a model file's weights into (inference)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    return VGGClassifier(vgg16_features(batch_norm=arch == "vgg16_bn"))
+    norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    return VGGClassifier(vgg16_features(batch_norm=arch == "vgg16_bn"), colour_constancy=colour_constancy, **norm)
+
+
+def model_for_file(metadata) -> VGGClassifier:
+    """``model_for_weights`` for a model file's metadata (architecture, colour constancy, normalisation)."""
+    return model_for_weights(metadata.arch, metadata.colour_constancy, tuple(metadata.mean), tuple(metadata.std))
 
 
 def load_classifier(path):
@@ -83,7 +119,7 @@ def load_classifier(path):
     from classifier.modelfile import ModelFileError, load_model_file
 
     state, metadata = load_model_file(path)
-    model = model_for_weights(metadata.arch)
+    model = model_for_file(metadata)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as exc:
@@ -91,7 +127,8 @@ def load_classifier(path):
     return model, metadata
 
 
-def build_model(arch: str = "vgg16", pretrained: str = "none", dropout: float = 0.5) -> VGGClassifier:
+def build_model(arch: str = "vgg16", pretrained: str = "none", dropout: float = 0.5,
+                colour_constancy: float = 0.0) -> VGGClassifier:
     """Build a classifier; ``pretrained="imagenet"`` starts ``vgg16`` from torchvision's ImageNet weights,
     read from the local cache that ``python -m classifier.imagenet`` fills (fetching them once if needed)."""
     if arch not in ARCHITECTURES:
@@ -101,7 +138,7 @@ def build_model(arch: str = "vgg16", pretrained: str = "none", dropout: float = 
     from torchvision import models
 
     backbone = getattr(models, ARCHITECTURES[arch][0])(weights=None)
-    model = VGGClassifier(backbone.features, dropout=dropout)
+    model = VGGClassifier(backbone.features, dropout=dropout, colour_constancy=colour_constancy)
     if pretrained == "imagenet":
         if arch != "vgg16":
             raise PretrainedWeightsUnavailable(

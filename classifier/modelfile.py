@@ -37,6 +37,9 @@ class ModelMetadata:
     # Test-time averaging: "none", or "dihedral8" (the logit is the mean over the 8 rotations and
     # mirror images, so the decision cannot depend on how the image was turned).
     tta: str = "none"
+    # Shades-of-grey colour constancy inside the network (classifier.model.ShadesOfGray): its
+    # Minkowski p, or 0 for none.
+    colour_constancy: float = 0.0
     # Platt calibration of the (averaged) logit: p = sigmoid(scale * logit + bias); {} for none.
     calibration: dict = dataclasses.field(default_factory=dict)
     # The threshold's validation sensitivity/specificity and the borderline band around it
@@ -73,6 +76,9 @@ class ModelMetadata:
             raise ModelFileError(f"unknown test-time averaging {meta.tta!r}; expected one of {', '.join(TTA_MODES)}")
         if meta.calibration and not all(isinstance(meta.calibration.get(k), (int, float)) for k in ("scale", "bias")):
             raise ModelFileError(f"calibration {meta.calibration!r} lacks a numeric scale and bias")
+        if not isinstance(meta.colour_constancy, (int, float)) or not (
+                meta.colour_constancy == 0 or 1 <= meta.colour_constancy <= 32):
+            raise ModelFileError(f"colour constancy {meta.colour_constancy!r} is neither 0 (none) nor a p in 1..32")
         if int(meta.input_size) < 32:
             raise ModelFileError(f"input size {meta.input_size!r} is below 32 px")
         return meta

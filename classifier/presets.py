@@ -38,9 +38,10 @@ class ClassificationPresetTrain:
     """Augmentation suited to dermoscopy: lesions have no canonical orientation, so any flip or
     rotation is a valid view; colour varies between dermatoscopes and lighting. ``jpeg=(lo, hi)``
     re-encodes a share ``jpeg_p`` of the views as JPEG at a quality drawn from lo..hi, before the
-    crop (the codec's 8x8 blocks then move and scale like the lesion)."""
+    crop (the codec's 8x8 blocks then move and scale like the lesion). ``jitter``: the largest brightness,
+    contrast and saturation change (hue: a tenth of it)."""
 
-    def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, jpeg=None, jpeg_p=0.5):
+    def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, jpeg=None, jpeg_p=0.5, jitter=0.1):
         from torchvision.transforms import v2 as T
 
         self.transforms = T.Compose(
@@ -51,8 +52,8 @@ class ClassificationPresetTrain:
                 T.RandomHorizontalFlip(),
                 T.RandomVerticalFlip(),
                 T.RandomApply([T.RandomRotation(180)], p=0.5),
-                # Mild: colour is part of the diagnosis (blue-white veil, regression, pigment).
-                T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.01),
+                # Mild by default: colour is part of the diagnosis (blue-white veil, regression, pigment).
+                T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 10),
                 T.ToDtype(torch.float32, scale=True),
                 T.Normalize(mean=list(mean), std=list(std)),
             ]

@@ -56,17 +56,18 @@ def check_compatible(metas) -> None:
     from classifier.modelfile import ModelFileError
 
     def key(m):
-        return (m.arch, m.input_size, tuple(m.mean), tuple(m.std),
+        return (m.arch, m.input_size, tuple(m.mean), tuple(m.std), m.colour_constancy,
                 m.training.get("train", {}).get("labels_sha256"), m.training.get("validation", {}).get("labels_sha256"))
 
     first = metas[0]
     if key(first)[-1] is None:
         raise ModelFileError(f"{first.version} records no validation split")
     for m in metas[1:]:
-        if key(m)[:4] != key(first)[:4]:
+        if key(m)[:5] != key(first)[:5]:
             raise ModelFileError(f"{m.version} is not the same network as {first.version} ({m.arch}"
-                                 f" {m.input_size} px vs {first.arch} {first.input_size} px or another normalisation)")
-        if key(m)[4:] != key(first)[4:]:
+                                 f" {m.input_size} px vs {first.arch} {first.input_size} px, or another"
+                                 " normalisation or colour constancy)")
+        if key(m)[5:] != key(first)[5:]:
             raise ModelFileError(f"{m.version} was trained or validated on another split than {first.version}")
 
 
@@ -74,7 +75,7 @@ def make_soup(model_paths, data_dir, out, batch_size=32, device="cpu", n_boot=10
     """Write the soup to ``out`` and return a report; raises ModelFileError, DatasetError or OSError
     (``out`` is then untouched)."""
     from classifier.calibrate import recalibrate
-    from classifier.model import model_for_weights
+    from classifier.model import model_for_file
     from classifier.modelfile import ModelFileError, load_model_file, read_metadata, save_model_file
 
     if len(model_paths) < 2:
@@ -84,7 +85,7 @@ def make_soup(model_paths, data_dir, out, batch_size=32, device="cpu", n_boot=10
     if len({m.version for m in metas}) < len(metas):
         raise ModelFileError("the same model version is given twice")
     check_compatible(metas)
-    model = model_for_weights(metas[0].arch)
+    model = model_for_file(metas[0])
     model.load_state_dict(average_states([s for s, _ in loaded]))
     ingredients = [{"version": m.version, "epoch": m.training.get("epoch"),
                     "train_seed": m.training.get("recipe", {}).get("train_seed"),

@@ -87,6 +87,13 @@ def get_args_parser(add_help=True):
                    help="add the finer diagnosis (labels.csv's diagnosis column) as a second training target: a "
                    "linear head on the same pooled features, cross-entropy weighted by WEIGHT; used in training only, "
                    "the model file keeps the one malignant logit (0: off)")
+    p.add_argument("--colour-constancy", type=float, default=None, metavar="P",
+                   help="shades-of-grey colour constancy with Minkowski norm P inside the network (P = 6 is "
+                   "common for dermoscopy; a property of the model file, applied by every runtime); 0: off. "
+                   "Default: as the --init model, else off")
+    p.add_argument("--colour-jitter", type=float, default=0.1, metavar="S",
+                   help="training views' random brightness, contrast and saturation change (each up to S; "
+                   "hue up to S/10)")
     p.add_argument("--target-sensitivity", type=float, default=0.90)
     p.add_argument("--patience", type=int, default=12, help="stop after this many epochs without a better AUC")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -325,6 +332,10 @@ def main(args, on_epoch=None) -> int:
         torch.set_num_threads(args.threads)
     train_seed = args.seed if args.train_seed is None else args.train_seed
     jpeg = parse_quality(args.jpeg_quality)
+    if args.colour_constancy is not None and not (args.colour_constancy == 0 or 1 <= args.colour_constancy <= 32):
+        raise SystemExit(f"--colour-constancy {args.colour_constancy:g}: expected 0 (off) or a p from 1 to 32")
+    if not 0 <= args.colour_jitter <= 1:
+        raise SystemExit(f"--colour-jitter {args.colour_jitter:g}: expected a number from 0 to 1")
     torch.manual_seed(train_seed)
     device = resolve_device(args.device)
 
@@ -336,16 +347,25 @@ def main(args, on_epoch=None) -> int:
              len(samples), len(train_samples), sum(s.label for s in train_samples), len(val_samples),
              sum(s.label for s in val_samples), device)
 
-    try:
-        model = build_model(args.arch, pretrained=args.pretrained, dropout=args.dropout)
-    except PretrainedWeightsUnavailable as exc:
-        log.error("%s", exc)
-        return 2
+    state, init_meta = None, None
     if args.init:
         try:
             state, init_meta = load_model_file(args.init)
+        except ModelFileError as exc:
+            log.error("cannot start from %s: %s", args.init, exc)
+            return 2
+    if args.colour_constancy is None:  # a retrained model keeps what its trunk was trained on
+        args.colour_constancy = float(init_meta.colour_constancy) if init_meta else 0.0
+    try:
+        model = build_model(args.arch, pretrained=args.pretrained, dropout=args.dropout,
+                            colour_constancy=args.colour_constancy)
+    except PretrainedWeightsUnavailable as exc:
+        log.error("%s", exc)
+        return 2
+    if state is not None:
+        try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        except (ModelFileError, RuntimeError) as exc:
+        except RuntimeError as exc:
             log.error("cannot start from %s: %s", args.init, exc)
             return 2
         log.info("starting from the weights of %s", init_meta.version)
@@ -364,7 +384,8 @@ def main(args, on_epoch=None) -> int:
     size = args.image_size
     cache_size = round(size * 1.15)
     t0 = time.perf_counter()
-    train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size, jpeg=jpeg, jpeg_p=args.jpeg_p),
+    train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size, jpeg=jpeg, jpeg_p=args.jpeg_p,
+                                                                               jitter=args.colour_jitter),
                              diagnoses=diagnoses)
     # Validation images go through the same preset as the predictor (their resize is a no-op here).
     val_set = CachedImages(val_samples, size, ClassificationPresetEval(size))
@@ -403,6 +424,10 @@ def main(args, on_epoch=None) -> int:
         if (aux is None) != ("aux_head" not in ckpt):  # the optimiser's parameter groups differ
             log.error("%s was trained %s --aux-diagnosis: resume with the same setting", ckpt_path,
                       "without" if aux is not None else "with")
+            return 2
+        if float(ckpt.get("colour_constancy", 0.0)) != args.colour_constancy:
+            log.error("%s was trained with colour constancy %g, not %g: resume with the same setting", ckpt_path,
+                      float(ckpt.get("colour_constancy", 0.0)), args.colour_constancy)
             return 2
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -475,7 +500,7 @@ def main(args, on_epoch=None) -> int:
                  time.strftime("%H:%M:%S", time.gmtime(remaining)))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": torch.get_rng_state(), "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch,
-                 "epochs": args.epochs}
+                 "epochs": args.epochs, "colour_constancy": args.colour_constancy}
         if ema is not None:
             state["ema"] = ema.state_dict()
         if aux is not None:
@@ -510,6 +535,7 @@ def export(model, args, y, logits_by_view, val_samples, out, recipe, train_fp, v
         std=IMAGENET_STD,
         threshold=report["threshold"],
         tta=report["tta"],
+        colour_constancy=args.colour_constancy,
         calibration=report["calibration"],
         operating_point=report["operating_point"],
         training={"dataset": str(args.data), "train": train_fp, "validation": val_fp, "recipe": recipe,

@@ -152,3 +152,60 @@ def test_inference_builder_matches_torchvision_layer_for_layer(arch):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(mine(x), ref(x))
+
+
+def _rgb(x):
+    from classifier.presets import IMAGENET_MEAN, IMAGENET_STD
+
+    return x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+
+
+def _normalised(rgb):
+    from classifier.presets import IMAGENET_MEAN, IMAGENET_STD
+
+    return (rgb - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def test_shades_of_gray_makes_the_illuminant_grey_whatever_the_cast():
+    from classifier.model import ShadesOfGray
+    from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, dihedral
+
+    sog = ShadesOfGray(6, IMAGENET_MEAN, IMAGENET_STD)
+    torch.manual_seed(0)
+    lesion = torch.rand(2, 3, 16, 16) * 0.6 + 0.1
+    cast = lesion * torch.tensor([1.3, 1.0, 0.7]).view(1, 3, 1, 1)  # a warmer dermatoscope, nothing clipped
+    out, out_cast = _rgb(sog(_normalised(lesion))), _rgb(sog(_normalised(cast)))
+    # By hand: each channel's 6-norm mean is the same after it, so the illuminant is grey ...
+    illuminant = out.pow(6).mean(dim=(2, 3)).pow(1 / 6)
+    assert torch.allclose(illuminant, illuminant[:, :1].expand(-1, 3), rtol=1e-4)
+    # ... and the cast is gone: the two differ by one brightness factor per image, not per channel.
+    ratio = out_cast / out
+    assert torch.allclose(ratio, ratio[:, :1, :1, :1].expand_as(ratio), rtol=1e-4)
+    # A grey image is left as it is; the estimate is the same in every orientation.
+    grey = _normalised(torch.full((1, 3, 8, 8), 0.5))
+    assert torch.allclose(sog(grey), grey, atol=1e-5)
+    x = _normalised(lesion)
+    assert all(torch.allclose(sog(dihedral(x, k)), dihedral(sog(x), k), atol=1e-5) for k in range(8))
+
+
+def test_colour_constancy_is_a_property_of_the_model_file(model_file, tmp_path):
+    import dataclasses
+
+    from classifier.model import ShadesOfGray, load_classifier
+
+    model, meta = load_classifier(model_file)
+    assert meta.colour_constancy == 0 and not isinstance(model.constancy, ShadesOfGray)
+    path = tmp_path / "sog.safetensors"
+    save_model_file(path, model, dataclasses.replace(meta, version="sog", colour_constancy=6))
+    sog, sog_meta = load_classifier(path)
+    assert sog_meta.colour_constancy == 6 and isinstance(sog.constancy, ShadesOfGray) and sog.constancy.p == 6
+    assert set(load_model_file(path)[0]) == set(load_model_file(model_file)[0])  # no weights of its own
+    torch.manual_seed(0)
+    x = _normalised(torch.rand(2, 3, 64, 64) * torch.tensor([1.0, 0.7, 0.5]).view(1, 3, 1, 1))
+    with torch.no_grad():
+        assert not torch.allclose(sog.eval()(x), model.eval()(x), atol=1e-3)
+        assert torch.allclose(sog(x), model(sog.constancy(x)), atol=1e-5)
+    for bad in (-1, 0.5, 40, "six"):
+        broken = dataclasses.replace(sog_meta, colour_constancy=bad)
+        with pytest.raises(ModelFileError, match="colour constancy"):
+            ModelMetadata.from_json(broken.to_json())

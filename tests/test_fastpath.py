@@ -293,3 +293,34 @@ def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from
     recheck = runtimes["onnx-int8-recheck"]
     assert recheck["decision_flips"] <= int8["decision_flips"] and "128 calibration images" in recheck["margin_from"]
     assert chosen in ("onnx-int8", "onnx-int8-recheck"), runtimes  # the worker's path is int8 again
+
+
+def test_colour_constancy_is_in_the_onnx_graphs_and_stays_fp32_in_int8(tmp_path, model_file):
+    """A model with colour constancy carries it inside its exported graphs (the worker's ONNX
+    runtimes compute what PyTorch computes), and int8 quantises none of it."""
+    import onnx
+
+    from classifier.model import load_classifier
+    from classifier.modelfile import save_model_file
+
+    model, meta = load_classifier(model_file)
+    path = tmp_path / "sog.safetensors"
+    save_model_file(path, model, dataclasses.replace(meta, version="sog", colour_constancy=6))
+    inputs = fastpath.inputs_from_dataset(path, FIXTURES, n_calibration=8)
+    report = fastpath.build_artefacts(path, inputs, batch_size=4)
+    assert report["runtimes"]["onnx-fp32"]["max_probability_difference"] < 1e-4
+    nodes = onnx.load(str(artefact_paths(path)["onnx-int8"])).graph.node
+    producer = {out: n for n in nodes for out in n.output}
+    # Everything the first convolution's input is computed from: the shades-of-grey estimate, in fp32.
+    ahead, todo = [], [next(n for n in nodes if n.op_type == "Conv").input[0]]
+    while todo:
+        n = producer.get(todo.pop())
+        if n is not None and n not in ahead:
+            ahead.append(n)
+            todo += list(n.input)
+    kinds = {n.op_type for n in ahead}
+    assert {"Pow", "ReduceMean"} <= kinds and not {"QuantizeLinear", "DequantizeLinear"} & kinds
+    torch_p = Predictor.from_file(path, device="cpu", runtime="torch").run(inputs.validation)
+    onnx_p = Predictor.from_file(path, device="cpu", runtime="onnx-fp32").run(inputs.validation)
+    plain = Predictor.from_file(model_file, device="cpu", runtime="torch").run(inputs.validation)
+    assert np.allclose(torch_p, onnx_p, atol=1e-4) and not np.allclose(torch_p, plain, atol=1e-4)

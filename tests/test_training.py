@@ -309,6 +309,29 @@ def test_the_diagnosis_target_needs_diagnoses(trained, tmp_path):
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
+def test_colour_constancy_goes_into_the_model_file_and_retraining_keeps_it(trained, tmp_path):
+    """--colour-constancy is recorded in the model file (every runtime applies it from there); a model
+    trained from it keeps it unless told otherwise, and a checkpoint resumes only with the same setting."""
+    sog = fine_tune(trained, tmp_path / "sog", "--colour-constancy", "6", "--colour-jitter", "0.3")
+    meta = read_metadata(sog)
+    assert meta.colour_constancy == 6 and meta.training["recipe"]["colour_jitter"] == 0.3
+    assert read_metadata(trained / "model.safetensors").colour_constancy == 0
+    kept = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path / "kept"), "--epochs", "1",
+               "--image-size", "32", "--batch-size", "4", "--val-fraction", "0.34", "--threads", "2",
+               "--init", str(sog))
+    assert kept.returncode == 0, kept.stderr
+    assert read_metadata(tmp_path / "kept" / "model.safetensors").colour_constancy == 6
+    args = ("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path / "sog"), "--epochs", "2",
+            "--image-size", "32", "--batch-size", "4", "--val-fraction", "0.34", "--threads", "2", "--resume")
+    r = run(*args, "--colour-constancy", "0")
+    assert r.returncode == 2 and "trained with colour constancy 6, not 0" in r.stderr
+    for bad, message in ((("--colour-constancy", "0.5"), "--colour-constancy 0.5"),
+                         (("--colour-jitter", "2"), "--colour-jitter 2")):
+        r = run(*args, *bad)
+        assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "sog" / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
 def test_jpeg_quality_is_checked_before_any_image_is_read():
     from classifier.train import parse_quality
 
@@ -355,8 +378,11 @@ def test_soup_refuses_models_of_another_split_or_one_model_twice(two_seeds, tmp_
     save_model_file(other, model, dataclasses.replace(
         meta, version="", training={**meta.training, "validation": {**meta.training["validation"],
                                                                     "labels_sha256": "0" * 64}}))
+    recoloured = tmp_path / "recoloured.safetensors"
+    save_model_file(recoloured, model, dataclasses.replace(meta, version="", colour_constancy=6))
     out = tmp_path / "soup.safetensors"
     for models, message in (([two_seeds[0], other], "another split"),
+                            ([two_seeds[0], recoloured], "colour constancy"),
                             ([two_seeds[0], two_seeds[0]], "given twice"),
                             ([two_seeds[0]], "at least two")):
         r = run("classifier.soup", "--models", *map(str, models), "--data", str(FIXTURES), "--out", str(out))
