@@ -97,3 +97,14 @@ def test_a_misspelt_boolean_setting_is_refused(tmp_path):
     assert result.returncode != 0 and "DEBUG='ture' is not a boolean" in result.stderr
     result = run_check({"SKINWEB_VAR_DIR": str(tmp_path), "SECRET_KEY": "k" * 60, "DEBUG": "Off"})
     assert "is not a boolean" not in result.stderr
+
+
+def test_every_runtime_name_fits_the_predictions_column():
+    """A prediction records the runtime that computed it; a name longer than the column would fail
+    the save on PostgreSQL (SQLite does not check) and lose the result."""
+    from classifier.predictor import RUNTIMES
+    from skinweb.clinic.models import Prediction
+
+    column = Prediction._meta.get_field("runtime")
+    assert all(len(name) <= column.max_length for name in RUNTIMES)
+    assert all(name in column.help_text for name in ("onnx-int8-recheck", "torch-cuda-fp16"))

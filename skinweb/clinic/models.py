@@ -392,7 +392,9 @@ class Prediction(models.Model):
     decision = models.CharField(max_length=10, choices=Label.choices)
     elapsed_ms = models.FloatField(help_text="Model time: preprocessing and forward pass")
     device = models.CharField(max_length=20)
-    runtime = models.CharField(max_length=20, blank=True, help_text="torch, onnx-fp32 or onnx-int8")
+    runtime = models.CharField(max_length=20, blank=True,
+                               help_text="What ran the model (classifier.predictor.RUNTIMES): torch, onnx-fp32, "
+                               "onnx-int8, onnx-int8-recheck or torch-cuda-fp16/-bf16/-fp32")
     batch_size = models.PositiveIntegerField(default=1, help_text="Images classified in the same forward pass")
     # classifier.lesioncheck: how far the image is from the training images in the model's features,
     # and the version's cut-off above which it "does not look like a dermoscopic skin lesion".
