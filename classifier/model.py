@@ -12,8 +12,8 @@ class ShadesOfGray(nn.Module):
     """Colour constancy by the shades of grey estimate (Finlayson and Trezzi 2004): the illuminant is
     the Minkowski p-norm mean of each channel, and each channel is scaled so that it becomes grey,
     keeping the overall brightness. Dermatoscopes and their lighting differ between clinics; Barata
-    et al. (2015) found this normalisation helps dermoscopy classifiers, and several ISIC 2018-2019
-    entries used it with p = 6.
+    et al. (2015) found this normalisation helps dermoscopy classifiers, and ISIC challenge entries
+    (among them Gessert et al.'s, ISIC 2019) used it with p = 6.
 
     Works on normalised input (``mean``/``std``, the model file's) and returns it normalised again,
     so it is part of the network: every runtime (PyTorch, the ONNX graphs, Grad-CAM) applies it the

@@ -347,10 +347,10 @@ def main(args, on_epoch=None) -> int:
              len(samples), len(train_samples), sum(s.label for s in train_samples), len(val_samples),
              sum(s.label for s in val_samples), device)
 
-    state, init_meta = None, None
+    init_state, init_meta = None, None
     if args.init:
         try:
-            state, init_meta = load_model_file(args.init)
+            init_state, init_meta = load_model_file(args.init)
         except ModelFileError as exc:
             log.error("cannot start from %s: %s", args.init, exc)
             return 2
@@ -362,13 +362,14 @@ def main(args, on_epoch=None) -> int:
     except PretrainedWeightsUnavailable as exc:
         log.error("%s", exc)
         return 2
-    if state is not None:
+    if init_state is not None:
         try:
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init_state.items()})
         except RuntimeError as exc:
             log.error("cannot start from %s: %s", args.init, exc)
             return 2
         log.info("starting from the weights of %s", init_meta.version)
+        del init_state
     model = model.to(device).to(memory_format=torch.channels_last)
 
     aux, diagnoses = None, None
