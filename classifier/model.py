@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from classifier.presets import IMAGENET_MEAN, IMAGENET_STD
+
 # torchvision builders, imported on first use by training only: inference and Grad-CAM build the
 # trunk with vgg16_features below (importing torchvision adds to every worker's resident memory).
 ARCHITECTURES = {"vgg16": ("vgg16", "VGG16_Weights"), "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights")}
@@ -45,7 +47,7 @@ class VGGClassifier(nn.Module):
     """
 
     def __init__(self, features: nn.Module, dropout: float = 0.5, colour_constancy: float = 0.0,
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.constancy = ShadesOfGray(colour_constancy, mean, std) if colour_constancy else nn.Identity()
         self.features = features
@@ -99,12 +101,12 @@ def vgg16_features(batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def model_for_weights(arch: str, colour_constancy: float = 0.0, mean=None, std=None) -> VGGClassifier:
+def model_for_weights(arch: str, colour_constancy: float = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> VGGClassifier:
     """An uninitialised-by-design classifier to load a model file's weights into (inference)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
-    return VGGClassifier(vgg16_features(batch_norm=arch == "vgg16_bn"), colour_constancy=colour_constancy, **norm)
+    return VGGClassifier(vgg16_features(batch_norm=arch == "vgg16_bn"), colour_constancy=colour_constancy,
+                         mean=mean, std=std)
 
 
 def model_for_file(metadata) -> VGGClassifier:
