@@ -12,7 +12,7 @@ from classifier import artefacts, lesioncheck
 from classifier import runtime as runtimes
 from classifier.model import load_classifier
 from classifier.modelfile import ModelMetadata, read_metadata
-from classifier.presets import DIHEDRAL_VIEWS, ClassificationPresetEval, dihedral
+from classifier.presets import DIHEDRAL_VIEWS, ClassificationPresetEval
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +170,9 @@ class Predictor:
         return (logits if self.recheck is None else self.recheck(batch, logits)), features
 
     def view_logits(self, batch: torch.Tensor, views: int = DIHEDRAL_VIEWS) -> torch.Tensor:
-        """(n, views) logits of the first ``views`` rotations/mirror images of each image. One runner
-        call per view, not one batch of all views: activation memory stays that of the batch (the
-        README's benchmark figures), and int8 speed is flat in the batch size."""
-        return torch.stack([self.runner(dihedral(batch, k)) for k in range(views)], dim=1)
+        """(n, views) logits of the first ``views`` rotations/mirror images of each image
+        (``runtime.per_view_logits``)."""
+        return runtimes.per_view_logits(self.runner, batch, views)
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         cal = self.metadata.calibration or {}
