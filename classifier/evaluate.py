@@ -20,12 +20,14 @@ import sys
 import time
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from classifier import metrics, validation
 from classifier.data import DatasetError, load_samples, split_as_recorded
 from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError
 from classifier.predictor import Predictor
+from classifier.presets import dihedral
 
 log = logging.getLogger("classifier.evaluate")
 
@@ -46,17 +48,24 @@ def get_args_parser(add_help=True):
 
 
 def predict_all(predictor, samples, batch_size, flips=True):
-    """(probabilities as the worker computes them, the network's logits for each orientation or None;
-    on onnx-int8-recheck those are int8's, the probabilities the worker's, borderline ones in fp32)."""
+    """(probabilities as the worker computes them, the network's logits for each orientation or None).
+
+    On onnx-int8-recheck, as the worker: borderline int8 results rerun in fp32. A model without
+    test-time averaging decides each orientation on that orientation's logit alone, so each is
+    rechecked as an upload of it would be; with averaging every orientation has the same mean, the
+    recheck's decision included, so the per-orientation logits stay int8's."""
     probs, views = [], []
+    recheck, averaged = predictor.recheck, predictor.metadata.views > 1
     for start in range(0, len(samples), batch_size):
         batch = predictor.preprocess([s.path for s in samples[start:start + batch_size]])
         if flips:
             logits = predictor.view_logits(batch)
+            if recheck is not None and not averaged:
+                logits = torch.stack([recheck(dihedral(batch, k), logits[:, k]) for k in range(logits.shape[1])], 1)
             views.append(logits.numpy())
-            z = logits.mean(1) if predictor.metadata.views > 1 else logits[:, 0]
-            if predictor.recheck is not None:  # as the worker: borderline int8 results rerun in fp32
-                z = predictor.recheck(batch, z)
+            z = logits.mean(1) if averaged else logits[:, 0]
+            if recheck is not None and averaged:
+                z = recheck(batch, z)
             probs.extend(predictor.calibrate(z).tolist())
         else:
             probs.extend(predictor.run(batch))

@@ -157,8 +157,16 @@ def test_the_recheck_runtime_gives_fp32_decisions_inside_its_band_and_int8_s_out
     from classifier.evaluate import predict_all  # classifier.evaluate's probabilities are the worker's too
 
     samples = load_samples(FIXTURES)[:6]
-    evaluated, _ = predict_all(everything, samples, 4)
-    np.testing.assert_allclose(evaluated, everything.run(everything.preprocess([s.path for s in samples])), atol=1e-6)
+    evaluated, per_view = predict_all(everything, samples, 4)
+    batch = everything.preprocess([s.path for s in samples])
+    np.testing.assert_allclose(evaluated, everything.run(batch), atol=1e-6)
+    # Without test-time averaging each orientation is decided alone: its logit is rechecked as an upload
+    # of it would be, so the flip rate counts the worker's decisions (here all fp32's).
+    assert everything.metadata.views == 1
+    exact = Predictor.from_file(copy, device="cpu", runtime="onnx-fp32")
+    np.testing.assert_allclose(per_view, exact.view_logits(batch).numpy(), atol=1e-5)
+    assert not np.allclose(per_view, Predictor.from_file(copy, device="cpu", runtime="onnx-int8").view_logits(
+        batch).numpy(), atol=1e-5)  # int8's own differ: the check above can fail
     nothing = with_margin(0.0)
     np.testing.assert_allclose(nothing.run(images), probs["onnx-int8"], atol=1e-6)
     assert nothing.recheck.rechecked == 0
