@@ -236,10 +236,10 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         }
     }
 
-    logits = {}
+    logits, runners = {}, {}
 
     def check(name, **extra):
-        runner = OnnxRunner(paths[name], threads)
+        runner = runners[name] = OnnxRunner(paths[name], threads)
         logits[name] = batched_logits(runner, inputs.validation, batch_size, meta.views)
         probs = calibrate(logits[name]).numpy()
         runtimes[name] = {
@@ -266,7 +266,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     if onnx:
         # The same graph with its borderline images rerun in fp32 (runtime.Recheck): where int8 alone
         # misses the guard, this may pass it, at a share of fp32's cost.
-        fast, exact = OnnxRunner(paths["onnx-int8"], threads), OnnxRunner(paths["onnx-fp32"], threads)
+        fast, exact = runners["onnx-int8"], runners["onnx-fp32"]  # the graphs check() ran, not opened again
         margin, n_margin = recheck_margin(fast, exact, inputs.calibration, batch_size)
         recheck = Recheck(exact, threshold_logit(meta), margin, meta.views)
         rechecked = torch.cat([recheck(b, z) for b, z in zip(inputs.validation.split(batch_size),
