@@ -1,6 +1,6 @@
 """Evaluate a model on a labelled dataset; print ONE JSON object on stdout (logs go to stderr).
 
-    python -m classifier.evaluate --data DIR [--model PATH] [--split all|validation] [--roc PNG]
+    python -m classifier.evaluate --data DIR [--model PATH] [--split all|validation] [--roc PNG] [--scores CSV]
 
 DIR is labels.csv layout or benign/ and malignant/ folders. Without --model, the starter model
 that `make run` publishes (classifier/models/starter.safetensors) is used. ``--split validation``
@@ -10,14 +10,17 @@ Besides the overall figures, the JSON has AUC (95% CI) per source and per diagno
 (melanoma vs nevus + seborrheic keratosis on the ISIC 2017 part), ``dihedral_flip_rate`` (the
 share of images whose decision changes across the 8 rotations/mirror images, as the worker would
 decide them) and the calibration error and Brier score. Every image is run in all 8 orientations
-(``--no-flips``: only as the model needs, 1 or 8).
+(``--no-flips``: only as the model needs, 1 or 8). ``--scores`` also writes each image's probability
+and decision, for comparing models image by image or combining them without running them again.
 """
 
 import argparse
+import csv
 import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +47,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--split", choices=["all", "validation"], default="all",
                    help="all images, or only the model's validation split (remade from its recipe)")
     p.add_argument("--no-flips", action="store_true", help="skip the 8-orientation check (dihedral_flip_rate)")
+    p.add_argument("--scores", metavar="CSV", help="also write one row per image: its probability and decision")
     return p
 
 
@@ -71,6 +75,18 @@ def predict_all(predictor, samples, batch_size, flips=True):
             probs.extend(predictor.run(batch))
         log.info("%d/%d images", min(start + batch_size, len(samples)), len(samples))
     return np.array(probs), (np.concatenate(views) if views else None)
+
+
+def write_scores(path, root, samples, p, threshold):
+    """One row per image, in the dataset's order: the image as labels.csv names it, its part, diagnosis and
+    label, the probability as the worker computes it (every digit, so that ranks and ties survive) and the
+    decision at ``threshold``."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "source", "diagnosis", "label", "probability", "malignant"])
+        for s, prob in zip(samples, p):
+            w.writerow([s.path.relative_to(root).as_posix(), s.source, s.diagnosis, s.label, repr(float(prob)),
+                        int(prob >= threshold)])
 
 
 def draw_roc(path, y, p, threshold, auc):
@@ -125,6 +141,8 @@ def main(args) -> int:
     result["seconds"] = round(time.perf_counter() - t, 1)
     if args.roc:
         draw_roc(args.roc, y, p, threshold, result["auc"])
+    if args.scores:
+        write_scores(args.scores, Path(args.data), samples, p, threshold)
     print(json.dumps(result))
     return 0
 

@@ -1,5 +1,6 @@
 """classifier.metrics against hand-computed cases and scikit-learn; datasets; train/evaluate commands."""
 
+import csv
 import dataclasses
 import json
 import shutil
@@ -201,9 +202,9 @@ def test_epochs_within():
 
 
 def test_evaluate_prints_one_json_object(trained, tmp_path):
-    roc = tmp_path / "roc.png"
+    roc, scores = tmp_path / "roc.png", tmp_path / "scores.csv"
     r = run("classifier.evaluate", "--data", str(FIXTURES), "--model", str(trained / "model.safetensors"),
-            "--batch-size", "5", "--roc", str(roc))
+            "--batch-size", "5", "--roc", str(roc), "--scores", str(scores))
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)  # the whole of stdout is one JSON object
     for key in ["n", "n_malignant", "auc", "auc_ci95", "threshold", "sensitivity", "specificity", "precision",
@@ -212,6 +213,14 @@ def test_evaluate_prints_one_json_object(trained, tmp_path):
     assert result["n"] == 12 and result["n_malignant"] == 6
     assert result["model_version"] == read_metadata(trained / "model.safetensors").version
     assert Image.open(roc).size == (480, 480)
+    rows = list(csv.DictReader(scores.open()))  # one row per image, in labels.csv's order and naming
+    labels = list(csv.DictReader((FIXTURES / "labels.csv").open()))
+    assert [r["image"] for r in rows] == [r["image"] for r in labels]
+    assert [int(r["label"]) for r in rows] == [int(r["label"] == "malignant") for r in labels]
+    y, p = [int(r["label"]) for r in rows], [float(r["probability"]) for r in rows]
+    assert metrics.roc_auc(y, p) == pytest.approx(result["auc"], abs=1e-3)
+    assert [int(r["malignant"]) for r in rows] == [int(x >= result["threshold"]) for x in p]
+    assert sum(int(r["malignant"]) for r in rows) == result["confusion"]["tp"] + result["confusion"]["fp"]
 
 
 def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path):
