@@ -65,13 +65,19 @@ def bootstrap_auc_ci(y_true, y_prob, n_boot=1000, seed=0, level=0.95):
 
 
 def threshold_for_sensitivity(y_true, y_prob, target: float) -> float:
-    """The highest threshold at which sensitivity (p >= threshold counts as positive) reaches ``target``."""
+    """A threshold at which sensitivity (p >= threshold counts as positive) reaches ``target`` with the
+    fewest positive calls: halfway between the lowest positive score it needs and the next lower score
+    of any case. Placed on that positive's own score, the figures would hang on rounding: the same
+    network rerun another way (batch size, runtime) moves a score by 1e-8 and that case changes side."""
     y = np.asarray(y_true).astype(bool)
-    pos = np.sort(np.asarray(y_prob, dtype=float)[y])[::-1]
+    p = np.asarray(y_prob, dtype=float)
+    pos = np.sort(p[y])[::-1]
     if len(pos) == 0:
         raise ValueError("no positive cases: cannot choose a threshold for a sensitivity")
     k = min(len(pos), max(1, math.ceil(target * len(pos) - 1e-9)))
-    return float(pos[k - 1])
+    needed = pos[k - 1]
+    below = p[p < needed]
+    return float((needed + below.max()) / 2) if len(below) else float(needed)
 
 
 def confusion(y_true, y_prob, threshold: float) -> dict:

@@ -31,10 +31,27 @@ def test_auc_hand_computed():
 def test_threshold_for_sensitivity_hand_computed():
     y = [1, 1, 1, 1, 0, 0]
     p = [0.9, 0.7, 0.4, 0.2, 0.5, 0.1]
-    assert metrics.threshold_for_sensitivity(y, p, 0.75) == 0.4  # 3 of 4 positives at >= 0.4
-    assert metrics.threshold_for_sensitivity(y, p, 0.76) == 0.2
-    assert metrics.threshold_for_sensitivity(y, p, 1.0) == 0.2
-    assert metrics.confusion(y, p, 0.4) == {"tp": 3, "fp": 1, "tn": 1, "fn": 1}
+    # 3 of 4 positives need 0.4; the next lower score is 0.2: halfway, 0.3, calls the same cases.
+    assert metrics.threshold_for_sensitivity(y, p, 0.75) == pytest.approx(0.3)
+    assert metrics.threshold_for_sensitivity(y, p, 0.76) == pytest.approx(0.15)  # all 4: 0.2, then 0.1
+    assert metrics.threshold_for_sensitivity(y, p, 1.0) == pytest.approx(0.15)
+    assert metrics.confusion(y, p, 0.3) == metrics.confusion(y, p, 0.4) == {"tp": 3, "fp": 1, "tn": 1, "fn": 1}
+    assert metrics.threshold_for_sensitivity([1, 0], [0.2, 0.5], 1.0) == 0.2  # nothing lower: its own score
+    # A negative tied with the needed positive is called positive either way; the threshold stays below both.
+    assert metrics.threshold_for_sensitivity([1, 0, 0], [0.6, 0.6, 0.1], 1.0) == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_threshold_keeps_its_calls_when_scores_move_by_rounding(seed):
+    # The stored threshold must give the same confusion when the same images are scored again with
+    # float noise (another batch size or runtime): on a case's own score it would not.
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 400)
+    p = 1 / (1 + np.exp(-(y * 1.5 + rng.normal(0, 1, 400))))
+    t = metrics.threshold_for_sensitivity(y, p, 0.90)
+    for noise in (1e-7, -1e-7):
+        assert metrics.confusion(y, p + noise, t) == metrics.confusion(y, p, t)
+    assert metrics.confusion(y, p, t)["tp"] == int(np.ceil(0.90 * y.sum()))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
