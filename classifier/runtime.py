@@ -95,8 +95,6 @@ def per_view_logits(runner, batch: torch.Tensor, views: int, first: torch.Tensor
 
 def averaged_logits(runner, batch: torch.Tensor, views: int, first: torch.Tensor | None = None) -> torch.Tensor:
     """Each image's logit averaged over its first ``views`` rotations/mirror images (``per_view_logits``)."""
-    if views == 1:
-        return runner(batch) if first is None else first
     return per_view_logits(runner, batch, views, first).mean(1)
 
 
