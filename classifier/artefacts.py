@@ -1,6 +1,6 @@
 """Where a model file's fast-path artefacts live and how their report is read (no PyTorch needed).
 
-Beside ``<name>.safetensors`` classifier.fastpath writes ``<name>.onnx``, ``<name>.int8.onnx`` and
+Beside ``<name>.safetensors`` classifier.training.fastpath writes ``<name>.onnx``, ``<name>.int8.onnx`` and
 the report ``<name>.fast.json``; the web process reads the report here, workers run the artefacts
 through classifier.runtime.
 """

@@ -5,8 +5,9 @@ from torch import nn
 
 from classifier.presets import IMAGENET_MEAN, IMAGENET_STD
 
-# torchvision builders, imported on first use by training only: inference and Grad-CAM build the
-# trunk with vgg16_features below (importing torchvision adds to every worker's resident memory).
+# The architectures a model file may name, with their torchvision builders: training builds with those
+# (classifier.training.builder); inference and Grad-CAM build the trunk with vgg16_features below
+# (importing torchvision adds to every worker's resident memory).
 ARCHITECTURES = {"vgg16": ("vgg16", "VGG16_Weights"), "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights")}
 
 
@@ -75,10 +76,6 @@ class WithFeatures(nn.Module):
         return self.model.forward_with_features(x)
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
-    """ImageNet weights were asked for and cannot be had (not cached, not fetchable, or no such weights)."""
-
-
 # torchvision's VGG16 configuration ("D"): output channels per convolution, "M" for max pooling.
 VGG16_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -87,7 +84,8 @@ def vgg16_features(batch_norm: bool) -> nn.Sequential:
     """The VGG16 trunk with torchvision's layer order and parameter names (``features.N``), built
     without importing torchvision: loading a model file for inference or Grad-CAM needs no builder
     library (torchvision costs a worker about 160 MB). Training uses torchvision's own builder and
-    initialisation (``build_model``); a test checks that both give the same state dict keys and shapes."""
+    initialisation (``classifier.training.builder.build_model``); a test checks that both give the
+    same state dict keys and shapes."""
     layers, channels = [], 3
     for v in VGG16_LAYERS:
         if v == "M":
@@ -127,33 +125,3 @@ def load_classifier(path):
     except RuntimeError as exc:
         raise ModelFileError(f"{Path(path).name}: weights do not fit a {metadata.arch} ({exc})") from exc
     return model, metadata
-
-
-def build_model(arch: str = "vgg16", pretrained: str = "none", dropout: float = 0.5,
-                colour_constancy: float = 0.0) -> VGGClassifier:
-    """Build a classifier; ``pretrained="imagenet"`` starts ``vgg16`` from torchvision's ImageNet weights,
-    read from the local cache that ``python -m classifier.imagenet`` fills (fetching them once if needed)."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    if pretrained not in ("imagenet", "none"):
-        raise ValueError(f"pretrained must be 'imagenet' or 'none', not {pretrained!r}")
-    from torchvision import models
-
-    backbone = getattr(models, ARCHITECTURES[arch][0])(weights=None)
-    model = VGGClassifier(backbone.features, dropout=dropout, colour_constancy=colour_constancy)
-    if pretrained == "imagenet":
-        if arch != "vgg16":
-            raise PretrainedWeightsUnavailable(
-                f"no ImageNet weights are available for {arch}: only vgg16's (python -m classifier.imagenet); "
-                "use --arch vgg16, or train from scratch with --pretrained none")
-        from classifier.imagenet import WeightsUnavailable, load_trunk
-
-        try:
-            state = load_trunk()
-        except WeightsUnavailable as exc:
-            raise PretrainedWeightsUnavailable(str(exc)) from exc
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("head.") for k in missing):
-            raise PretrainedWeightsUnavailable(f"the cached ImageNet weights do not fit {arch} "
-                                               f"(missing {missing}, unexpected {unexpected})")
-    return model

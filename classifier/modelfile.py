@@ -43,7 +43,7 @@ class ModelMetadata:
     # Platt calibration of the (averaged) logit: p = sigmoid(scale * logit + bias); {} for none.
     calibration: dict = dataclasses.field(default_factory=dict)
     # The threshold's validation sensitivity/specificity and the borderline band around it
-    # (classifier.validation.operating_point); {} for files made before it existed.
+    # (classifier.training.validation.operating_point); {} for files made before it existed.
     operating_point: dict = dataclasses.field(default_factory=dict)
     # The "does this look like a dermoscopic lesion" check (classifier.lesioncheck): its cut-off and how
     # it was set; its statistics are tensors of the file. {} for files made without it.

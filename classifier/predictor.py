@@ -57,7 +57,8 @@ RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-recheck", "tor
 
 
 class Predictor:
-    """Preprocessing plus a runner (classifier.runtime: PyTorch, or an ONNX artefact built by classifier.fastpath)."""
+    """Preprocessing plus a runner (classifier.runtime: PyTorch, or an ONNX artefact built by
+    classifier.training.fastpath)."""
 
     def __init__(self, model: torch.nn.Module | None, metadata: ModelMetadata, device: torch.device,
                  runner=None, runtime: str = "torch"):
@@ -71,7 +72,7 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path, device: str = "auto", runtime: str = "auto") -> "Predictor":
-        """Load a model file. ``runtime="auto"`` picks what the fast-path report (classifier.fastpath)
+        """Load a model file. ``runtime="auto"`` picks what the fast-path report (classifier.training.fastpath)
         accepted: on the CPU the fastest artefact that passed the accuracy guard, on CUDA the fastest
         of fp16/bf16 autocast that passed it; without a report, PyTorch fp32 on either."""
         if runtime not in RUNTIMES:

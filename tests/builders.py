@@ -63,7 +63,8 @@ def make_model_file(path, input_size=64, threshold=0.5, version="test-vgg16-64px
     """A real VGG16 model file, randomly initialised: small inputs keep the forward pass fast."""
     import torch
 
-    from classifier.model import build_model  # here: the web-process test imports these builders without PyTorch
+    # Imported here: the web-process test imports these builders without PyTorch.
+    from classifier.training.builder import build_model
 
     torch.manual_seed(seed)
     model = build_model("vgg16", pretrained="none")

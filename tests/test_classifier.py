@@ -11,8 +11,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from classifier import ModelFileError, ModelMetadata, Predictor, load_model_file, save_model_file
-from classifier.model import build_model
 from classifier.modelfile import read_metadata
+from classifier.training.builder import build_model
 from tests.builders import image_bytes
 from tests.conftest import FIXTURES, ROOT
 
@@ -141,7 +141,8 @@ def test_inference_does_not_import_torchvision(model_file):
 
 @pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
 def test_inference_builder_matches_torchvision_layer_for_layer(arch):
-    from classifier.model import build_model, model_for_weights
+    from classifier.model import model_for_weights
+    from classifier.training.builder import build_model
 
     ours, theirs = model_for_weights(arch).state_dict(), build_model(arch).state_dict()
     assert list(ours) == list(theirs)

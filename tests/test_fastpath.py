@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from classifier import Predictor, fastpath
+from classifier import Predictor
 from classifier.artefacts import artefact_paths, read_report
-from classifier.data import load_samples, split_samples
 from classifier.predictor import threshold_logit
 from classifier.presets import dihedral
 from classifier.runtime import CUDA_DTYPES, FastPathError, OnnxRunner, Recheck
+from classifier.training import fastpath
+from classifier.training.data import load_samples, split_samples
 from tests.conftest import FIXTURES, ROOT
 
 
@@ -154,7 +155,9 @@ def test_the_recheck_runtime_gives_fp32_decisions_inside_its_band_and_int8_s_out
     assert everything.runtime == "onnx-int8-recheck"
     np.testing.assert_allclose(everything.run(images), probs["onnx-fp32"], atol=1e-6)
     assert everything.recheck.rechecked == len(images)
-    from classifier.evaluate import predict_all  # classifier.evaluate's probabilities are the worker's too
+    from classifier.training.evaluate import (
+        predict_all,  # classifier.training.evaluate's probabilities are the worker's too
+    )
 
     samples = load_samples(FIXTURES)[:6]
     evaluated, per_view = predict_all(everything, samples, 4)
@@ -242,7 +245,7 @@ def test_unknown_runtime_is_refused(built):
 def test_bench_prints_one_json_object(built):
     path = built[0]
     result = subprocess.run(
-        [sys.executable, "-m", "classifier.bench", "--model", str(path), "--images", "8", "--batch-size", "4",
+        [sys.executable, "-m", "classifier.training.bench", "--model", str(path), "--images", "8", "--batch-size", "4",
          "--data", str(FIXTURES), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

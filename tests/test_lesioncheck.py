@@ -13,10 +13,12 @@ import torch
 from django.urls import reverse
 from PIL import Image, ImageFilter
 
-from classifier import Predictor, fastpath, lesioncheck
-from classifier.data import load_samples
+from classifier import Predictor, lesioncheck
 from classifier.model import load_classifier
 from classifier.modelfile import DEFAULT_MODEL_PATH, load_model_file, read_extra, read_metadata, save_model_file
+from classifier.training import fastpath
+from classifier.training import lesioncheck as lesionfit
+from classifier.training.data import load_samples
 from skinweb.clinic import classification, imagechecks
 from skinweb.clinic.models import Case
 from skinweb.models_registry.models import ModelVersion
@@ -30,7 +32,7 @@ def test_distances_grow_away_from_the_training_features():
     rng = np.random.default_rng(0)
     scale = np.linspace(0.5, 3.0, 16)  # unequal variances: the distance is in units of each direction's spread
     train = torch.from_numpy(rng.normal(size=(800, 16)) * scale).float()
-    mean, precision = lesioncheck.fit_statistics(train)
+    mean, precision = lesionfit.fit_statistics(train)
     check = lesioncheck.LesionCheck(mean, precision, cutoff=0.0)
     assert torch.allclose(precision, precision.T, atol=1e-4)
     near = check.distances(torch.from_numpy(rng.normal(size=(400, 16)) * scale).float())
@@ -45,8 +47,8 @@ def checked(tmp_path_factory, model_file):
     """A copy of the test model with a lesion check fitted on the fixture images."""
     path = tmp_path_factory.mktemp("lesioncheck") / "m.safetensors"
     shutil.copyfile(model_file, path)
-    args = lesioncheck.get_args_parser().parse_args(["--model", str(path), "--data", str(FIXTURES)])
-    assert lesioncheck.main(args) == 0
+    args = lesionfit.get_args_parser().parse_args(["--model", str(path), "--data", str(FIXTURES)])
+    assert lesionfit.main(args) == 0
     return path
 
 
@@ -66,7 +68,7 @@ def test_the_check_is_stored_in_the_model_file_and_leaves_weights_and_version_al
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert meta_after.version == meta_before.version and meta_after.threshold == meta_before.threshold
     info = meta_after.lesion_check
-    assert info["percentile"] == lesioncheck.PERCENTILE and info["validation_images"] > 0 and info["cutoff"] > 0
+    assert info["percentile"] == lesionfit.PERCENTILE and info["validation_images"] > 0 and info["cutoff"] > 0
     stats = read_extra(checked, lesioncheck.NAME)
     assert stats["mean"].shape == (512,) and stats["precision"].shape == (512, 512)
     assert lesioncheck.load(model_file, meta_before) is None  # a file without it: no check, no error
@@ -148,7 +150,6 @@ def _open(path):
         return img.convert("RGB")
 
 
-@pytest.mark.nodb
 def test_the_shipped_model_warns_on_pictures_that_are_not_dermoscopic_lesions(starter):
     lesion = _open(CHECKSET / "images" / "ISIC_0000002.jpg")
     blank = Image.new("RGB", (600, 450), (222, 196, 170))  # a blank beige picture
@@ -164,7 +165,6 @@ def test_the_shipped_model_warns_on_pictures_that_are_not_dermoscopic_lesions(st
     assert "blurred" in found["blurred"]
 
 
-@pytest.mark.nodb
 def test_real_lesions_rarely_warn(starter):
     """The issue's bar: no warning on at least 98% of validation images (the shipped check set's 256)."""
     val = [s for s in load_samples(CHECKSET) if s.split == "val"]

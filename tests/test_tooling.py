@@ -45,7 +45,8 @@ def test_a_refusal_is_logged_once_without_a_traceback(settings):
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Which of the project's modules each module imports (anywhere in it, functions included)."""
+    """Which of the project's modules each module imports (anywhere in it, functions included): every
+    name of a ``from X import a, b`` counts (X.a where that is a module, else X), relative imports too."""
     import ast
 
     from tests.conftest import ROOT
@@ -58,22 +59,26 @@ def import_graph() -> dict[str, set[str]]:
                 modules[name] = path
     graph = {name: set() for name in modules}
     for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
                 continue
-            found = next((t for t in targets if t in modules), None)
-            if found and found != name:
-                graph[name].add(found)
+            graph[name] |= {t for t in targets if t in modules and t != name}
     return graph
 
 
 def test_no_module_imports_itself_through_others():
     graph = import_graph()
-    assert "classifier.runtime" in graph["classifier.predictor"]  # the graph is read, not empty
+    # The graph is read, not empty, and every name of one import line counts.
+    assert {"classifier.runtime", "classifier.artefacts", "classifier.lesioncheck"} <= graph["classifier.predictor"]
 
     def path_back(start):
         seen, stack = set(), [(start, [start])]
@@ -96,3 +101,23 @@ def test_the_classifier_never_imports_django_or_the_app():
     for name, targets in graph.items():
         if name.startswith("classifier"):
             assert not {t for t in targets if t.startswith(("skinweb", "benchmarks"))}, name
+
+
+def test_the_runtime_imports_nothing_from_the_tools():
+    """What a worker imports on every prediction (``classifier`` outside ``classifier.training``) never
+    reaches the training tools, directly or through another module, function-level imports included."""
+    graph = import_graph()
+    runtime = {m for m in graph if m.startswith("classifier") and not m.startswith("classifier.training")}
+    assert {"classifier.predictor", "classifier.runtime", "classifier.model", "classifier.explain"} <= runtime
+    assert "classifier.training.fastpath" in graph
+
+    def reached(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    arrows = {m: sorted(t for t in reached(m) if t.startswith("classifier.training")) for m in sorted(runtime)}
+    assert not {m: t for m, t in arrows.items() if t}, "the runtime reaches the tools"

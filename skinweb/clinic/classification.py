@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 NO_MODEL_MESSAGE = (
     "No model is published yet, so this image could not be classified. An administrator can train "
-    "one with `python -m classifier.train --data DIR --out DIR` and publish it with "
+    "one with `python -m classifier.training.train --data DIR --out DIR` and publish it with "
     "`python manage.py publish_model FILE`; then press Retry."
 )
 

@@ -36,7 +36,7 @@ PAGE_SIZE = 25
 
 NO_MODEL_BANNER = (
     "No model is published yet: images are stored, but they cannot be classified until an administrator "
-    "trains a model (python -m classifier.train) and publishes it (python manage.py publish_model FILE)."
+    "trains a model (python -m classifier.training.train) and publishes it (python manage.py publish_model FILE)."
 )
 
 

@@ -1,4 +1,4 @@
-"""A model version's fast CPU artefacts (classifier.fastpath): asking for the build once, and building.
+"""A model version's fast CPU artefacts (classifier.training.fastpath): asking for the build once, and building.
 
 The report is one file, written by the build beside the model file (``<name>.fast.json``, read by
 ``ModelVersion.fast_report`` and by workers, through classifier.artefacts). ``ModelVersion.fast_path``
@@ -66,8 +66,8 @@ def build(version: ModelVersion) -> dict | None:
             # In a child process: export and quantisation need a gigabyte or more for a moment, and a
             # worker process keeps its peak; the worker itself stays at its inference footprint.
             result = subprocess.run(
-                [sys.executable, "-m", "classifier.fastpath", "--model", str(version.path), "--data", str(data),
-                 "--calibration-images", str(settings.FAST_PATH_CALIBRATION_IMAGES)],
+                [sys.executable, "-m", "classifier.training.fastpath", "--model", str(version.path),
+                 "--data", str(data), "--calibration-images", str(settings.FAST_PATH_CALIBRATION_IMAGES)],
                 capture_output=True, text=True, cwd=settings.BASE_DIR,
             )
             report = artefacts.read_report(version.path) if result.returncode == 0 else None

@@ -82,7 +82,8 @@ class ModelVersion(models.Model):
 
     @cached_property
     def fast_report(self) -> dict | None:
-        """The fast-path report written beside the model file (classifier.fastpath), when it is this version's."""
+        """The fast-path report written beside the model file (classifier.training.fastpath), when it is
+        this version's."""
         if not self.filename:
             return None
         report = artefacts.read_report(self.path)

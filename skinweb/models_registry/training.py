@@ -2,7 +2,7 @@
 
 A run is a ModelVersion row in status "training". ``run_training`` (called by the Celery task on
 the ``training`` queue) builds the dataset, trains from the parent's weights with
-``classifier.train`` (checkpoint every epoch, so a redelivered task resumes), then evaluates the
+``classifier.training.train`` (checkpoint every epoch, so a redelivered task resumes), then evaluates the
 candidate and its parent on the same validation images and on the clinic's held-out cases.
 """
 
@@ -19,9 +19,9 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from classifier import metrics
-from classifier.data import CLASSES, DatasetError, fingerprint, load_samples, split_by_group
 from classifier.modelfile import ModelFileError, read_metadata
+from classifier.training import metrics
+from classifier.training.data import CLASSES, DatasetError, fingerprint, load_samples, split_by_group
 from skinweb.clinic.models import Case
 from skinweb.models_registry.models import ModelVersion
 from skinweb.workers import dead_on_this_host, worker_identity
@@ -97,7 +97,7 @@ def build_dataset(version: ModelVersion, folder: Path) -> dict:
     """Write ``folder/labels.csv`` (absolute image paths, a fixed train/val split) and return a summary.
 
     The base datasets keep the validation split every version is measured on (lesion-grouped, seed
-    0, as classifier.train makes it); clinic cases marked for training join the training side,
+    0, as classifier.training.train makes it); clinic cases marked for training join the training side,
     except the held-out lesions, copied to ``folder/held_out/`` for the evaluation.
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,10 @@ def owned_elsewhere(version: ModelVersion) -> bool:
 
 def run_training(version_id: int) -> ModelVersion:
     """Train, import the candidate and evaluate it. Safe to call again after a crash (resumes)."""
-    from classifier import lesioncheck, train  # in the training worker only: the web process never loads PyTorch
+    from classifier.training import (  # in the training worker only: the web process never loads PyTorch
+        lesioncheck,
+        train,
+    )
 
     version = ModelVersion.objects.get(pk=version_id)
     if version.status != ModelVersion.Status.TRAINING or owned_elsewhere(version):

@@ -115,7 +115,7 @@ class Command(BaseCommand):
             *[f"  {role.label.lower()}: {u} / {p}" for u, p, role in DEMO_USERS],
             f"Model: {published.version} (threshold {published.threshold:.3f})" if published else
             "Model: NO MODEL PUBLISHED YET. Uploads will fail until one is: train one with\n"
-            "  python -m classifier.train --data DIR --out DIR\n"
+            "  python -m classifier.training.train --data DIR --out DIR\n"
             "  and publish it with: python manage.py publish_model FILE",
             "Press Ctrl-C to stop everything.",
             "=" * 72,

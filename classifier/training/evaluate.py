@@ -1,6 +1,6 @@
 """Evaluate a model on a labelled dataset; print ONE JSON object on stdout (logs go to stderr).
 
-    python -m classifier.evaluate --data DIR [--model PATH] [--split all|validation] [--roc PNG] [--scores CSV]
+    python -m classifier.training.evaluate --data DIR [--model PATH] [--split all|validation] [--roc PNG] [--scores CSV]
 
 DIR is labels.csv layout or benign/ and malignant/ folders. Without --model, the starter model
 that `make run` publishes (classifier/models/starter.safetensors) is used. ``--split validation``
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from classifier import metrics, validation
-from classifier.data import DatasetError, load_samples, split_as_recorded
 from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError
 from classifier.predictor import Predictor
 from classifier.presets import dihedral
+from classifier.training import metrics, validation
+from classifier.training.data import DatasetError, load_samples, split_as_recorded
 
-log = logging.getLogger("classifier.evaluate")
+log = logging.getLogger("classifier.training.evaluate")
 
 
 def get_args_parser(add_help=True):

@@ -1,10 +1,10 @@
 """Inference benchmark: the seed-style baseline against the worker's path, on the same images.
 
-    python -m classifier.bench [--model PATH] [--images N] [--data DIR] [--json]
+    python -m classifier.training.bench [--model PATH] [--images N] [--data DIR] [--json]
 
 Baseline: the 2019 tool's way — PyTorch eager fp32, eval mode, no_grad, one image per call.
 Product: what a worker does — the fastest runtime that passed the accuracy guard
-(classifier.fastpath; PyTorch fp32 when no artefact was built), in batches.
+(classifier.training.fastpath; PyTorch fp32 when no artefact was built), in batches.
 Both are timed from image file to probability (decode and preprocessing included) and, separately,
 for the model alone. The product runs in a fresh process so that its peak resident memory is the
 worker's, not this process's.
@@ -41,7 +41,7 @@ def get_args_parser(add_help=True):
 
 
 def image_paths(data, n):
-    from classifier.data import load_samples
+    from classifier.training.data import load_samples
 
     if not data:
         raise SystemExit("error: give --data DIR (or set TRAINING_DATASETS): the images to time the model on")

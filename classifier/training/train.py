@@ -1,13 +1,13 @@
 """Train the benign/malignant VGG16 classifier.
 
-    python -m classifier.train --data DIR --out DIR [--epochs N] [--image-size PX]
+    python -m classifier.training.train --data DIR --out DIR [--epochs N] [--image-size PX]
         [--pretrained imagenet|none] [--device auto|cpu|cuda] [--resume]
 
 DIR is a dataset folder (labels.csv, or benign/ and malignant/). The split into training and
 validation keeps all images of one lesion together. Every epoch writes ``checkpoint.pt`` (resume
 with --resume after a kill) and a line of ``metrics.jsonl``; the best epoch by the headline AUC
 (melanoma vs nevus + seborrheic keratosis on the ISIC 2017 part; the pooled AUC on data without
-it) is exported as ``model.safetensors`` with what classifier.validation makes of its validation
+it) is exported as ``model.safetensors`` with what classifier.training.validation makes of its validation
 split: test-time averaging when single views flip, calibration, the threshold for
 --target-sensitivity with its borderline band, figures per source and diagnosis.
 """
@@ -27,9 +27,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from classifier import metrics, validation
-from classifier.data import DatasetError, fingerprint, jpeg_quality_range, load_rgb, load_samples, split_samples
-from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import (
     ModelFileError,
     ModelMetadata,
@@ -47,8 +44,18 @@ from classifier.presets import (
     ClassificationPresetTrain,
     dihedral,
 )
+from classifier.training import metrics, validation
+from classifier.training.builder import PretrainedWeightsUnavailable, build_model
+from classifier.training.data import (
+    DatasetError,
+    fingerprint,
+    jpeg_quality_range,
+    load_rgb,
+    load_samples,
+    split_samples,
+)
 
-log = logging.getLogger("classifier.train")
+log = logging.getLogger("classifier.training.train")
 
 
 def get_args_parser(add_help=True):
@@ -78,7 +85,7 @@ def get_args_parser(add_help=True):
                    "unless --train-seed is given)")
     p.add_argument("--train-seed", type=int, default=None,
                    help="seed of initialisation, sampling and augmentation alone: runs that differ only in it "
-                   "share one split (for weight averaging, classifier.soup)")
+                   "share one split (for weight averaging, classifier.training.soup)")
     p.add_argument("--jpeg-quality", default="", metavar="LO,HI",
                    help="re-encode training views as JPEG at a quality drawn from LO..HI (see --jpeg-p): the "
                    "network cannot learn one codec's artefacts, e.g. of a WebP transport copy")
@@ -525,7 +532,7 @@ def restamp_epochs(out, epochs):
 
 def export(model, args, y, logits_by_view, val_samples, out, recipe, train_fp, val_fp, epoch):
     """Write the model file for this epoch's weights, with what the validation split says about it
-    (classifier.validation): test-time averaging if needed, calibration, threshold, figures."""
+    (classifier.training.validation): test-time averaging if needed, calibration, threshold, figures."""
     report = validation.choose_and_report(y, logits_by_view, val_samples, args.target_sensitivity, n_boot=500)
     recipe = {**recipe, "epochs": args.epochs}  # the schedule's length, once a time budget has fitted it
     meta = ModelMetadata(

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classifier import metrics
 from classifier.artefacts import REPORT_FORMAT, artefact_paths
 from classifier.predictor import Predictor, threshold_logit
 from classifier.presets import dihedral
@@ -39,6 +38,7 @@ from classifier.runtime import (
     averaged_logits,
     default_threads,
 )
+from classifier.training import metrics
 
 log = logging.getLogger(__name__)
 
@@ -348,9 +348,9 @@ def inputs_from_dataset(model_path, data_dir, n_calibration: int = 1024, seed: i
     validation fingerprint differs from the recorded one (other data), the split of ``data_dir`` is
     used as it is and the report says so.
     """
-    from classifier.data import fingerprint, load_samples, split_as_recorded
     from classifier.modelfile import read_metadata
     from classifier.presets import ClassificationPresetEval
+    from classifier.training.data import fingerprint, load_samples, split_as_recorded
 
     meta = read_metadata(model_path)
     recipe = meta.training.get("recipe", {})
@@ -396,7 +396,7 @@ def get_args_parser(add_help=True):
 
 
 def main(args) -> int:
-    from classifier.cli import run_and_print
+    from classifier.training.cli import run_and_print
 
     def work():
         inputs = inputs_from_dataset(args.model, args.data, args.calibration_images)

@@ -1,21 +1,21 @@
 """Average the weights of several fine-tunes of one model ("model soup", Wortsman et al., ICML 2022)
 and fit the average's operating point on their shared validation split.
 
-    python -m classifier.soup --models A.safetensors B.safetensors [...] --data DIR --out SOUP.safetensors
+    python -m classifier.training.soup --models A.safetensors B.safetensors [...] --data DIR --out SOUP.safetensors
 
-Runs that start from the same weights and differ only in their training seed (classifier.train
+Runs that start from the same weights and differ only in their training seed (classifier.training.train
 --train-seed) tend to end in one basin of the loss, where the average of their weights often scores
 better than each of them while costing one network at inference (an ensemble costs one per
 member). Whether it does here is measured, not assumed: the JSON printed gives the soup's
 validation figures beside each ingredient's stored ones (two runs that differed only by a GPU's
-nondeterminism gained nothing: MODEL_CARD.md).
+nondeterminism gained nothing: docs/experiments.md).
 
 The ingredients must agree on architecture, input size and normalisation and record the same
 training and validation splits (labels fingerprints); else nothing is written. Batch-norm running
 statistics (vgg16_bn) are averaged like the weights, an approximation; the ImageNet path (vgg16) has
 none. The soup's test-time averaging, calibration, threshold, band and validation figures are fitted
-as classifier.calibrate fits them; it gets its own version (from its weights) and no lesion check
-(fit one with classifier.lesioncheck).
+as classifier.training.calibrate fits them; it gets its own version (from its weights) and no lesion check
+(fit one with classifier.training.lesioncheck).
 """
 
 import argparse
@@ -74,9 +74,9 @@ def check_compatible(metas) -> None:
 def make_soup(model_paths, data_dir, out, batch_size=32, device="cpu", n_boot=1000) -> dict:
     """Write the soup to ``out`` and return a report; raises ModelFileError, DatasetError or OSError
     (``out`` is then untouched)."""
-    from classifier.calibrate import recalibrate
     from classifier.model import model_for_file
     from classifier.modelfile import ModelFileError, load_model_file, read_metadata, save_model_file
+    from classifier.training.calibrate import recalibrate
 
     if len(model_paths) < 2:
         raise ModelFileError("a soup needs at least two model files")
@@ -108,7 +108,7 @@ def make_soup(model_paths, data_dir, out, batch_size=32, device="cpu", n_boot=10
 
 
 def main(args) -> int:
-    from classifier.cli import run_and_print
+    from classifier.training.cli import run_and_print
 
     return run_and_print(lambda: make_soup(args.models, args.data, args.out, args.batch_size, args.device,
                                            args.bootstrap))

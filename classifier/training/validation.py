@@ -4,7 +4,7 @@ rotations/mirror images, calibration, and the operating point stored with the mo
 
 import numpy as np
 
-from classifier import metrics
+from classifier.training import metrics
 
 HEADLINE_SOURCE = "isic2017"
 HEADLINE_POSITIVE = {"melanoma"}

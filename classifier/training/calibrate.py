@@ -1,9 +1,9 @@
 """Refit a model file's operating point on its validation split, from the images as they are on disk.
 
-    python -m classifier.calibrate --model FILE --data DIR [--target-sensitivity 0.90]
+    python -m classifier.training.calibrate --model FILE --data DIR [--target-sensitivity 0.90]
 
 Test-time averaging, Platt calibration, threshold, borderline band and the stored validation figures
-are chosen again exactly as at the end of training (classifier.validation.choose_and_report, on the
+are chosen again exactly as at the end of training (classifier.training.validation.choose_and_report, on the
 network's logits for the 8 rotations/mirror images of every validation image). For a network trained
 on other copies of the images than the ones it will see (a GPU host's WebP transport copy,
 docker/gpu-pack-dataset.py), or after a change of the validation data's encoding. The weights, the
@@ -34,12 +34,12 @@ def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, de
     DatasetError or OSError."""
     import torch
 
-    from classifier import validation
-    from classifier.data import DatasetError, fingerprint, load_samples, split_as_recorded
     from classifier.model import load_classifier
     from classifier.modelfile import replace_metadata
     from classifier.presets import ClassificationPresetEval
-    from classifier.train import CachedImages, make_loader, view_logits
+    from classifier.training import validation
+    from classifier.training.data import DatasetError, fingerprint, load_samples, split_as_recorded
+    from classifier.training.train import CachedImages, make_loader, view_logits
 
     model, meta = load_classifier(model_path)
     recipe = meta.training.get("recipe", {})
@@ -68,7 +68,7 @@ def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, de
 
 
 def main(args) -> int:
-    from classifier.cli import run_and_print
+    from classifier.training.cli import run_and_print
 
     return run_and_print(lambda: recalibrate(args.model, args.data, args.target_sensitivity, args.batch_size,
                                              args.device, args.bootstrap))

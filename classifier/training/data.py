@@ -141,7 +141,7 @@ def fingerprint(samples) -> dict:
 
 def jpeg_quality_range(text: str) -> tuple[int, int] | None:
     """The JPEG re-encoding range of a training recipe: "LO,HI" or one quality, each 1..100, LO <= HI;
-    None for an empty string. ValueError otherwise. (classifier.train's --jpeg-quality and the web
+    None for an empty string. ValueError otherwise. (classifier.training.train's --jpeg-quality and the web
     app's RETRAIN_JPEG_QUALITY setting both take it; the web process imports no PyTorch.)"""
     text = text.strip()
     if not text:

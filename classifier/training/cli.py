@@ -9,8 +9,8 @@ def run_and_print(work, errors: tuple = ()) -> int:
     """Log to stderr, run ``work()`` and print what it returns as JSON (exit status 0); a missing or
     unusable model file, dataset or file (ModelFileError, DatasetError, OSError, or one of ``errors``)
     is one line on stderr and exit status 2."""
-    from classifier.data import DatasetError
     from classifier.modelfile import ModelFileError
+    from classifier.training.data import DatasetError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:

