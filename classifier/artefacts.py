@@ -24,10 +24,14 @@ def artefact_paths(model_path) -> dict[str, Path]:
 
 
 def read_report(model_path) -> dict | None:
-    """The fast-path report for a model file, or None when there is none or it is unreadable."""
+    """The fast-path report for a model file, or None when there is none, it is unreadable, or its
+    guard decided the check images on other orientations than the model does (a rehearsal's)."""
+    from classifier.modelfile import ModelFileError, read_metadata
+
     path = artefact_paths(model_path)["report"]
     try:
         report = json.loads(path.read_text())
-    except (OSError, ValueError):
+        views = read_metadata(model_path).views
+    except (OSError, ValueError, ModelFileError):
         return None
-    return report if report.get("format") == REPORT_FORMAT else None
+    return report if report.get("format") == REPORT_FORMAT and report.get("views") == views else None

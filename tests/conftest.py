@@ -14,6 +14,25 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "isic"  # 12 ISIC images with labels.csv (see its ATTRIBUTION)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--db-only", action="store_true",
+                     help="run only the tests that use the database (tests/run_all.sh's PostgreSQL pass: what "
+                          "uses no database gives the same result on either, and ran in the SQLite pass)")
+
+
+def uses_database(item) -> bool:
+    """pytest-django blocks the database for a test that did not ask for it (the ``db`` or
+    ``transactional_db`` fixture, directly or through another fixture, or the django_db marker)."""
+    return item.get_closest_marker("django_db") is not None or "_django_db_helper" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--db-only"):
+        kept = [item for item in items if uses_database(item)]
+        config.hook.pytest_deselected(items=[item for item in items if not uses_database(item)])
+        items[:] = kept
+
+
 @pytest.fixture(autouse=True)
 def private_dirs(settings, tmp_path):
     """Every test gets its own media and model folders."""

@@ -266,6 +266,17 @@ def test_onnx_runner_reports_a_corrupt_file(tmp_path):
     assert torch.zeros(1).numel() == 1
 
 
+def test_a_report_guarded_on_other_orientations_than_the_model_decides_on_is_not_used(built, tmp_path):
+    """A rehearsal's report (fewer views than the model averages) never picks a worker's runtime."""
+    path, report, _ = built
+    copy = tmp_path / "m.safetensors"
+    shutil.copyfile(path, copy)
+    shutil.copyfile(artefact_paths(path)["onnx-fp32"], artefact_paths(copy)["onnx-fp32"])
+    for views, runtime in ((report["views"], "onnx-fp32"), (report["views"] + 1, "torch")):
+        artefact_paths(copy)["report"].write_text(json.dumps({**report, "chosen": "onnx-fp32", "views": views}))
+        assert Predictor.from_file(copy, device="cpu").runtime == runtime
+
+
 def test_a_report_that_chose_pytorch_loads_pytorch(built, tmp_path):
     path, report, _ = built
     copy = tmp_path / "m.safetensors"
@@ -274,36 +285,42 @@ def test_a_report_that_chose_pytorch_loads_pytorch(built, tmp_path):
     assert Predictor.from_file(copy, device="cpu").runtime == "torch"
 
 
-@pytest.mark.nodb
 def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from_the_shipped_images(tmp_path):
-    """No ../shared: the check set shipped in classifier/checkset (CC-0 ISIC 2017 images) calibrates
-    the starter's int8 copy and guards it (make run on a fresh clone, through the registry). The
-    starter vgg16-20261127-417e4f35 misses the guard there (5 of 256 averaged decisions flip, all
-    within 0.016 of its threshold); with its borderline images rerun in fp32 (10% of them) it passes,
-    so a fresh clone runs this model on int8, at twice ONNX fp32's speed."""
-    from classifier.modelfile import DEFAULT_MODEL_PATH
+    """No ../shared: the check set shipped in classifier/checkset (CC-0 ISIC 2017 images) calibrates the
+    starter's int8 copy and guards it (make run on a fresh clone, through the registry). Here a rehearsal
+    of that build on the shipped model: 32 calibration and 64 check images, decided upright only. The
+    whole build (128 + 256 images in the model's 8 orientations, about 35 minutes on two cores) is what a
+    published version gets and a benchmark prints: ``python -m classifier.training.fastpath --model
+    classifier/models/starter.safetensors --data classifier/checkset`` (figures in docs/models.md)."""
+    from classifier.artefacts import read_report
+    from classifier.modelfile import DEFAULT_MODEL_PATH, read_metadata
 
     path = tmp_path / "starter.safetensors"
     shutil.copyfile(DEFAULT_MODEL_PATH, path)
     checkset = ROOT / "classifier" / "checkset"
-    inputs = fastpath.inputs_from_dataset(path, checkset, n_calibration=1024)
-    assert (len(inputs.calibration), len(inputs.validation)) == (128, 256)
-    report = fastpath.build_artefacts(path, inputs)
+    shipped = fastpath.inputs_from_dataset(path, checkset, n_calibration=1024)
+    assert (len(shipped.calibration), len(shipped.validation)) == (128, 256)
+    assert "the split its labels.csv fixes: 128 calibration, 256 check images" in shipped.images_from
+    inputs = dataclasses.replace(shipped, calibration=shipped.calibration[:32], validation=shipped.validation[:64],
+                                 validation_labels=shipped.validation_labels[:64])
+    report = fastpath.build_artefacts(path, inputs, views=1, speed_images=16)
     runtimes = report["runtimes"]
     int8 = runtimes["onnx-int8"]
-    # int8 tried with the first convolution in fp32, then (if that missed) the first two, each
-    # measured against the worker's 8-view decisions; the verdict follows the guard's limits.
+    # int8 tried with the first convolution in fp32, then (if that missed) the first two; the verdict
+    # follows the guard's limits.
     assert [a["fp32_convolutions"] for a in int8["earlier_attempts"]] + [int8["fp32_convolutions"]] in ([1], [1, 2])
-    assert int8["n"] == 256 and int8["passed"] == (int8["decision_flip_rate"] <= fastpath.MAX_FLIP_RATE
-                                                    and abs(int8["auc_delta"]) <= fastpath.MAX_AUC_DELTA)
+    assert int8["n"] == 64 and int8["passed"] == (int8["decision_flip_rate"] <= fastpath.MAX_FLIP_RATE
+                                                   and abs(int8["auc_delta"]) <= fastpath.MAX_AUC_DELTA)
     assert runtimes["onnx-fp32"]["passed"] and runtimes["onnx-fp32"]["decision_flips"] == 0
+    assert runtimes["onnx-fp32"]["max_probability_difference"] < 1e-4
     chosen = report["chosen"]
     assert runtimes[chosen]["passed"]
     assert chosen == max((n for n, r in runtimes.items() if r["passed"]), key=lambda n: runtimes[n]["img_s"])
-    assert "the split its labels.csv fixes: 128 calibration, 256 check images" in report["images_from"]
     recheck = runtimes["onnx-int8-recheck"]
-    assert recheck["decision_flips"] <= int8["decision_flips"] and "128 calibration images" in recheck["margin_from"]
-    assert chosen in ("onnx-int8", "onnx-int8-recheck"), runtimes  # the worker's path is int8 again
+    assert recheck["decision_flips"] <= int8["decision_flips"] and "32 calibration images" in recheck["margin_from"]
+    # A rehearsal's guard is not the worker's (the starter decides on 8 orientations): never run.
+    assert read_metadata(path).views == 8 and report["views"] == 1
+    assert read_report(path) is None and Predictor.from_file(path, device="cpu").runtime == "torch"
 
 
 def test_colour_constancy_is_in_the_onnx_graphs_and_stays_fp32_in_int8(tmp_path, model_file):

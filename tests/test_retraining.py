@@ -271,7 +271,7 @@ def test_the_model_page_says_how_many_check_images_the_int8_recheck_reran_in_fp3
     fp32 = {"img_s": 7.3, "n": 256, "decision_flips": 0, "auc_delta": 0.0, "passed": True}
     artefact_paths(starter.path)["report"].write_text(json.dumps({
         "format": REPORT_FORMAT, "model_version": starter.version, "created": "2026-11-27T22:00:00Z",
-        "validation_images": 256, "images_from": "classifier/checkset", "chosen": "onnx-int8-recheck",
+        "validation_images": 256, "views": 8, "images_from": "classifier/checkset", "chosen": "onnx-int8-recheck",
         "guard": {"max_decision_flip_rate": 0.005, "max_auc_delta": 0.005},
         "runtimes": {"onnx-fp32": fp32, "onnx-int8-recheck": {**fp32, "img_s": 14.9, "rechecked": 26}},
     }))

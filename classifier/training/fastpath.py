@@ -213,21 +213,28 @@ class BuildInputs:
 
 
 def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threads: int | None = None,
-                    onnx: bool = True) -> dict:
-    """Export, quantise, check against fp32 and time each runtime; write and return the report."""
+                    onnx: bool = True, views: int | None = None, speed_images: int = 64) -> dict:
+    """Export, quantise, check against fp32 and time each runtime; write and return the report.
+
+    ``views`` (default: the model's own) is how many orientations each check image is decided on. Only
+    a rehearsal of the build (the test suite's, on a few images) passes fewer than the model's: its
+    report records them, and ``artefacts.read_report`` refuses a report whose views are not the model's,
+    so a worker never runs a runtime guarded on other decisions than its own. ``speed_images``: how
+    many check images each runtime is timed on (at least four batches)."""
     model_path = Path(model_path)
     paths = artefact_paths(model_path)
     predictor = Predictor.from_file(model_path, device="cpu", runtime="torch")
     meta = predictor.metadata
+    views = meta.views if views is None else views
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
 
     reference_runner = predictor.runner
     calibrate = predictor.calibrate
-    reference = run_batched(reference_runner, inputs.validation, batch_size, calibrate, meta.views)
+    reference = run_batched(reference_runner, inputs.validation, batch_size, calibrate, views)
     labels = inputs.validation_labels
-    speed_images = inputs.validation[: max(batch_size * 4, 64)]
+    speed_images = inputs.validation[: max(batch_size * 4, speed_images)]
     runtimes = {
         "torch-fp32": {
             "file": model_path.name,
@@ -240,7 +247,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
 
     def check(name, **extra):
         runner = runners[name] = OnnxRunner(paths[name], threads)
-        logits[name] = batched_logits(runner, inputs.validation, batch_size, meta.views)
+        logits[name] = batched_logits(runner, inputs.validation, batch_size, views)
         probs = calibrate(logits[name]).numpy()
         runtimes[name] = {
             "file": paths[name].name,
@@ -255,7 +262,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         export_onnx(predictor.runner.model, meta.input_size, paths["onnx-fp32"])
         check("onnx-fp32")
     # int8, keeping the first convolution in fp32; if that misses the guard, the first two.
-    calibration = calibration_inputs(inputs.calibration, meta.views)
+    calibration = calibration_inputs(inputs.calibration, views)
     for fp32_convs in (1, 2) if onnx else ():
         quantize_int8(paths["onnx-fp32"], paths["onnx-int8"], calibration, batch_size, fp32_convs)
         passed = check("onnx-int8", fp32_convolutions=fp32_convs, earlier_attempts=list(attempts))
@@ -268,7 +275,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         # misses the guard, this may pass it, at a share of fp32's cost.
         fast, exact = runners["onnx-int8"], runners["onnx-fp32"]  # the graphs check() ran, not opened again
         margin, n_margin = recheck_margin(fast, exact, inputs.calibration, batch_size)
-        recheck = Recheck(exact, threshold_logit(meta), margin, meta.views)
+        recheck = Recheck(exact, threshold_logit(meta), margin, views)
         rechecked = torch.cat([recheck(b, z) for b, z in zip(inputs.validation.split(batch_size),
                                                              logits["onnx-int8"].split(batch_size))])
         share = recheck.rechecked / max(recheck.images, 1)
@@ -286,7 +293,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     accepted = [n for n, r in runtimes.items() if r["passed"]]
     chosen = max(accepted, key=lambda n: runtimes[n]["img_s"])
     chosen_cuda = check_cuda(predictor.runner.model, inputs, reference, labels, meta.threshold, runtimes,
-                             calibrate=calibrate, views=meta.views)
+                             calibrate=calibrate, views=views)
     report = {
         "format": REPORT_FORMAT,
         "model_version": meta.version,
@@ -296,7 +303,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         "calibration_images": int(len(inputs.calibration)),
         "calibration_inputs": int(len(calibration)),
         "validation_images": int(len(inputs.validation)),
-        "views": meta.views,  # forward passes per check image: the decisions compared are the worker's
+        "views": views,  # forward passes per check image: the decisions compared are the worker's
         "images_from": inputs.description,
         "guard": {"max_decision_flip_rate": MAX_FLIP_RATE, "max_auc_delta": MAX_AUC_DELTA},
         "runtimes": runtimes,
