@@ -1,4 +1,5 @@
-"""Where a model file's fast-path artefacts live and how their report is read (no PyTorch needed).
+"""Where a model file's fast-path artefacts live and how their report is read, and the locked test split's
+ledger of model files (no PyTorch needed).
 
 Beside ``<name>.safetensors`` classifier.training.fastpath writes ``<name>.onnx``, ``<name>.int8.onnx`` and
 the report ``<name>.fast.json``; the web process reads the report here, workers run the artefacts
@@ -35,3 +36,25 @@ def read_report(model_path) -> dict | None:
     except (OSError, ValueError, ModelFileError):
         return None
     return report if report.get("format") == REPORT_FORMAT and report.get("views") == views else None
+
+
+# The locked test split's ledger (classifier.training.evaluate --split locked-test): one JSON object
+# per model file scored on it, keyed by the file's sha256; the model pages read it.
+LOCKED_TEST_LEDGER = Path(__file__).resolve().parent / "models" / "locked-test.jsonl"
+
+
+def read_ledger(path=LOCKED_TEST_LEDGER) -> dict[str, dict]:
+    """The ledger's entries by model file sha256 ({} without a ledger; unreadable lines are skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    entries = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+            entries.setdefault(entry["sha256"], entry)  # the first score of a file is its score
+    return entries

@@ -84,6 +84,16 @@ class ModelMetadata:
         return meta
 
 
+def file_sha256(path) -> str:
+    """The sha256 of a model file's bytes: the model registry records it, the locked test split's
+    ledger is keyed by it (``sha256sum FILE`` gives the same)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def weights_digest(state_dict: dict) -> str:
     h = hashlib.sha256()
     for name in sorted(state_dict):

@@ -207,6 +207,8 @@ if env("STORAGE_BACKEND", "filesystem") == "s3":
 
 # Published model files live here, named by version.
 MODEL_ROOT = Path(env("MODEL_ROOT", VAR_DIR / "models"))
+# The locked test split's ledger (classifier.training.evaluate --split locked-test), read by the model pages.
+LOCKED_TEST_LEDGER = Path(env("LOCKED_TEST_LEDGER", BASE_DIR / "classifier" / "models" / "locked-test.jsonl"))
 
 # Uploads
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
@@ -303,7 +305,7 @@ INFERENCE_DEVICE = env("INFERENCE_DEVICE", "auto")
 # up to INFERENCE_BATCH_WAIT_MS for a burst of uploads to arrive. A case another worker claimed
 # less than INFERENCE_CLAIM_TIMEOUT seconds ago is left to that worker.
 # 4 on the CPU: int8 throughput does not grow with the batch while activation memory does (the
-# worker's 1 GB budget; README, "Figures behind the defaults"); a GPU worker wants more (docker/ sets 64).
+# worker's 1 GB budget; docs/benchmarks.md, "Figures behind the defaults"); a GPU worker wants more (docker/ sets 64).
 INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 4)
 INFERENCE_BATCH_WAIT_MS = env_int("INFERENCE_BATCH_WAIT_MS", 100)
 INFERENCE_CLAIM_TIMEOUT = env_int("INFERENCE_CLAIM_TIMEOUT", 120)
@@ -317,7 +319,7 @@ RETRAIN_LR = float(env("RETRAIN_LR", "0.0003"))
 RETRAIN_BATCH_SIZE = env_int("RETRAIN_BATCH_SIZE", 32)
 # Re-encode this share of the training views as JPEG at a quality drawn from LO,HI (empty: never), as
 # the starter was trained: uploads come from many cameras and codecs, and the network should not
-# learn one codec's artefacts (MODEL_CARD.md).
+# learn one codec's artefacts (docs/experiments.md).
 RETRAIN_JPEG_QUALITY = env_jpeg_quality("RETRAIN_JPEG_QUALITY", "50,95")
 RETRAIN_JPEG_P = env_share("RETRAIN_JPEG_P", "0.5")
 TRAINING_DEVICE = env("TRAINING_DEVICE", "auto")

@@ -92,9 +92,54 @@ def split_samples(samples, val_fraction=0.2, seed=0, train_only_sources=()):
 
 def split_as_recorded(samples, recipe: dict):
     """The training and validation split a model's recorded recipe (its ``training.recipe``
-    metadata) made of ``samples``: the same fraction, seed and training-only sources."""
-    return split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
-                         tuple(recipe.get("train_only_sources", ())))
+    metadata) made of ``samples``: the same fraction, seed and training-only sources. A recipe with
+    ``locked_test`` (every model trained since the locked split exists) had the locked test split
+    taken out of both sides: its validation images are what chose its epochs, calibration,
+    threshold and band, and the locked images chose nothing (``locked_test_split``)."""
+    train, val = split_samples(samples, recipe.get("val_fraction", 0.2), recipe.get("seed", 0),
+                               tuple(recipe.get("train_only_sources", ())))
+    if recipe.get("locked_test"):
+        locked = {s.path for s in locked_test_split(samples)}
+        train, val = [s for s in train if s.path not in locked], [s for s in val if s.path not in locked]
+    return train, val
+
+
+# The locked test split: drawn once, by this salt, and never used for any choice (issue 30).
+LOCKED_SALT = "skinweb-locked-test-1"
+LOCKED_FROM = {"val_fraction": 0.2, "seed": 0, "train_only_sources": ("isic2018test600",)}
+LOCKED_SHARE = 0.5
+
+
+def locked_test_split(samples) -> list[Sample]:
+    """The development set's locked test split: half the lesions of the validation side of the
+    default recipe's split (``LOCKED_FROM``, the split the shipped starter was trained on), drawn by
+    lesion within each (source, label) stratum by a hash of the lesion id, so it needs no seed and
+    a lesion's images stay together. Every source with lesions on the validation side is in it
+    (isic2018test600 goes to training whole: it has no lesion ids). A model is scored on it once
+    (``classifier.training.evaluate --split locked-test``, which keeps a ledger); training with
+    ``--locked-test`` leaves it out of training and validation alike. Images in a labels.csv with a
+    fixed ``split`` column (the check set, in-app retraining) have no locked split: [] for those."""
+    if any(s.split for s in samples):
+        return []
+    _, val = split_samples(samples, LOCKED_FROM["val_fraction"], LOCKED_FROM["seed"],
+                           LOCKED_FROM["train_only_sources"])
+    groups: dict[str, list[Sample]] = {}
+    for s in val:
+        groups.setdefault(s.group, []).append(s)
+    locked = []
+    strata = sorted({(members[0].source, max(m.label for m in members)) for members in groups.values()})
+    for source, label in strata:
+        keys = sorted((g for g, members in groups.items()
+                       if members[0].source == source and max(m.label for m in members) == label),
+                      key=lambda g: hashlib.sha256(f"{LOCKED_SALT}:{g}".encode()).hexdigest())
+        target = LOCKED_SHARE * sum(len(groups[k]) for k in keys)
+        taken = 0
+        for k in keys:
+            if taken >= target:
+                break
+            locked.extend(groups[k])
+            taken += len(groups[k])
+    return sorted(locked, key=lambda s: str(s.path))
 
 
 def split_by_group(samples, val_fraction=0.2, seed=0):

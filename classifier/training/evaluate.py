@@ -1,10 +1,17 @@
 """Evaluate a model on a labelled dataset; print ONE JSON object on stdout (logs go to stderr).
 
-    python -m classifier.training.evaluate --data DIR [--model PATH] [--split all|validation] [--roc PNG] [--scores CSV]
+    python -m classifier.training.evaluate --data DIR [--model PATH] [--split all|validation|locked-test]
+        [--roc PNG] [--scores CSV]
 
 DIR is labels.csv layout or benign/ and malignant/ folders. Without --model, the starter model
 that `make run` publishes (classifier/models/starter.safetensors) is used. ``--split validation``
 keeps only the model's own validation images (the split remade from its recorded recipe).
+``--split locked-test`` scores the development set's locked test split (classifier.training.data
+.locked_test_split) once per model file: the result goes into a ledger (``--ledger``, by default
+classifier/models/locked-test.jsonl, keyed by the file's sha256) with what the operating point does
+there (``validation.held_out_statement``), and a file already in it is not scored again: its
+recorded entry is printed. A model that trained on any locked image is refused; one whose recipe did
+not leave the split out of its choices (``--locked-test``) is scored with ``"clean": false``.
 
 Besides the overall figures, the JSON has AUC (95% CI) per source and per diagnosis, the headline
 (melanoma vs nevus + seborrheic keratosis on the ISIC 2017 part), ``dihedral_flip_rate`` (the
@@ -26,13 +33,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError
+from classifier.artefacts import LOCKED_TEST_LEDGER, read_ledger
+from classifier.modelfile import DEFAULT_MODEL_PATH, ModelFileError, file_sha256
 from classifier.predictor import Predictor
 from classifier.presets import dihedral
 from classifier.training import metrics, validation
-from classifier.training.data import DatasetError, load_samples, split_as_recorded
+from classifier.training.data import DatasetError, load_samples, locked_test_split, split_as_recorded
 
 log = logging.getLogger("classifier.training.evaluate")
+
+
+
 
 
 def get_args_parser(add_help=True):
@@ -44,8 +55,10 @@ def get_args_parser(add_help=True):
     p.add_argument("--threshold", type=float, default=None, help="override the model's stored threshold")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC interval")
     p.add_argument("--roc", metavar="PNG", help="also draw the ROC curve with the operating point")
-    p.add_argument("--split", choices=["all", "validation"], default="all",
-                   help="all images, or only the model's validation split (remade from its recipe)")
+    p.add_argument("--split", choices=["all", "validation", "locked-test"], default="all",
+                   help="all images, only the model's validation split (remade from its recipe), or the "
+                        "locked test split (once per model file, into the ledger)")
+    p.add_argument("--ledger", default=str(LOCKED_TEST_LEDGER), help="the locked test split's ledger (JSON lines)")
     p.add_argument("--no-flips", action="store_true", help="skip the 8-orientation check (dihedral_flip_rate)")
     p.add_argument("--scores", metavar="CSV", help="also write one row per image: its probability and decision")
     return p
@@ -122,8 +135,30 @@ def main(args) -> int:
     if not samples:
         log.error("no images in %s", args.data)
         return 2
+    recipe = predictor.metadata.training.get("recipe", {})
+    locked = None
     if args.split == "validation":
-        _, samples = split_as_recorded(samples, predictor.metadata.training.get("recipe", {}))
+        _, samples = split_as_recorded(samples, recipe)
+    elif args.split == "locked-test":
+        if args.threshold is not None:
+            log.error("--threshold: the locked test split scores a model file's own operating point")
+            return 2
+        locked = {"sha256": file_sha256(args.model), "version": predictor.version}
+        if locked["sha256"] in (ledger := read_ledger(args.ledger)):
+            log.info("%s was scored on the locked test split already: its entry in %s, not a second score",
+                     predictor.version, args.ledger)
+            print(json.dumps({**ledger[locked["sha256"]], "already_scored": True}))
+            return 0
+        train, _ = split_as_recorded(samples, recipe)
+        samples = locked_test_split(samples)
+        if not samples:
+            log.error("%s has no locked test split (a labels.csv with a fixed split column)", args.data)
+            return 2
+        seen = {s.path for s in train} & {s.path for s in samples}
+        if seen:
+            log.error("%s trained on %d images of the locked test split: it cannot be tested on it",
+                      predictor.version, len(seen))
+            return 2
     t = time.perf_counter()
     y = np.array([s.label for s in samples])
     p, view_logits = predict_all(predictor, samples, args.batch_size, flips=not args.no_flips)
@@ -138,11 +173,19 @@ def main(args) -> int:
             view_logits, meta.tta, meta.calibration, threshold)), 4)
     result.update(model_version=predictor.version, tta=predictor.metadata.tta, runtime=predictor.runtime,
                   split=args.split)
+    if locked is not None:
+        op = predictor.metadata.operating_point or {"threshold": threshold}
+        result["operating_point"] = validation.held_out_statement(y, p, samples, {**op, "threshold": threshold})
+        result.update(locked, clean=bool(recipe.get("locked_test")),
+                      scored=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     result["seconds"] = round(time.perf_counter() - t, 1)
     if args.roc:
         draw_roc(args.roc, y, p, threshold, result["auc"])
     if args.scores:
         write_scores(args.scores, Path(args.data), samples, p, threshold)
+    if locked is not None:
+        with open(args.ledger, "a") as f:
+            f.write(json.dumps(result, sort_keys=True) + "\n")
     print(json.dumps(result))
     return 0
 

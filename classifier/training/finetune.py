@@ -68,6 +68,9 @@ def get_args_parser(add_help=True):
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--train-only-sources", default="isic2018test600",
                    help="comma-separated sources kept whole in training (no lesion ids to split them by)")
+    p.add_argument("--locked-test", action="store_true",
+                   help="leave the development set's locked test split out of training and validation "
+                        "(classifier.training.data.locked_test_split); recorded in the recipe")
     p.add_argument("--exclude-sources", default="", help="comma-separated sources left out of training")
     p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
                    help="sample SOURCE's training images W times as often (repeatable)")

@@ -80,6 +80,62 @@ def threshold_for_sensitivity(y_true, y_prob, target: float) -> float:
     return float((needed + below.max()) / 2) if len(below) else float(needed)
 
 
+def _binomial_tail(k: int, n: int, q: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, q), summed in log space (n up to tens of thousands)."""
+    if k <= 0:
+        return 1.0
+    if q <= 0:
+        return 0.0
+    if q >= 1:
+        return 1.0
+    lq, l1q = math.log(q), math.log1p(-q)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lq + (n - i) * l1q
+             for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(x - top) for x in terms))
+
+
+def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson exact interval for a proportion k/n: each end holds with (1 - level)/2 error, so
+    the lower end is a one-sided bound at (1 + level)/2 confidence. (nan, nan) for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+
+    def solve(f):  # f increasing in q: the q in [0, 1] where f(q) = alpha, by bisection
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) < alpha else (lo, mid)
+        return (lo + hi) / 2
+
+    lower = 0.0 if k == 0 else solve(lambda q: _binomial_tail(k, n, q))
+    upper = 1.0 if k == n else 1 - solve(lambda q: _binomial_tail(n - k, n, q))
+    return lower, upper
+
+
+def positives_for_lower_bound(n: int, target: float, level: float = 0.95) -> int:
+    """The fewest of ``n`` positive cases found at which the lower end of the ``level`` Clopper-Pearson
+    interval of sensitivity reaches ``target``; n + 1 when even all n do not (too few cases)."""
+    for k in range(max(0, math.floor(target * n)), n + 1):
+        if binomial_interval(k, n, level)[0] >= target:
+            return k
+    return n + 1
+
+
+def threshold_for_sensitivity_bound(y_true, y_prob, target: float, level: float = 0.95) -> float:
+    """``threshold_for_sensitivity`` for the sensitivity whose ``level`` interval's lower end is ``target``
+    (Clopper-Pearson): on these cases the threshold finds enough positives that, for new cases like
+    them, sensitivity is at least ``target`` with (1 + level)/2 confidence. With too few positives for
+    that, the threshold finds all of them. The fitting cases must be held out from training."""
+    y = np.asarray(y_true).astype(bool)
+    n = int(y.sum())
+    if n == 0:
+        raise ValueError("no positive cases: cannot choose a threshold for a sensitivity")
+    k = min(n, positives_for_lower_bound(n, target, level))
+    return threshold_for_sensitivity(y, y_prob, k / n)
+
+
 def confusion(y_true, y_prob, threshold: float) -> dict:
     y = np.asarray(y_true).astype(bool)
     pred = np.asarray(y_prob, dtype=float) >= threshold

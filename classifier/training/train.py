@@ -52,7 +52,7 @@ from classifier.training.data import (
     jpeg_quality_range,
     load_rgb,
     load_samples,
-    split_samples,
+    split_as_recorded,
 )
 
 log = logging.getLogger("classifier.training.train")
@@ -79,6 +79,9 @@ def get_args_parser(add_help=True):
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--train-only-sources", default="isic2018test600",
                    help="comma-separated sources kept whole in training (no lesion ids to split them by)")
+    p.add_argument("--locked-test", action="store_true",
+                   help="leave the development set's locked test split out of training and validation "
+                        "(classifier.training.data.locked_test_split); recorded in the recipe")
     p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
                    help="sample SOURCE's training images W times as often (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training/validation split (and of training, "
@@ -322,7 +325,8 @@ def load_split(args):
         log.error("cannot read the dataset: %s", exc)
         return None
     train_only = tuple(s for s in args.train_only_sources.split(",") if s)
-    train, val = split_samples(samples, args.val_fraction, args.seed, train_only)
+    train, val = split_as_recorded(samples, {"val_fraction": args.val_fraction, "seed": args.seed,
+                                             "train_only_sources": train_only, "locked_test": args.locked_test})
     if not train or not val or len({s.label for s in val}) < 2:
         log.error("the dataset is too small to split into training and validation with both classes")
         return None

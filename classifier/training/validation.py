@@ -188,14 +188,77 @@ def group_report(y, p, samples, threshold, n_boot: int = 1000) -> dict:
     }
 
 
-def operating_point(y, p, threshold, band_sensitivities=(0.97, 0.80)) -> dict:
+def held_out_statement(y, p, samples, op: dict, level: float = 0.95) -> dict:
+    """What a model's operating point does on images that chose nothing (the locked test split): the
+    sensitivity and specificity at its threshold with exact (Clopper-Pearson) intervals, the share
+    of melanomas below its borderline band (shown as confidently benign) and the share of images in
+    the band. The lower end of the sensitivity interval is the figure a result page may state."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=float)
+    c = metrics.confusion(y, p, op["threshold"])
+    lo, hi = op.get("band") or (op["threshold"], op["threshold"])
+    melanoma = np.array([s.diagnosis == "melanoma" for s in samples])
+    below = int((melanoma & (p < lo)).sum())
+    return {
+        "threshold": float(op["threshold"]), "level": level,
+        "sensitivity": _rate(c["tp"], c["tp"] + c["fn"]),
+        "sensitivity_ci": [round(v, 4) for v in metrics.binomial_interval(c["tp"], c["tp"] + c["fn"], level)],
+        "specificity": _rate(c["tn"], c["tn"] + c["fp"]),
+        "specificity_ci": [round(v, 4) for v in metrics.binomial_interval(c["tn"], c["tn"] + c["fp"], level)],
+        "n_malignant": int(y.sum()), "n_benign": int((~y).sum()),
+        "melanomas": int(melanoma.sum()), "melanomas_below_band": below,
+        "melanomas_below_band_share": _rate(below, melanoma.sum()),
+        "band_share": _rate(((p >= lo) & (p < hi)).sum(), len(p)),
+    }
+
+
+# How the operating point is fitted: the threshold's sensitivity is a lower confidence bound on
+# held-out images, and the band's lower edge leaves at most this share of melanomas below it.
+BOUND_LEVEL = 0.95
+MELANOMA_BELOW_BAND = 0.02
+
+
+def band_floor(p, samples, y, share: float = MELANOMA_BELOW_BAND) -> float:
+    """The band's lower edge: the split-conformal bound that leaves at most ``share`` of new melanomas
+    like these below it. With n melanomas it is the k-th lowest melanoma probability, k = floor(share
+    (n + 1)) (at least the lowest), placed halfway to the next lower probability of any image; a new
+    exchangeable melanoma falls below it with probability at most k / (n + 1). Without melanomas the
+    malignant images stand in."""
+    p, y = np.asarray(p, dtype=float), np.asarray(y).astype(bool)
+    melanoma = np.array([s.diagnosis == "melanoma" for s in samples]) if samples is not None else y
+    scores = np.sort(p[melanoma if melanoma.any() else y])
+    if not len(scores):
+        return float("nan")
+    k = max(1, int(np.floor(share * (len(scores) + 1))))
+    edge = scores[k - 1]
+    below = p[p < edge]
+    return float((edge + below.max()) / 2) if len(below) else float(edge)
+
+
+def operating_point(y, p, threshold, band_sensitivities=(0.97, 0.80), samples=None,
+                    target_sensitivity: float | None = None) -> dict:
     """The threshold's validation sensitivity and specificity, and the borderline band around it:
     the probabilities between the thresholds that reach the two ``band_sensitivities``; a result
-    in the band is one a modest change of the operating point would decide the other way."""
+    in the band is one a modest change of the operating point would decide the other way.
+
+    Given ``samples`` and the ``target_sensitivity`` the threshold was fitted for (as
+    ``choose_and_report`` fits it: the lower end of the sensitivity's 95% interval at the target),
+    the band's lower edge is also low enough to leave at most 2% of melanomas below it
+    (``band_floor``), and the record says what the threshold's figure means."""
     y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=float)
     c = metrics.confusion(y, p, threshold)
     lo = min(metrics.threshold_for_sensitivity(y, p, band_sensitivities[0]), threshold)
     hi = max(metrics.threshold_for_sensitivity(y, p, band_sensitivities[1]), threshold)
+    definition = (f"probabilities between the thresholds reaching {band_sensitivities[0]:.0%} and "
+                  f"{band_sensitivities[1]:.0%} sensitivity on validation")
+    extra = {}
+    if samples is not None and target_sensitivity is not None:
+        lo = min(lo, band_floor(p, samples, y))
+        definition += f", and below it at most {MELANOMA_BELOW_BAND:.0%} of melanomas (a conformal bound)"
+        tp, n = c["tp"], c["tp"] + c["fn"]
+        extra = {"target_sensitivity": target_sensitivity, "bound_level": BOUND_LEVEL,
+                 "sensitivity_ci": [round(v, 4) for v in metrics.binomial_interval(tp, n, BOUND_LEVEL)],
+                 "threshold_definition": (f"the lower end of the {BOUND_LEVEL:.0%} interval of sensitivity on "
+                                          f"validation reaches {target_sensitivity:.0%}")}
     in_band = (p >= lo) & (p < hi)
     return {
         "threshold": float(threshold),
@@ -203,28 +266,31 @@ def operating_point(y, p, threshold, band_sensitivities=(0.97, 0.80)) -> dict:
         "specificity": _rate(c["tn"], c["tn"] + c["fp"]),
         "n_malignant": int(y.sum()), "n_benign": int((~y).sum()),
         "band": [float(lo), float(hi)],
-        "band_definition": (f"probabilities between the thresholds reaching {band_sensitivities[0]:.0%} and "
-                            f"{band_sensitivities[1]:.0%} sensitivity on validation"),
+        "band_definition": definition,
         "band_share": _rate(in_band.sum(), len(p)),
+        **extra,
     }
 
 
 def choose_and_report(y, view_logits, samples, target_sensitivity=0.90, flip_target=0.02, n_boot=1000) -> dict:
     """From the network's logits for the 8 views of each validation image: whether to average the
     views (when a single view's decisions flip across orientations more often than ``flip_target``),
-    the Platt calibration of the chosen logit, the threshold for ``target_sensitivity``, the
-    operating point, and the validation figures to store with the model."""
+    the Platt calibration of the chosen logit, the threshold (the fewest positive calls at which the
+    lower end of the 95% Clopper-Pearson interval of sensitivity reaches ``target_sensitivity``:
+    a threshold fitted to the point estimate found 70-74% of malignant lesions on new images where
+    validation said 90%), the operating point, and the validation figures to store with the model."""
     y = np.asarray(y)
     view_logits = np.asarray(view_logits, dtype=float)
     single = view_logits[:, 0]
     single_cal = fit_platt(single, y)
-    single_thr = metrics.threshold_for_sensitivity(y, apply_calibration(single, single_cal), target_sensitivity)
+    single_thr = metrics.threshold_for_sensitivity_bound(y, apply_calibration(single, single_cal),
+                                                         target_sensitivity, BOUND_LEVEL)
     single_flips = flip_rate(decisions_per_orientation(view_logits, "none", single_cal, single_thr))
     tta = "dihedral8" if single_flips > flip_target else "none"
     z = view_logits.mean(axis=1) if tta == "dihedral8" else single
     calibration = fit_platt(z, y)
     p_raw, p = sigmoid(z), apply_calibration(z, calibration)
-    threshold = metrics.threshold_for_sensitivity(y, p, target_sensitivity)
+    threshold = metrics.threshold_for_sensitivity_bound(y, p, target_sensitivity, BOUND_LEVEL)
     flips = flip_rate(decisions_per_orientation(view_logits, tta, calibration, threshold))
     cross = cross_fitted_calibration(z, y, [s.group for s in samples])
     validation = metrics.binary_metrics(y, p, threshold, n_boot=n_boot)
@@ -245,4 +311,6 @@ def choose_and_report(y, view_logits, samples, target_sensitivity=0.90, flip_tar
         },
     })
     return {"tta": tta, "calibration": calibration, "threshold": float(threshold),
-            "operating_point": operating_point(y, p, threshold), "validation": validation}
+            "operating_point": operating_point(y, p, threshold, samples=samples,
+                                               target_sensitivity=target_sensitivity),
+            "validation": validation}

@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from classifier import artefacts
-from classifier.modelfile import read_metadata
+from classifier.modelfile import file_sha256, read_metadata
 
 # Borderline band for versions whose model file predates stored bands (logit units around the threshold).
 DERIVED_BAND_LOGIT = 0.5
@@ -34,6 +34,8 @@ class ModelVersion(models.Model):
     input_size = models.PositiveIntegerField(default=0)
     threshold = models.FloatField(default=0.5)
     metadata = models.JSONField(default=dict, help_text="Everything the model file's header says")
+    sha256 = models.CharField(max_length=64, blank=True,
+                              help_text="sha256 of the model file's bytes when it was registered (sha256sum FILE)")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
     created_at = models.DateTimeField(auto_now_add=True)
     published_at = models.DateTimeField(null=True, blank=True)
@@ -130,6 +132,7 @@ class ModelVersion(models.Model):
             fast_path=state,
             version=meta.version,
             filename=filename,
+            sha256=file_sha256(settings.MODEL_ROOT / filename),
             arch=meta.arch,
             input_size=meta.input_size,
             threshold=meta.threshold,
@@ -161,9 +164,26 @@ class ModelVersion(models.Model):
             "derived": True,
         }
 
+    @cached_property
+    def locked_test(self) -> dict | None:
+        """This file's score on the development set's locked test split (images that chose nothing), from
+        the ledger (``LOCKED_TEST_LEDGER``; classifier.training.evaluate --split locked-test), or None."""
+        if not self.sha256:
+            return None
+        return artefacts.read_ledger(settings.LOCKED_TEST_LEDGER).get(self.sha256)
+
     @property
     def threshold_in_words(self) -> str:
-        """What the threshold meant on validation data, per 100 lesions."""
+        """What the threshold means, per 100 lesions: the lower end of the 95% interval of its sensitivity on
+        the locked test split where the file was scored there, else what its validation data said."""
+        held_out = (self.locked_test or {}).get("operating_point") or {}
+        if held_out.get("sensitivity_ci") and held_out.get("specificity") is not None:
+            low = held_out["sensitivity_ci"][0]
+            return (f"On {held_out['n_malignant']} malignant and {held_out['n_benign']} benign held-out images "
+                    f"that took no part in training or in choosing this threshold, the model found at least "
+                    f"{math.floor(100 * low)} of 100 malignant lesions at this threshold (the lower end of the "
+                    f"{held_out['level']:.0%} interval; {round(100 * held_out['sensitivity'])} measured) and "
+                    f"flagged {round(100 * (1 - held_out['specificity']))} of 100 benign ones.")
         op = self.operating_point
         if op.get("sensitivity") is None or op.get("specificity") is None:
             return ""

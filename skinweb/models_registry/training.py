@@ -19,7 +19,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from classifier.modelfile import ModelFileError, read_metadata
+from classifier.modelfile import ModelFileError, file_sha256, read_metadata
 from classifier.training import metrics
 from classifier.training.data import CLASSES, DatasetError, fingerprint, load_samples, split_by_group
 from skinweb.clinic.models import Case
@@ -242,9 +242,9 @@ def finish(version: ModelVersion, model_path: Path):
     version.evaluation = jsonable(evaluate_against_parent(version))
     with transaction.atomic():
         ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(
-            filename=filename, arch=meta.arch, input_size=meta.input_size, threshold=meta.threshold,
-            metadata=version.metadata, evaluation=version.evaluation, status=ModelVersion.Status.CANDIDATE,
-            heartbeat_at=timezone.now(),
+            filename=filename, sha256=file_sha256(settings.MODEL_ROOT / filename), arch=meta.arch,
+            input_size=meta.input_size, threshold=meta.threshold, metadata=version.metadata,
+            evaluation=version.evaluation, status=ModelVersion.Status.CANDIDATE, heartbeat_at=timezone.now(),
         )
 
 
