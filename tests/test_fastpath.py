@@ -291,7 +291,7 @@ def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from
     of that build on the shipped model: 32 calibration and 64 check images, decided upright only. The
     whole build (128 + 256 images in the model's 8 orientations, about 35 minutes on two cores) is what a
     published version gets and a benchmark prints: ``python -m classifier.training.fastpath --model
-    classifier/models/starter.safetensors --data classifier/checkset`` (figures in docs/models.md)."""
+    classifier/models/starter.safetensors --data classifier/checkset`` (docs/benchmarks.md)."""
     from classifier.artefacts import read_report
     from classifier.modelfile import DEFAULT_MODEL_PATH, read_metadata
 
@@ -300,7 +300,7 @@ def test_a_fresh_clone_builds_and_guards_the_int8_path_of_the_shipped_model_from
     checkset = ROOT / "classifier" / "checkset"
     shipped = fastpath.inputs_from_dataset(path, checkset, n_calibration=1024)
     assert (len(shipped.calibration), len(shipped.validation)) == (128, 256)
-    assert "the split its labels.csv fixes: 128 calibration, 256 check images" in shipped.images_from
+    assert "the split its labels.csv fixes: 128 calibration, 256 check images" in shipped.description
     inputs = dataclasses.replace(shipped, calibration=shipped.calibration[:32], validation=shipped.validation[:64],
                                  validation_labels=shipped.validation_labels[:64])
     report = fastpath.build_artefacts(path, inputs, views=1, speed_images=16)
