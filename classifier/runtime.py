@@ -3,7 +3,7 @@ gives an int8 graph's borderline images to the fp32 graph.
 
 The fast-path report (classifier.artefacts) names the runtime that passed the accuracy guard;
 ``Predictor.from_file`` reads it and builds the runner here. Building
-the artefacts (export, quantisation, the guard) lives in classifier.fastpath and is never imported
+the artefacts (export, quantisation, the guard) lives in classifier.training.fastpath and is never imported
 on the prediction path.
 """
 
@@ -38,7 +38,7 @@ class OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The arena keeps the largest batch's activations allocated (bounded: workers cap the batch at
         # INFERENCE_BATCH_SIZE); without it every call maps and faults in fresh pages, which is
-        # measurably slower (README, "Figures behind the defaults").
+        # measurably slower (docs/benchmarks.md, "Figures behind the defaults").
         options.enable_cpu_mem_arena = True
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -86,8 +86,8 @@ class TorchRunner:
 
 def per_view_logits(runner, batch: torch.Tensor, views: int, first: torch.Tensor | None = None) -> torch.Tensor:
     """(n, views) logits of each image's first ``views`` rotations/mirror images. One runner call per
-    view, not one batch of all views: activation memory stays that of the batch (the README's benchmark
-    figures), and int8 speed is flat in the batch size. ``first``: the upright view's logits when the
+    view, not one batch of all views: activation memory stays that of the batch (docs/benchmarks.md), and
+    int8 speed is flat in the batch size. ``first``: the upright view's logits when the
     caller has them already."""
     upright = runner(batch) if first is None else first
     return torch.stack([upright, *(runner(dihedral(batch, k)) for k in range(1, views))], dim=1)

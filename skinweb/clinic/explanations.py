@@ -72,7 +72,7 @@ def explain_predictions(prediction_ids) -> int:
             continue
         try:
             # A few images per backward pass: Grad-CAM keeps every activation for the gradients
-            # (README, "Figures behind the defaults"), and the worker's memory budget is 1 GB.
+            # (docs/benchmarks.md, "Figures behind the defaults"), and the worker's memory budget is 1 GB.
             decisions = [p.decision == "malignant" for p in ready]
             maps = np.concatenate(
                 [

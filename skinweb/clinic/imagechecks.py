@@ -4,7 +4,7 @@ blurred. A failed check is a warning shown with the result (page, PDF, CSV); it 
 The measures are taken on the stored copy at upload (numpy and Pillow, no model). The cut-offs
 are set on the ISIC development set so that real dermoscopy rarely warns:
 ``python -m benchmarks.image_checks --data DIR`` prints each measure's percentiles there and the
-share of images that would warn (README, "Image checks"). Whether the image shows a skin lesion at
+share of images that would warn (docs/benchmarks.md, "Image checks"). Whether the image shows a skin lesion at
 all needs the model's features: the worker measures it with the prediction (classifier.lesioncheck,
 ``Prediction.unlike_lesion``) and ``Case.warnings`` adds this wording.
 """
