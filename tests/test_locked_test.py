@@ -170,3 +170,7 @@ def test_the_model_page_shows_the_locked_figures_and_the_threshold_s_lower_bound
     assert "Not a clean estimate" in page and "2 of 93" in page and "AUC 0.840" in page
     words = type(version).objects.get(pk=version.pk).threshold_in_words
     assert f"found at least {math.floor(84.6)} of 100 malignant lesions" in words and "90 measured" in words
+    assert "among those its threshold was chosen on" in words  # not clean: said so
+    settings.LOCKED_TEST_LEDGER.write_text(json.dumps({**entry, "clean": True}) + "\n")
+    words = type(version).objects.get(pk=version.pk).threshold_in_words
+    assert "no part in training or in choosing this threshold" in words

@@ -43,9 +43,6 @@ from classifier.training.data import DatasetError, load_samples, locked_test_spl
 log = logging.getLogger("classifier.training.evaluate")
 
 
-
-
-
 def get_args_parser(add_help=True):
     p = argparse.ArgumentParser(description="Evaluate a skinweb model on a labelled dataset.", add_help=add_help)
     p.add_argument("--data", required=True, help="dataset folder (labels.csv, or benign/ and malignant/)")

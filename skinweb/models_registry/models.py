@@ -176,14 +176,17 @@ class ModelVersion(models.Model):
     def threshold_in_words(self) -> str:
         """What the threshold means, per 100 lesions: the lower end of the 95% interval of its sensitivity on
         the locked test split where the file was scored there, else what its validation data said."""
-        held_out = (self.locked_test or {}).get("operating_point") or {}
+        locked = self.locked_test or {}
+        held_out = locked.get("operating_point") or {}
         if held_out.get("sensitivity_ci") and held_out.get("specificity") is not None:
             low = held_out["sensitivity_ci"][0]
+            which = ("that took no part in training or in choosing this threshold" if locked.get("clean") else
+                     "that took no part in training (but among those its threshold was chosen on)")
             return (f"On {held_out['n_malignant']} malignant and {held_out['n_benign']} benign held-out images "
-                    f"that took no part in training or in choosing this threshold, the model found at least "
-                    f"{math.floor(100 * low)} of 100 malignant lesions at this threshold (the lower end of the "
-                    f"{held_out['level']:.0%} interval; {round(100 * held_out['sensitivity'])} measured) and "
-                    f"flagged {round(100 * (1 - held_out['specificity']))} of 100 benign ones.")
+                    f"{which}, the model found at least {math.floor(100 * low)} of 100 malignant lesions at this "
+                    f"threshold (the lower end of the {held_out['level']:.0%} interval; "
+                    f"{round(100 * held_out['sensitivity'])} measured) and flagged "
+                    f"{round(100 * (1 - held_out['specificity']))} of 100 benign ones.")
         op = self.operating_point
         if op.get("sensitivity") is None or op.get("specificity") is None:
             return ""
