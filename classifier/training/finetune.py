@@ -39,7 +39,7 @@ from classifier.presets import DIHEDRAL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, Clas
 from classifier.training import validation
 from classifier.training.builder import PretrainedWeightsUnavailable, build_model
 from classifier.training.data import fingerprint, load_rgb
-from classifier.training.train import EMA, WarmupCosine, load_split, parse_weights
+from classifier.training.train import EMA, WarmupCosine, add_split_arguments, load_split, parse_weights
 
 log = logging.getLogger("classifier.training.finetune")
 
@@ -65,12 +65,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--train-only-sources", default="isic2018test600",
-                   help="comma-separated sources kept whole in training (no lesion ids to split them by)")
-    p.add_argument("--locked-test", action="store_true",
-                   help="leave the development set's locked test split out of training and validation "
-                        "(classifier.training.data.locked_test_split); recorded in the recipe")
+    add_split_arguments(p)
     p.add_argument("--exclude-sources", default="", help="comma-separated sources left out of training")
     p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
                    help="sample SOURCE's training images W times as often (repeatable)")

@@ -58,6 +58,16 @@ from classifier.training.data import (
 log = logging.getLogger("classifier.training.train")
 
 
+def add_split_arguments(p):
+    """The options that make the training/validation split (load_split reads them; train and finetune share them)."""
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--train-only-sources", default="isic2018test600",
+                   help="comma-separated sources kept whole in training (no lesion ids to split them by)")
+    p.add_argument("--locked-test", action="store_true",
+                   help="leave the development set's locked test split out of training and validation "
+                        "(classifier.training.data.locked_test_split); recorded in the recipe")
+
+
 def get_args_parser(add_help=True):
     p = argparse.ArgumentParser(description="Train the skinweb VGG16 classifier.", add_help=add_help)
     p.add_argument("--data", required=True, help="dataset folder (labels.csv, or benign/ and malignant/)")
@@ -76,12 +86,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the linear head")
     p.add_argument("--warmup-epochs", type=int, default=2)
     p.add_argument("--ema-decay", type=float, default=0.998, help="weight averaging per step; 0 turns it off")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--train-only-sources", default="isic2018test600",
-                   help="comma-separated sources kept whole in training (no lesion ids to split them by)")
-    p.add_argument("--locked-test", action="store_true",
-                   help="leave the development set's locked test split out of training and validation "
-                        "(classifier.training.data.locked_test_split); recorded in the recipe")
+    add_split_arguments(p)
     p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
                    help="sample SOURCE's training images W times as often (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training/validation split (and of training, "
