@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 # /2: the ONNX graphs also give the pooled features (the lesion check); /3: the guard compares the
-# worker's decisions (averaged over the model's views), not a single view's. An older build is rebuilt.
-REPORT_FORMAT = "skinweb-fastpath/3"
+# worker's decisions (averaged over the model's views), not a single view's; /4: with the model's cascade
+# (classifier.cascade), on the views each runtime runs. An older build is rebuilt.
+REPORT_FORMAT = "skinweb-fastpath/4"
 
 
 def artefact_paths(model_path) -> dict[str, Path]:
@@ -24,18 +25,29 @@ def artefact_paths(model_path) -> dict[str, Path]:
     }
 
 
+def cascade_key(metadata) -> dict | None:
+    """What of a model file's cascade the fast-path guard depends on (None without one)."""
+    spec = metadata.cascade or {}
+    if not spec or metadata.views <= 1:
+        return None
+    return {k: spec[k] for k in ("stages", "margins", "order")}
+
+
 def read_report(model_path) -> dict | None:
     """The fast-path report for a model file, or None when there is none, it is unreadable, or its
-    guard decided the check images on other orientations than the model does (a rehearsal's)."""
+    guard decided the check images otherwise than the model does: on other orientations (a
+    rehearsal's) or under another cascade (the file's cascade was refitted since)."""
     from classifier.modelfile import ModelFileError, read_metadata
 
     path = artefact_paths(model_path)["report"]
     try:
         report = json.loads(path.read_text())
-        views = read_metadata(model_path).views
+        meta = read_metadata(model_path)
     except (OSError, ValueError, ModelFileError):
         return None
-    return report if report.get("format") == REPORT_FORMAT and report.get("views") == views else None
+    if report.get("format") != REPORT_FORMAT or report.get("views") != meta.views:
+        return None
+    return report if report.get("cascade") == cascade_key(meta) else None
 
 
 # The locked test split's ledger (classifier.training.evaluate --split locked-test): one JSON object

@@ -14,7 +14,7 @@ from PIL import Image
 
 from classifier.model import load_classifier
 from classifier.overlay import lay_over
-from classifier.presets import ClassificationPresetEval
+from classifier.presets import DIHEDRAL_VIEWS, ClassificationPresetEval, dihedral
 
 # Colour map anchors (perceptually ordered, dark blue → red → yellow), interpolated to 256 steps.
 _ANCHORS = np.array([[0, 0, 90], [40, 60, 200], [0, 170, 200], [120, 210, 60], [250, 200, 0], [230, 30, 0]], float)
@@ -61,21 +61,43 @@ class Explainer:
         model, metadata = load_classifier(path)
         return cls(model, metadata, device)
 
-    def heatmaps(self, batch: torch.Tensor, malignant) -> np.ndarray:
+    def heatmaps(self, batch: torch.Tensor, malignant, views=None) -> np.ndarray:
         """Grad-CAM for a preprocessed batch, of the evidence for each image's decision
-        (``malignant``: one bool per image): N x S x S floats in [0, 1]."""
+        (``malignant``: one bool per image): N x S x S floats in [0, 1]. ``views``: how many of the
+        model's orientations each image's decision averaged (the prediction's ``views``; default one):
+        the map is then the mean of those orientations' maps, each turned back to the image as uploaded,
+        in the order the model file's cascade runs them."""
+        views = [1] * len(batch) if views is None else [max(1, int(v or 1)) for v in views]
+        order = (self.metadata.cascade or {}).get("order") or list(range(DIHEDRAL_VIEWS))
+        total = torch.zeros(len(batch), *batch.shape[-2:])
+        for position, k in enumerate(order[: max(views)]):
+            which = [i for i, v in enumerate(views) if v > position]
+            turned = dihedral(batch[which], k)
+            maps = self._gradcam(turned, [malignant[i] for i in which])
+            total[which] += undo_dihedral(maps, k)
+        maps = (total / torch.tensor(views, dtype=total.dtype).view(-1, 1, 1)).numpy()
+        peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
+        return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+
+    def _gradcam(self, batch: torch.Tensor, malignant) -> torch.Tensor:
+        """Grad-CAM of one orientation, upsampled to the input size, negative evidence cut: N x S x S."""
         from captum.attr import LayerAttribution
 
         batch = batch.to(self.device).requires_grad_(True)
         target = torch.as_tensor([int(bool(m)) for m in malignant], device=self.device)
         attributions = self.gradcam.attribute(batch, target=target, relu_attributions=True)  # N x 1 x h x w
         maps = LayerAttribution.interpolate(attributions, tuple(batch.shape[-2:]), interpolate_mode="bilinear")
-        maps = maps.detach().squeeze(1).clamp_min(0).cpu().numpy()
-        peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
-        return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+        return maps.detach().squeeze(1).clamp_min(0).cpu()
 
     def explain_image(self, image: Image.Image, malignant: bool) -> np.ndarray:
         return self.heatmaps(self.transform(image.convert("RGB")).unsqueeze(0), [malignant])[0]
+
+
+def undo_dihedral(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """Maps computed on ``dihedral(x, k)`` (N x H x W), turned back onto x: the inverse turn, then the
+    mirror image where ``dihedral`` mirrored first."""
+    maps = torch.rot90(maps, -(k % 4), dims=(-2, -1))
+    return maps.flip(-1) if k >= 4 else maps
 
 
 def heatmap_rgba(heat: np.ndarray, size: tuple[int, int]) -> Image.Image:

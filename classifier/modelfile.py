@@ -48,6 +48,10 @@ class ModelMetadata:
     # The "does this look like a dermoscopic lesion" check (classifier.lesioncheck): its cut-off and how
     # it was set; its statistics are tensors of the file. {} for files made without it.
     lesion_check: dict = dataclasses.field(default_factory=dict)
+    # Early decisions (classifier.cascade): the view counts run in stages, the margin from the threshold
+    # and band edges beyond which an image stops, the order of the views, how they were fitted and what
+    # they did on validation. {} for files without one: every image then runs all its views.
+    cascade: dict = dataclasses.field(default_factory=dict)
     created: str = ""
     training: dict = dataclasses.field(default_factory=dict)
     metrics: dict = dataclasses.field(default_factory=dict)
@@ -79,6 +83,13 @@ class ModelMetadata:
         if not isinstance(meta.colour_constancy, (int, float)) or not (
                 meta.colour_constancy == 0 or 1 <= meta.colour_constancy <= 32):
             raise ModelFileError(f"colour constancy {meta.colour_constancy!r} is neither 0 (none) nor a p in 1..32")
+        if meta.cascade:
+            from classifier.cascade import validate_spec
+
+            try:
+                validate_spec(meta.cascade)
+            except ValueError as exc:
+                raise ModelFileError(str(exc)) from exc
         if int(meta.input_size) < 32:
             raise ModelFileError(f"input size {meta.input_size!r} is below 32 px")
         return meta

@@ -10,6 +10,7 @@ from PIL import Image
 
 from classifier import artefacts, lesioncheck
 from classifier import runtime as runtimes
+from classifier.cascade import Cascade
 from classifier.model import load_classifier
 from classifier.modelfile import ModelMetadata, read_metadata
 from classifier.presets import DIHEDRAL_VIEWS, ClassificationPresetEval
@@ -28,6 +29,9 @@ class Prediction:
     # (None for a model file without the check, or an ONNX artefact built before it).
     lesion_distance: float | None = None
     lesion_cutoff: float | None = None
+    # Orientations averaged for this image: all of the model's views, or fewer where its cascade
+    # (classifier.cascade) decided early.
+    views: int = 1
 
     @property
     def looks_like_lesion(self) -> bool | None:
@@ -69,12 +73,24 @@ class Predictor:
         self.transform = ClassificationPresetEval(metadata.input_size, metadata.mean, metadata.std)
         self.lesion_check = None  # set by from_file when the model file has one
         self.recheck = None  # runtimes.Recheck for "onnx-int8-recheck": borderline images rerun in fp32
+        # Early decisions where the model file has them (from_file widens the margins by an int8
+        # graph's error); None: every image runs all the model's views.
+        self.cascade = Cascade.from_metadata(metadata)
 
     @classmethod
-    def from_file(cls, path, device: str = "auto", runtime: str = "auto") -> "Predictor":
+    def from_file(cls, path, device: str = "auto", runtime: str = "auto", early: bool = True) -> "Predictor":
         """Load a model file. ``runtime="auto"`` picks what the fast-path report (classifier.training.fastpath)
         accepted: on the CPU the fastest artefact that passed the accuracy guard, on CUDA the fastest
-        of fp16/bf16 autocast that passed it; without a report, PyTorch fp32 on either."""
+        of fp16/bf16 autocast that passed it; without a report, PyTorch fp32 on either.
+        ``early=False`` runs every view for every image even where the model has a cascade (the
+        benchmark's baseline)."""
+        predictor = cls._from_file(path, device, runtime)
+        if not early:
+            predictor.cascade = None
+        return predictor
+
+    @classmethod
+    def _from_file(cls, path, device: str, runtime: str) -> "Predictor":
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
         dev = resolve_device(device)
@@ -99,6 +115,10 @@ class Predictor:
             else:
                 predictor = cls(None, metadata, torch.device("cpu"), runner=runner, runtime=runtime)
                 predictor.recheck = recheck
+                if predictor.cascade is not None and runtime.startswith("onnx-int8"):
+                    if recheck is not None:
+                        recheck.cascade = predictor.cascade  # the exact one: a rerun is fp32's own result
+                    predictor.cascade = predictor.cascade.widened(cls.int8_error_margin(path))
                 return predictor.with_check(path)
             runtime = "torch"
         model, metadata = load_classifier(path)
@@ -115,6 +135,15 @@ class Predictor:
             raise runtimes.FastPathError("the fast-path report has no recheck margin for the int8 graph")
         exact = runtimes.OnnxRunner(artefacts.artefact_paths(path)["onnx-fp32"])
         return runtimes.Recheck(exact, threshold_logit(metadata), float(entry["recheck_margin"]), metadata.views)
+
+    @staticmethod
+    def int8_error_margin(path) -> float:
+        """How far the int8 graph may move a logit, as the fast-path build measured it (the recheck's
+        margin, twice the largest int8 - fp32 difference it saw): an early decision on int8 logits
+        keeps this much farther from every edge. Infinite without a measurement: no early decisions."""
+        entry = ((artefacts.read_report(path) or {}).get("runtimes") or {}).get("onnx-int8-recheck") or {}
+        margin = entry.get("recheck_margin")
+        return float(margin) if isinstance(margin, (int, float)) else math.inf
 
     def with_check(self, path) -> "Predictor":
         self.lesion_check = lesioncheck.load(path, self.metadata)
@@ -152,23 +181,32 @@ class Predictor:
         averaging (the 8 rotations/mirror images, logits averaged) and calibration applied."""
         return self.assess(batch)[0]
 
-    def assess(self, batch: torch.Tensor) -> tuple[list[float], list[float] | None]:
-        """(probabilities as ``run``, each image's lesion-check distance or None without a check)."""
-        logits, features = self._forward(batch)
+    def assess(self, batch: torch.Tensor) -> tuple[list[float], list[float] | None, list[int]]:
+        """(probabilities as ``run``, each image's lesion-check distance or None without a check,
+        the orientations averaged for each image)."""
+        logits, features, views = self._forward(batch)
         distances = None
         if self.lesion_check is not None and features is not None:
             distances = self.lesion_check.distances(features).tolist()
-        return self.calibrate(logits).tolist(), distances
+        return self.calibrate(logits).tolist(), distances, views.tolist()
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """The (view-averaged, uncalibrated) logit of each image of a preprocessed batch."""
         return self._forward(batch)[0]
 
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(view-averaged logits, pooled features of the first view, the image as given)."""
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(view-averaged logits, pooled features of the first view (the image as given), the number of
+        views averaged per image): all the model's views, or as few as its cascade needs."""
         first, features = self.runner.both(batch)
-        logits = runtimes.averaged_logits(self.runner, batch, self.metadata.views, first=first)
-        return (logits if self.recheck is None else self.recheck(batch, logits)), features
+        if self.cascade is not None:
+            logits, views = self.cascade.run(self.runner, batch, first=first)
+        else:
+            logits = runtimes.averaged_logits(self.runner, batch, self.metadata.views, first=first)
+            views = torch.full((len(batch),), self.metadata.views, dtype=torch.long)
+        if self.recheck is not None:
+            logits, rerun, rerun_views = self.recheck.rerun(batch, logits)
+            views[rerun] = rerun_views
+        return logits, features, views
 
     def view_logits(self, batch: torch.Tensor, views: int = DIHEDRAL_VIEWS) -> torch.Tensor:
         """(n, views) logits of the first ``views`` rotations/mirror images of each image
@@ -184,7 +222,7 @@ class Predictor:
         if not images:
             return []
         start = time.perf_counter()
-        probs, distances = self.assess(self.preprocess(images))
+        probs, distances, views = self.assess(self.preprocess(images))
         ms = (time.perf_counter() - start) * 1000 / len(images)
         cutoff = self.lesion_check.cutoff if distances is not None else None
         return [
@@ -196,6 +234,7 @@ class Predictor:
                 ms=round(ms, 1),
                 lesion_distance=None if distances is None else round(distances[i], 3),
                 lesion_cutoff=cutoff,
+                views=views[i],
             )
             for i, p in enumerate(probs)
         ]

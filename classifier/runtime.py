@@ -106,18 +106,31 @@ class Recheck:
     more, and every decision is fp32's as long as the error stays within the margin (the build's
     guard checks that on images not used to choose the margin)."""
 
-    def __init__(self, exact, threshold_logit: float, margin: float, views: int):
+    def __init__(self, exact, threshold_logit: float, margin: float, views: int, cascade=None):
         self.exact = exact
         self.low, self.high = threshold_logit - margin, threshold_logit + margin
         self.views = views
+        # The model's cascade (classifier.cascade), run on the exact runner: a rerun image then gets
+        # exactly the exact runner's result, on no more views than that needs.
+        self.cascade = cascade
         self.images = self.rechecked = 0  # counts, for the build's report and the benchmark
 
     def __call__(self, batch: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return self.rerun(batch, logits)[0]
+
+    def rerun(self, batch: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the logits with the borderline ones replaced by the exact runner's, the indices of the images
+        rerun, the views the exact runner averaged for each of them)."""
         near = ((logits > self.low) & (logits < self.high)).nonzero().flatten()
         self.images += len(logits)
         self.rechecked += len(near)
+        views = torch.full((len(near),), self.views, dtype=torch.long)
         if not len(near):
-            return logits
+            return logits, near, views
         logits = logits.clone()
-        logits[near] = averaged_logits(self.exact, batch[near], self.views)
-        return logits
+        if self.cascade is not None:
+            exact, views = self.cascade.run(self.exact, batch[near])
+        else:
+            exact = averaged_logits(self.exact, batch[near], self.views)
+        logits[near] = exact.to(logits.dtype)
+        return logits, near, views

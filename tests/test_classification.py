@@ -51,6 +51,34 @@ def test_classifies_with_the_published_version(case, published_model):
     assert case.attempts == 1 and case.finished_at >= case.started_at
 
 
+def test_the_prediction_records_the_views_its_decision_averaged(alice, client, tmp_path):
+    """All 8 for a version that averages them; one where its cascade stops at once (margins 0); the
+    case page says how many."""
+    from django.urls import reverse
+
+    case = make_case(make_lesion(make_patient(alice.clinic)))
+    import dataclasses
+
+    from classifier.model import load_classifier
+    from classifier.modelfile import save_model_file
+
+    make_model_file(tmp_path / "one.safetensors")
+    model, meta = load_classifier(tmp_path / "one.safetensors")
+    every = dataclasses.replace(meta, version="test-d8", tta="dihedral8")
+    save_model_file(tmp_path / "d8.safetensors", model, every)
+    cascade = {"stages": [1, 8], "margins": [0.0], "band_margins": [0.0], "order": list(range(8))}
+    save_model_file(tmp_path / "early.safetensors", model, dataclasses.replace(every, version="test-early",
+                                                                                cascade=cascade))
+    for name, views in (("d8", 8), ("early", 1)):
+        ModelVersion.import_file(tmp_path / f"{name}.safetensors").publish()
+        c = make_case(case.lesion)
+        classification.classify_case(c.pk)
+        c.refresh_from_db()
+        assert c.prediction.views == views
+        page = client.get(reverse("clinic:case_detail", args=[c.pk])).content.decode()
+        assert f"{views} of 8 averaged" in page
+
+
 def test_running_twice_is_harmless(case, published_model):
     classification.classify_case(case.pk)
     classification.classify_case(case.pk)

@@ -8,7 +8,8 @@ import torch
 from django.urls import reverse
 from PIL import Image
 
-from classifier.explain import Explainer, TwoClass, blend, heatmap_png, heatmap_rgba, target_layer
+from classifier.explain import Explainer, TwoClass, blend, heatmap_png, heatmap_rgba, target_layer, undo_dihedral
+from classifier.presets import dihedral
 from skinweb.clinic import classification, explanations
 from skinweb.clinic.models import Case, Prediction
 from tests.builders import image_bytes, make_case, make_clinic, make_lesion, make_patient
@@ -44,6 +45,30 @@ def test_heatmaps_are_normalised_maps_of_the_input_size(explainer):
     malignant_first = explainer.heatmaps(batch[:1], [True])[0]
     benign_first = explainer.heatmaps(batch[:1], [False])[0]
     assert not np.allclose(malignant_first, benign_first)
+
+
+def test_a_map_turned_back_lies_on_the_image_as_uploaded():
+    x = torch.arange(2 * 5 * 7, dtype=torch.float32).reshape(2, 5, 7)
+    for k in range(8):
+        assert torch.equal(undo_dihedral(dihedral(x, k), k), x)
+
+
+def test_a_map_over_all_eight_orientations_turns_with_the_image(explainer):
+    """The decision of a model that averages the 8 orientations does not depend on how the image was
+    turned; its map, averaged over the same 8, turns with the image (a single view's would not)."""
+    from classifier.training.data import load_samples
+    from tests.conftest import FIXTURES
+
+    with Image.open(load_samples(FIXTURES)[0].path) as img:
+        x = explainer.transform(img.convert("RGB")).unsqueeze(0)
+    turned = dihedral(x, 5)
+    averaged = explainer.heatmaps(torch.cat([x, turned]), [True, True], views=[8, 8])
+    np.testing.assert_allclose(dihedral(torch.from_numpy(averaged[0]), 5).numpy(), averaged[1], atol=1e-4)
+    assert averaged.max() == pytest.approx(1.0)  # a real map, not an empty one
+    upright = explainer.heatmaps(torch.cat([x, turned]), [True, True])
+    assert not np.allclose(dihedral(torch.from_numpy(upright[0]), 5).numpy(), upright[1], atol=1e-4)
+    # One view asked for is the upright map, as before.
+    np.testing.assert_allclose(explainer.heatmaps(x, [True], views=[1]), upright[:1], atol=1e-4)
 
 
 def test_overlay_png_is_transparent_where_there_is_no_evidence():

@@ -1,13 +1,18 @@
-"""Inference benchmark: the seed-style baseline against the worker's path, on the same images.
+"""Inference benchmark: the worker's path against the same runtime running every view, and against the
+2019 tool's way, on the same images.
 
     python -m classifier.training.bench [--model PATH] [--images N] [--data DIR] [--json]
 
-Baseline: the 2019 tool's way — PyTorch eager fp32, eval mode, no_grad, one image per call.
 Product: what a worker does — the fastest runtime that passed the accuracy guard
-(classifier.training.fastpath; PyTorch fp32 when no artefact was built), in batches.
-Both are timed from image file to probability (decode and preprocessing included) and, separately,
-for the model alone. The product runs in a fresh process so that its peak resident memory is the
-worker's, not this process's.
+(classifier.training.fastpath; PyTorch fp32 when no artefact was built), in batches, with the model's
+cascade (classifier.cascade) deciding early where it safely can.
+All views: the same runtime and batches with every image run in all the model's views (the path
+before the cascade): its decisions and borderline-band assignments are what the product's are
+compared with.
+Seed: the 2019 tool's way — PyTorch eager fp32, one view, one image per call.
+Each is timed from image file to probability (decode and preprocessing included) and, separately,
+for the model alone. The two worker paths run in fresh processes, so that their peak resident memory
+is a worker's, not this process's.
 """
 
 import argparse
@@ -57,26 +62,27 @@ def peak_rss_mb() -> float:
 
 
 def run_baseline(model, paths, device):
+    """The 2019 tool: PyTorch eager fp32, the image as uploaded only, one image per call."""
     import torch
 
     from classifier.predictor import Predictor
 
-    predictor = Predictor.from_file(model, device=device, runtime="torch")
-    predictor.probabilities(paths[:1])  # warm-up
-    probs, total, model_only = [], [], []
+    predictor = Predictor.from_file(model, device=device, runtime="torch", early=False)
+    total, model_only = [], []
     with torch.no_grad():
+        predictor.runner(predictor.preprocess(paths[:1]))  # warm-up
         for p in paths:
             t0 = time.perf_counter()
             x = predictor.preprocess([p])
             t1 = time.perf_counter()
-            probs.extend(predictor.run(x))
+            predictor.runner(x)
             if device == "cuda":
                 torch.cuda.synchronize()
             t2 = time.perf_counter()
             total.append(t2 - t0)
             model_only.append(t2 - t1)
-    return {"probs": probs, "seconds": sum(total), "model_seconds": sum(model_only),
-            "median_ms": statistics.median(total) * 1000, "runtime": "torch-fp32", "version": predictor.version}
+    return {"seconds": sum(total), "model_seconds": sum(model_only),
+            "median_ms": statistics.median(total) * 1000, "runtime": "torch-fp32, 1 view", "version": predictor.version}
 
 
 def full_size_preprocess_ms(predictor, path, repeats=10) -> float:
@@ -98,27 +104,32 @@ def full_size_preprocess_ms(predictor, path, repeats=10) -> float:
     return statistics.median(times) * 1000
 
 
-def run_product(model, paths, batch_size, runtime, device, queue):
+def run_product(model, paths, batch_size, runtime, device, queue, early=True):
     """In a fresh process: load as the worker does, classify in batches, report peak memory."""
     from classifier.predictor import Predictor
 
-    predictor = Predictor.from_file(model, device=device, runtime=runtime)
+    predictor = Predictor.from_file(model, device=device, runtime=runtime, early=early)
     predictor.probabilities(paths[:batch_size])  # warm-up, as a worker's first batch
     if predictor.recheck:
         predictor.recheck.images = predictor.recheck.rechecked = 0
-    probs, model_seconds = [], 0.0
+    probs, views, model_seconds = [], [], 0.0
     start = time.perf_counter()
     for i in range(0, len(paths), batch_size):
         x = predictor.preprocess(paths[i:i + batch_size])
         t = time.perf_counter()
-        probs.extend(predictor.run(x))
+        p, _, v = predictor.assess(x)
+        probs.extend(p)
+        views.extend(v)
         model_seconds += time.perf_counter() - t
     seconds = time.perf_counter() - start
-    full_size_ms = full_size_preprocess_ms(predictor, paths[0])
+    full_size_ms = full_size_preprocess_ms(predictor, paths[0]) if early else None
+    band = (predictor.metadata.operating_point or {}).get("band") or [predictor.threshold, predictor.threshold]
     queue.put(
         {
             "full_size_preprocess_ms": full_size_ms,
             "probs": probs,
+            "views": views,
+            "band": band,
             "seconds": seconds,
             "model_seconds": model_seconds,
             "rss_mb": peak_rss_mb(),
@@ -129,6 +140,22 @@ def run_product(model, paths, batch_size, runtime, device, queue):
                                 if predictor.recheck else None),
         }
     )
+
+
+def in_fresh_process(*args):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=run_product, args=(*args[:5], queue, *args[5:]))
+    child.start()
+    out = queue.get()
+    child.join()
+    return out
+
+
+def side_of_band(p, threshold, band):
+    """0 below the band, 1 in it under the threshold, 2 in it at or over the threshold, 3 above it."""
+    p = np.asarray(p)
+    return (p >= band[0]).astype(int) + (p >= threshold) + (p >= band[1])
 
 
 def main(args) -> int:
@@ -143,52 +170,64 @@ def main(args) -> int:
     print(f"{len(paths)} images from {root}; model {meta.version} ({meta.arch}, {meta.input_size} px)",
           file=sys.stderr)
 
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=run_product, args=(args.model, paths, args.batch_size, args.runtime, args.device, queue))
-    child.start()
-    product = queue.get()
-    child.join()
+    worker = (args.model, paths, args.batch_size, args.runtime, args.device)
+    every = in_fresh_process(*worker, False)  # the same runtime, every view of every image
+    product = in_fresh_process(*worker, True)
     baseline = run_baseline(args.model, paths, args.device)
 
     n = len(paths)
-    ref, got = np.array(baseline["probs"]), np.array(product["probs"])
-    flips = int(np.sum((ref >= meta.threshold) != (got >= meta.threshold)))
+    threshold, band = product["threshold"], product["band"]
+    ref, got = np.array(every["probs"]), np.array(product["probs"])
+    flips = int(np.sum((ref >= threshold) != (got >= threshold)))
+    band_changes = int(np.sum(side_of_band(ref, threshold, band) != side_of_band(got, threshold, band)))
+    views = np.array(product["views"])
     result = {
         "model_version": meta.version,
         "input_size": meta.input_size,
         "images": n,
         "cpu_count": os.cpu_count(),
-        "baseline_runtime": baseline["runtime"],
-        "baseline_img_s": n / baseline["seconds"],
-        "baseline_ms_per_image": baseline["seconds"] * 1000 / n,
-        "baseline_model_img_s": n / baseline["model_seconds"],
         "runtime": product["runtime"],
         "batch_size": args.batch_size,
         "product_img_s": n / product["seconds"],
         "product_ms_per_image": product["seconds"] * 1000 / n,
         "product_model_img_s": n / product["model_seconds"],
-        "speedup": baseline["seconds"] / product["seconds"],
-        "model_speedup": baseline["model_seconds"] / product["model_seconds"],
+        "mean_views": float(views.mean()),
+        "all_views_share": float(np.mean(views == meta.views)),
+        "all_views_img_s": n / every["seconds"],
+        "all_views_ms_per_image": every["seconds"] * 1000 / n,
+        "all_views_model_img_s": n / every["model_seconds"],
+        "speedup_over_all_views": every["seconds"] / product["seconds"],
         "decision_flips": flips,
         "decision_flip_rate": flips / n,
+        "band_changes": band_changes,
+        "band_change_rate": band_changes / n,
         "max_probability_difference": float(np.max(np.abs(ref - got))),
+        "baseline_runtime": baseline["runtime"],
+        "baseline_img_s": n / baseline["seconds"],
+        "baseline_ms_per_image": baseline["seconds"] * 1000 / n,
+        "baseline_model_img_s": n / baseline["model_seconds"],
+        "speedup": baseline["seconds"] / product["seconds"],
         "rss_mb": product["rss_mb"],
+        "all_views_rss_mb": every["rss_mb"],
         "rechecked_share": product["rechecked_share"],
         "full_size_preprocess_ms": product["full_size_preprocess_ms"],
     }
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{'':26}{'images/s':>10}{'ms/image':>10}{'model only img/s':>18}")
-    print(f"{'baseline (' + result['baseline_runtime'] + ', batch 1)':26}{result['baseline_img_s']:10.1f}"
-          f"{result['baseline_ms_per_image']:10.1f}{result['baseline_model_img_s']:18.1f}")
-    label = f"product ({result['runtime']}, batch {args.batch_size})"
-    print(f"{label:26}{result['product_img_s']:10.1f}{result['product_ms_per_image']:10.1f}"
-          f"{result['product_model_img_s']:18.1f}")
-    print(f"speedup {result['speedup']:.1f}x (model only {result['model_speedup']:.1f}x); decision flips "
-          f"{flips}/{n} ({result['decision_flip_rate']:.2%}); max probability difference "
-          f"{result['max_probability_difference']:.4f}; product peak RSS {result['rss_mb']:.0f} MB")
+    print(f"{'':44}{'images/s':>10}{'ms/image':>10}{'model only img/s':>18}")
+    rows = [(f"worker ({result['runtime']}, batch {args.batch_size}, early decisions)", "product"),
+            (f"worker ({result['runtime']}, batch {args.batch_size}, all {meta.views} views)", "all_views"),
+            (f"seed ({result['baseline_runtime']}, batch 1)", "baseline")]
+    for label, key in rows:
+        print(f"{label:44}{result[key + '_img_s']:10.1f}{result[key + '_ms_per_image']:10.1f}"
+              f"{result[key + '_model_img_s']:18.1f}")
+    print(f"early decisions: {result['speedup_over_all_views']:.2f}x the all-views path; {result['mean_views']:.2f} "
+          f"views per image, {result['all_views_share']:.1%} of images needed all {meta.views}; against all views: "
+          f"decisions changed {flips}/{n}, band assignments changed {band_changes}/{n}, max probability "
+          f"difference {result['max_probability_difference']:.4f}")
+    print(f"against the seed: {result['speedup']:.2f}x; worker peak RSS {result['rss_mb']:.0f} MB "
+          f"(all views: {result['all_views_rss_mb']:.0f} MB)")
     if result["rechecked_share"] is not None:
         print(f"rerun in fp32 (within the recheck margin of the threshold): {result['rechecked_share']:.1%} of images")
     print(f"decode + preprocess of a 4032 x 3024 JPEG: {result['full_size_preprocess_ms']:.1f} ms")

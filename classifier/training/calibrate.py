@@ -59,11 +59,12 @@ def recalibrate(model_path, data_dir, target_sensitivity=None, batch_size=32, de
               "date": datetime.date.today().isoformat()}
     new = replace_metadata(
         model_path, tta=report["tta"], calibration=report["calibration"], threshold=report["threshold"],
-        operating_point=report["operating_point"], metrics={**meta.metrics, "validation": report["validation"]},
+        operating_point=report["operating_point"], cascade=report["cascade"],
+        metrics={**meta.metrics, "validation": report["validation"]},
         training={**meta.training, "operating_point_fitted_on": fitted},
     )  # the tensors, weights and lesion check alike, are copied as they are
     return {"version": new.version, "tta": new.tta, "calibration": new.calibration, "threshold": new.threshold,
-            "operating_point": new.operating_point, "previous_threshold": meta.threshold,
+            "operating_point": new.operating_point, "cascade": new.cascade, "previous_threshold": meta.threshold,
             "fitted_on": fitted}
 
 

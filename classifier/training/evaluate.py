@@ -16,7 +16,9 @@ not leave the split out of its choices (``--locked-test``) is scored with ``"cle
 Besides the overall figures, the JSON has AUC (95% CI) per source and per diagnosis, the headline
 (melanoma vs nevus + seborrheic keratosis on the ISIC 2017 part), ``dihedral_flip_rate`` (the
 share of images whose decision changes across the 8 rotations/mirror images, as the worker would
-decide them) and the calibration error and Brier score. Every image is run in all 8 orientations
+decide them), the calibration error and Brier score, and for a model with a cascade (classifier.cascade)
+what its early decisions did against the full 8-view average (``cascade``: decisions and band
+assignments changed, mean views per image, share needing all views). Every image is run in all 8 orientations
 (``--no-flips``: only as the model needs, 1 or 8). ``--scores`` also writes each image's probability
 and decision, for comparing models image by image or combining them without running them again.
 """
@@ -78,6 +80,8 @@ def predict_all(predictor, samples, batch_size, flips=True):
                 logits = torch.stack([recheck(dihedral(batch, k), logits[:, k]) for k in range(logits.shape[1])], 1)
             views.append(logits.numpy())
             z = logits.mean(1) if averaged else logits[:, 0]
+            if predictor.cascade is not None:  # as the worker: early decisions where they are safe
+                z = torch.from_numpy(predictor.cascade.decide_from_views(logits.numpy())[0]).float()
             if recheck is not None and averaged:
                 z = recheck(batch, z)
             probs.extend(predictor.calibrate(z).tolist())
@@ -168,6 +172,10 @@ def main(args) -> int:
         meta = predictor.metadata
         result["dihedral_flip_rate"] = round(validation.flip_rate(validation.decisions_per_orientation(
             view_logits, meta.tta, meta.calibration, threshold)), 4)
+        if predictor.cascade is not None:
+            from classifier.training.cascade import agreement
+
+            result["cascade"] = agreement(predictor.cascade, view_logits)
     result.update(model_version=predictor.version, tta=predictor.metadata.tta, runtime=predictor.runtime,
                   split=args.split)
     if locked is not None:

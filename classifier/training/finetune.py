@@ -320,7 +320,7 @@ def main(args) -> int:
     meta = ModelMetadata(
         version=args.version, arch="vgg16", input_size=args.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         threshold=report["threshold"], tta=report["tta"], calibration=report["calibration"],
-        operating_point=report["operating_point"],
+        operating_point=report["operating_point"], cascade=report["cascade"],
         training={"dataset": str(args.data), "train": fingerprint([train_all[i] for i in train_idx]),
                   "validation": fingerprint(val), "recipe": recipe, "epoch": best_epoch + 1,
                   "target_sensitivity": args.target_sensitivity, "pretrained": "imagenet (torchvision vgg16, "

@@ -555,6 +555,7 @@ def export(model, args, y, logits_by_view, val_samples, out, recipe, train_fp, v
         colour_constancy=args.colour_constancy,
         calibration=report["calibration"],
         operating_point=report["operating_point"],
+        cascade=report["cascade"],
         training={"dataset": str(args.data), "train": train_fp, "validation": val_fp, "recipe": recipe,
                   "epoch": epoch + 1, "target_sensitivity": args.target_sensitivity},
         metrics={"validation": report["validation"]},

@@ -175,7 +175,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
     import torch  # workers only (the predictor above has loaded it already)
 
     try:
-        probabilities, distances = predictor.assess(torch.stack(images))
+        probabilities, distances, views = predictor.assess(torch.stack(images))
     except Exception as exc:
         log.exception("classification of cases %s failed", [c.pk for c in ready])
         for c in ready:
@@ -204,6 +204,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
                 batch_size=len(ready),
                 lesion_distance=None if check is None else round(distances[i], 3),
                 lesion_cutoff=None if check is None else check.cutoff,
+                views=views[i],
             )
         except IntegrityError:
             # Another delivery of the same task got there first.

@@ -73,10 +73,13 @@ def explain_predictions(prediction_ids) -> int:
         try:
             # A few images per backward pass: Grad-CAM keeps every activation for the gradients
             # (docs/benchmarks.md, "Figures behind the defaults"), and the worker's memory budget is 1 GB.
+            # Each map averages the orientations its decision averaged (Prediction.views).
             decisions = [p.decision == "malignant" for p in ready]
+            views = [p.views or 1 for p in ready]
             maps = np.concatenate(
                 [
-                    explainer.heatmaps(torch.stack(batch[i : i + EXPLAIN_CHUNK]), decisions[i : i + EXPLAIN_CHUNK])
+                    explainer.heatmaps(torch.stack(batch[i : i + EXPLAIN_CHUNK]), decisions[i : i + EXPLAIN_CHUNK],
+                                       views[i : i + EXPLAIN_CHUNK])
                     for i in range(0, len(batch), EXPLAIN_CHUNK)
                 ]
             )

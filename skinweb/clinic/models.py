@@ -400,6 +400,10 @@ class Prediction(models.Model):
     # and the version's cut-off above which it "does not look like a dermoscopic skin lesion".
     lesion_distance = models.FloatField(null=True, blank=True)
     lesion_cutoff = models.FloatField(null=True, blank=True)
+    # How many of the 8 orientations were averaged: all of them, or fewer where the version's cascade
+    # (classifier.cascade) decided early. Null for rows written before it was recorded.
+    views = models.PositiveSmallIntegerField(null=True, blank=True,
+                                             help_text="Orientations of the image the model averaged")
     created_at = models.DateTimeField(auto_now_add=True)
     # Grad-CAM of the evidence for the decision (transparent PNG the size of the image), computed by a
     # worker after the prediction is stored (skinweb.clinic.explanations).

@@ -97,6 +97,16 @@ class ModelVersion(models.Model):
         return (self.fast_report or {}).get("chosen") or "torch"
 
     @property
+    def views(self) -> int:
+        """Orientations averaged per image at most (8 with test-time averaging, else 1)."""
+        return 8 if self.metadata.get("tta") == "dihedral8" else 1
+
+    @property
+    def cascade(self) -> dict:
+        """The early-decision rule in the model file (classifier.cascade), {} without one."""
+        return self.metadata.get("cascade") or {}
+
+    @property
     def silent(self) -> bool:
         """A training run whose worker has sent no heartbeat for TRAINING_STALE_AFTER seconds: the
         registry's sweep marks it failed (a page only says so; GET requests change nothing)."""
