@@ -87,6 +87,8 @@ class Predictor:
         predictor = cls._from_file(path, device, runtime)
         if not early:
             predictor.cascade = None
+            if predictor.recheck is not None:
+                predictor.recheck.cascade = None
         return predictor
 
     @classmethod
