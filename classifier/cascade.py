@@ -101,10 +101,10 @@ class Cascade:
             active = active[~stop]
         return out, used
 
-    @torch.inference_mode()
     def run(self, runner, batch: torch.Tensor, first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit, views used) per image of a preprocessed batch; ``first``: the upright view's logits
-        when the caller has them. One runner call per view, for the images still undecided only."""
+        when the caller has them. One runner call per view, for the images still undecided only. (Not
+        in inference mode itself: the runners are, and the tensors returned stay writable.)"""
         upright = (runner(batch) if first is None else first).double()
         sums, high, low = upright.clone(), upright.clone(), upright.clone()
         out, used = torch.empty(len(batch), dtype=torch.float64), torch.zeros(len(batch), dtype=torch.long)

@@ -13,6 +13,7 @@ from classifier.modelfile import ModelFileError, read_metadata, replace_metadata
 from classifier.predictor import threshold_logit
 from classifier.presets import dihedral
 from classifier.training import cascade as fitting
+from classifier.training import fastpath
 from tests.conftest import FIXTURES
 
 
@@ -216,3 +217,29 @@ def test_the_recheck_reruns_the_exact_runner_s_own_cascade(averaged_model):
     expected, expected_views = cascade.run(predictor.runner, images)
     assert rerun.tolist() == list(range(len(images))) and views.tolist() == expected_views.tolist()
     np.testing.assert_allclose(logits.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_the_int8_path_decides_early_on_widened_margins_and_reruns_the_borderline_with_the_fp32_cascade(
+        averaged_model, tmp_path):
+    """Built artefacts, as a worker loads them: int8's cascade allows for the build's error bound, the
+    recheck's runner is fp32 with the exact cascade, and every image records the views it averaged."""
+    from classifier.artefacts import read_report
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(averaged_model[0].read_bytes())
+    images = averaged_model[1]
+    inputs = fastpath.inputs_from_dataset(path, FIXTURES, n_calibration=8)
+    report = fastpath.build_artefacts(path, inputs, batch_size=4)
+    assert report["cascade"]["margins"] == read_metadata(path).cascade["margins"] and read_report(path)
+    int8 = Predictor.from_file(path, device="cpu", runtime="onnx-int8-recheck")
+    margin = report["runtimes"]["onnx-int8-recheck"]["recheck_margin"]
+    assert int8.cascade.error == margin and int8.recheck.cascade.error == 0.0
+    int8.recheck.low, int8.recheck.high = -1e9, 1e9  # every image rerun: the fp32 cascade decides all
+    probs, _, views = int8.assess(images)
+    exact = Predictor.from_file(path, device="cpu", runtime="onnx-fp32")
+    expected, _, expected_views = exact.assess(images)
+    assert views == expected_views
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    # Without the rerun, int8's own early decisions: never on fewer views than fp32's cascade needs here.
+    alone = Predictor.from_file(path, device="cpu", runtime="onnx-int8")
+    assert alone.cascade.error == margin and sum(alone.assess(images)[2]) >= sum(expected_views)

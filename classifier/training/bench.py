@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 
@@ -147,7 +148,14 @@ def in_fresh_process(*args):
     queue = ctx.Queue()
     child = ctx.Process(target=run_product, args=(*args[:5], queue, *args[5:]))
     child.start()
-    out = queue.get()
+    while True:  # a child that died (an exception, the OOM killer) must not leave this waiting forever
+        try:
+            out = queue.get(timeout=5)
+            break
+        except Empty:
+            if not child.is_alive():
+                raise SystemExit(f"error: the worker process failed (exit code {child.exitcode}); its "
+                                 "traceback is above") from None
     child.join()
     return out
 
