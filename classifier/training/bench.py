@@ -223,12 +223,12 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{'':44}{'images/s':>10}{'ms/image':>10}{'model only img/s':>18}")
+    print(f"{'':58}{'images/s':>10}{'ms/image':>10}{'model only img/s':>18}")
     rows = [(f"worker ({result['runtime']}, batch {args.batch_size}, early decisions)", "product"),
             (f"worker ({result['runtime']}, batch {args.batch_size}, all {meta.views} views)", "all_views"),
             (f"seed ({result['baseline_runtime']}, batch 1)", "baseline")]
     for label, key in rows:
-        print(f"{label:44}{result[key + '_img_s']:10.1f}{result[key + '_ms_per_image']:10.1f}"
+        print(f"{label:58}{result[key + '_img_s']:10.1f}{result[key + '_ms_per_image']:10.1f}"
               f"{result[key + '_model_img_s']:18.1f}")
     print(f"early decisions: {result['speedup_over_all_views']:.2f}x the all-views path; {result['mean_views']:.2f} "
           f"views per image, {result['all_views_share']:.1%} of images needed all {meta.views}; against all views: "
