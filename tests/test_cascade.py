@@ -243,3 +243,25 @@ def test_the_int8_path_decides_early_on_widened_margins_and_reruns_the_borderlin
     # Without the rerun, int8's own early decisions: never on fewer views than fp32's cascade needs here.
     alone = Predictor.from_file(path, device="cpu", runtime="onnx-int8")
     assert alone.cascade.error == margin and sum(alone.assess(images)[2]) >= sum(expected_views)
+
+
+def test_calibrate_cascade_only_fits_the_cascade_and_keeps_the_operating_point(averaged_model, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(averaged_model[0].read_bytes())
+    replace_metadata(path, cascade={})
+    before = read_metadata(path)
+    result = subprocess.run([sys.executable, "-m", "classifier.training.calibrate", "--cascade-only", "--model",
+                             str(path), "--data", str(FIXTURES), "--check", str(FIXTURES), "--batch-size", "4"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = read_metadata(path)
+    assert json.loads(result.stdout)["cascade"] == after.cascade
+    assert after.cascade["validation"]["decisions_changed"] == 0 and after.cascade["check"]["images"] == 12
+    assert (after.threshold, after.calibration, after.operating_point, after.version) == (
+        before.threshold, before.calibration, before.operating_point, before.version)

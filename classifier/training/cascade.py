@@ -1,7 +1,5 @@
 """Fit a model's early-decision cascade (classifier.cascade) on its validation split.
 
-    python -m classifier.training.cascade --model FILE --data DIR [--check DIR]
-
 At each stage but the last, an image's score is how far its running mean lies from its mean over all
 8 views, in units of the cascade's scale (sigma = 1 + alpha |mean| + beta spread). The threshold's
 margin is the largest score over the validation images: an image that stops there ends on the same
@@ -11,20 +9,16 @@ even then changes only if it also lies near the threshold. The band ends' margin
 default (``band_quantile`` 1.0) or a high quantile of the scores. The stages, the order in which the
 views are run, alpha and beta are the ones, of a small grid, that need the fewest views on validation.
 
-The command refits the cascade of an existing model file in place (weights, version and operating
-point unchanged: the cascade only decides how many views an image needs to reach the decision and
-band the full average gives), from the network's logits for all 8 views of every validation image;
-training, fine-tuning, soups and calibrate fit it with the rest of the operating point
-(validation.choose_and_report). ``--check DIR`` also reports what it does on another labelled set
-(the shipped check set), never used to fit it.
+Training, fine-tuning, soups and calibrate fit it with the rest of the operating point
+(validation.choose_and_report), from the network's logits for all 8 views of every validation image;
+``python -m classifier.training.calibrate --cascade-only`` fits it alone into an existing model file
+(weights, version and operating point unchanged: the cascade only decides how many views an image
+needs to reach the decision and band the full average gives).
 """
 
-import argparse
 import dataclasses
-import datetime
 import itertools
 import math
-import sys
 
 import numpy as np
 
@@ -113,65 +107,3 @@ def fit(view_logits, calibration: dict, threshold: float, band, band_quantile: f
                               + ("" if band_quantile == 1.0 else f"; its {band_quantile:g} quantile (band ends)")),
         "validation": agreement(cascade, view_logits),
     }
-
-
-def get_args_parser(add_help=True):
-    p = argparse.ArgumentParser(description="Fit a model file's early-decision cascade on its validation split "
-                                "(the file is rewritten in place; weights, version and operating point kept).",
-                                add_help=add_help)
-    p.add_argument("--model", required=True, help="model file (.safetensors), rewritten in place")
-    p.add_argument("--data", required=True, help="the dataset the model was trained on (its split is remade)")
-    p.add_argument("--check", help="a labelled folder to report the cascade on as well (e.g. classifier/checkset)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    return p
-
-
-def all_view_logits(model, samples, meta, batch_size: int, device) -> np.ndarray:
-    from classifier.presets import ClassificationPresetEval
-    from classifier.training.train import CachedImages, make_loader, view_logits
-
-    size = meta.input_size
-    loader = make_loader(CachedImages(samples, size, ClassificationPresetEval(size, mean=meta.mean, std=meta.std)),
-                         batch_size, shuffle=False)
-    return view_logits(model.to(device), loader, device)
-
-
-def refit(model_path, data_dir, check_dir=None, batch_size=32, device="cpu") -> dict:
-    """Fit and store the cascade of ``model_path``; return the record (and the check set's figures)."""
-    import torch
-
-    from classifier.model import load_classifier
-    from classifier.modelfile import replace_metadata
-    from classifier.training.data import DatasetError, fingerprint, load_samples, split_as_recorded
-
-    model, meta = load_classifier(model_path)
-    if meta.views <= 1:
-        raise DatasetError(f"{meta.version} decides on one view: it has no views to save")
-    _, val = split_as_recorded(load_samples(data_dir), meta.training.get("recipe", {}))
-    recorded = meta.training.get("validation", {}).get("labels_sha256")
-    if recorded and fingerprint(val)["labels_sha256"] != recorded:
-        raise DatasetError(f"{data_dir} does not give the validation split {meta.version} records")
-    dev = torch.device(device)
-    band = (meta.operating_point or {}).get("band")
-    record = fit(all_view_logits(model, val, meta, batch_size, dev), meta.calibration, meta.threshold, band)
-    record["fitted_on"] = {"data": str(data_dir), "images": len(val), "date": datetime.date.today().isoformat()}
-    out = {"version": meta.version, "cascade": record}
-    if check_dir:
-        samples = [s for s in load_samples(check_dir) if s.split != "train"]
-        cascade = Cascade.from_spec(record, probability_to_logit(meta.threshold, meta.calibration),
-                                    band_logits(band or (), meta.calibration))
-        record["check"] = {"data": str(check_dir),
-                           **agreement(cascade, all_view_logits(model, samples, meta, batch_size, dev))}
-    replace_metadata(model_path, cascade=record)
-    return out
-
-
-def main(args) -> int:
-    from classifier.training.cli import run_and_print
-
-    return run_and_print(lambda: refit(args.model, args.data, args.check, args.batch_size, args.device))
-
-
-if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
