@@ -31,13 +31,9 @@ def probability_to_logit(p: float, calibration: dict | None) -> float:
     return (math.log(p / (1 - p)) - float(cal.get("bias", 0.0))) / float(cal.get("scale", 1.0))
 
 
-def band_logits(metadata_or_band, calibration=None) -> tuple[float, ...]:
-    """The band's two ends as logits (none for a file without a band)."""
-    band = metadata_or_band
-    if not isinstance(band, (list, tuple)):
-        calibration = metadata_or_band.calibration
-        band = (metadata_or_band.operating_point or {}).get("band") or ()
-    return tuple(sorted(probability_to_logit(float(p), calibration) for p in band if 0 < float(p) < 1))
+def band_logits(band, calibration: dict | None) -> tuple[float, ...]:
+    """The band's ends (probabilities; none for a file without a band) as logits, ascending."""
+    return tuple(sorted(probability_to_logit(float(p), calibration) for p in band or () if 0 < float(p) < 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +61,8 @@ class Cascade:
         if not spec or metadata.views <= 1 or float((metadata.calibration or {}).get("scale", 1.0)) <= 0:
             return None
         threshold = probability_to_logit(float(metadata.threshold), metadata.calibration)
-        return cls.from_spec(spec, threshold, band_logits(metadata))
+        return cls.from_spec(spec, threshold, band_logits((metadata.operating_point or {}).get("band"),
+                                                          metadata.calibration))
 
     def widened(self, error: float) -> "Cascade":
         """The same cascade for a runtime whose logit for a view may be ``error`` off the exact one
@@ -77,9 +74,8 @@ class Cascade:
     def stops(self, mean, spread, stage: int):
         """Which images may stop after stage ``stage`` (an index into ``stages``), given their running
         mean and the spread of the views seen; numpy arrays or tensors alike."""
-        lib = np if isinstance(mean, np.ndarray) else torch
-        if stage == len(self.stages) - 1:
-            return lib.ones(mean.shape, dtype=bool) if lib is np else torch.ones(mean.shape, dtype=torch.bool)
+        if stage == len(self.stages) - 1:  # the last stage has every view: everything stops
+            return np.ones(len(mean), bool) if isinstance(mean, np.ndarray) else torch.ones(len(mean), dtype=torch.bool)
         sigma = 1 + self.alpha * abs(mean) + self.beta * spread
         drift = self.alpha + (2 * self.beta if self.stages[stage] > 1 else 0.0)  # sigma's error per unit error
         margin, band_margin = self.margins[stage], self.band_margins[stage]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from classifier import artefacts, lesioncheck
 from classifier import runtime as runtimes
-from classifier.cascade import Cascade
+from classifier.cascade import Cascade, probability_to_logit
 from classifier.model import load_classifier
 from classifier.modelfile import ModelMetadata, read_metadata
 from classifier.presets import DIHEDRAL_VIEWS, ClassificationPresetEval
@@ -43,9 +43,7 @@ class Prediction:
 
 def threshold_logit(metadata: ModelMetadata) -> float:
     """The (view-averaged, uncalibrated) logit at which the calibrated probability meets the threshold."""
-    t = float(metadata.threshold)
-    cal = metadata.calibration or {}
-    return (math.log(t / (1 - t)) - float(cal.get("bias", 0.0))) / float(cal.get("scale", 1.0))
+    return probability_to_logit(float(metadata.threshold), metadata.calibration)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -104,7 +104,8 @@ def test_the_live_rule_stops_the_same_images_with_the_same_logits_as_the_rule_on
     path, images, z = averaged_model
     predictor = Predictor.from_file(path, device="cpu", runtime="torch")
     meta = read_metadata(path)
-    assert predictor.cascade is not None and predictor.cascade.band == band_logits(meta)
+    band = band_logits(meta.operating_point["band"], meta.calibration)
+    assert predictor.cascade is not None and predictor.cascade.band == band
     assert predictor.cascade.threshold == pytest.approx(threshold_logit(meta))
     expected, expected_views = predictor.cascade.decide_from_views(z)
     live, views = predictor.cascade.run(predictor.runner, images)

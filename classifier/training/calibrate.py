@@ -18,6 +18,7 @@ change. ``--check DIR`` also reports what the cascade does on another labelled s
 """
 
 import argparse
+import dataclasses
 import datetime
 import sys
 
@@ -90,7 +91,7 @@ def fit_cascade(model_path, data_dir, check_dir=None, batch_size=32, device="cpu
     """Fit and store only the cascade of ``model_path``; return it (with the check set's figures)."""
     import torch
 
-    from classifier.cascade import Cascade, band_logits, probability_to_logit
+    from classifier.cascade import Cascade
     from classifier.modelfile import read_metadata, replace_metadata
     from classifier.training import cascade
     from classifier.training.data import DatasetError, load_samples
@@ -103,8 +104,7 @@ def fit_cascade(model_path, data_dir, check_dir=None, batch_size=32, device="cpu
     record["fitted_on"] = {"data": str(data_dir), "images": len(val), "date": datetime.date.today().isoformat()}
     if check_dir:
         samples = [s for s in load_samples(check_dir) if s.split != "train"]
-        fitted = Cascade.from_spec(record, probability_to_logit(meta.threshold, meta.calibration),
-                                   band_logits(band or (), meta.calibration))
+        fitted = Cascade.from_metadata(dataclasses.replace(meta, cascade=record))
         record["check"] = {"data": str(check_dir), **cascade.agreement(
             fitted, all_view_logits(model, samples, meta, batch_size, torch.device(device)))}
     replace_metadata(model_path, cascade=record)

@@ -35,7 +35,7 @@ BETAS = (0.0, 0.5, 1.0)
 
 def edges_for(calibration: dict, threshold: float, band) -> tuple[float, ...]:
     """Threshold and band ends as logits, ascending."""
-    return tuple(sorted({probability_to_logit(float(threshold), calibration), *band_logits(band or (), calibration)}))
+    return tuple(sorted({probability_to_logit(float(threshold), calibration), *band_logits(band, calibration)}))
 
 
 def scores(view_logits: np.ndarray, order, stages, alpha: float, beta: float) -> list[np.ndarray]:
@@ -83,7 +83,7 @@ def fit(view_logits, calibration: dict, threshold: float, band, band_quantile: f
     """The cascade record for a model file's metadata (``ModelMetadata.cascade``): stages, margins,
     order, sigma's alpha and beta, and what it did on the images it was fitted on."""
     view_logits = np.asarray(view_logits, dtype=np.float64)
-    t, ends = probability_to_logit(float(threshold), calibration), band_logits(band or (), calibration)
+    t, ends = probability_to_logit(float(threshold), calibration), band_logits(band, calibration)
     best = None
     for stages, order, alpha, beta in itertools.product(STAGINGS, ORDERS, ALPHAS, BETAS):
         cascade = cascade_for(view_logits, order, stages, alpha, beta, t, ends, band_quantile)
