@@ -101,16 +101,32 @@ class Cascade:
         """(logit, views used) per image of a preprocessed batch; ``first``: the upright view's logits
         when the caller has them. One runner call per view, for the images still undecided only. (Not
         in inference mode itself: the runners are, and the tensors returned stay writable.)"""
-        upright = (runner(batch) if first is None else first).double()
+        logits, used, _ = self.run_with_features(runner, batch, (first, None) if first is not None else None)
+        return logits, used
+
+    def run_with_features(self, runner, batch: torch.Tensor, first=None):
+        """(logit, views used, pooled features averaged over the same views or None) per image: the
+        embedding follows the views the decision averaged. ``first``: (logits, features) of the upright
+        view when the caller has them (features None: no embedding). A runner without ``both`` (a
+        plain callable) gives logits only."""
+        both = getattr(runner, "both", None) or (lambda b: (runner(b), None))
+        upright, features = both(batch) if first is None else first
+        upright = upright.double()
         sums, high, low = upright.clone(), upright.clone(), upright.clone()
+        fsums = None if features is None else features.double().clone()
         out, used = torch.empty(len(batch), dtype=torch.float64), torch.zeros(len(batch), dtype=torch.long)
         active, done = torch.arange(len(batch)), 1
         for i, v in enumerate(self.stages):
             for k in self.order[done:v]:
-                z = runner(dihedral(batch[active], k)).double()
+                z, f = both(dihedral(batch[active], k))
+                z = z.double()
                 sums[active] += z
                 high[active] = torch.maximum(high[active], z)
                 low[active] = torch.minimum(low[active], z)
+                if fsums is not None and f is not None:
+                    fsums[active] += f.double()
+                elif f is None:
+                    fsums = None
             done = v
             mean = sums[active] / v
             stop = self.stops(mean, high[active] - low[active], i)
@@ -118,7 +134,8 @@ class Cascade:
             active = active[~stop]
             if not len(active):
                 break
-        return out.float(), used
+        embeddings = None if fsums is None else (fsums / used.unsqueeze(1)).float()
+        return out.float(), used, embeddings
 
 
 def validate_spec(spec: dict) -> None:

@@ -4,11 +4,12 @@ import dataclasses
 import logging
 import math
 import time
+import typing
 
 import torch
 from PIL import Image
 
-from classifier import artefacts, lesioncheck
+from classifier import artefacts, differential, lesioncheck
 from classifier import runtime as runtimes
 from classifier.cascade import Cascade, probability_to_logit
 from classifier.model import load_classifier
@@ -41,6 +42,17 @@ class Prediction:
         return dataclasses.asdict(self)
 
 
+class Assessment(typing.NamedTuple):
+    """What the model says of each image of a batch."""
+
+    probabilities: list[float]  # of malignancy, calibrated
+    distances: list[float] | None  # the lesion check's (None: the model file has no check)
+    views: list[int]  # orientations averaged
+    # Pooled trunk features (n, 512) averaged over the same orientations as the logit: the image's
+    # embedding for similar-case retrieval and the differential (None: the runtime gives no features).
+    embeddings: torch.Tensor | None
+
+
 def threshold_logit(metadata: ModelMetadata) -> float:
     """The (view-averaged, uncalibrated) logit at which the calibrated probability meets the threshold."""
     return probability_to_logit(float(metadata.threshold), metadata.calibration)
@@ -70,6 +82,7 @@ class Predictor:
         self.runner = runner if runner is not None else runtimes.TorchRunner(model, device)
         self.transform = ClassificationPresetEval(metadata.input_size, metadata.mean, metadata.std)
         self.lesion_check = None  # set by from_file when the model file has one
+        self.differential = None  # classifier.differential, set by from_file when the head is beside the file
         self.recheck = None  # runtimes.Recheck for "onnx-int8-recheck": borderline images rerun in fp32
         # Early decisions where the model file has them (from_file widens the margins by an int8
         # graph's error); None: every image runs all the model's views.
@@ -147,7 +160,18 @@ class Predictor:
 
     def with_check(self, path) -> "Predictor":
         self.lesion_check = lesioncheck.load(path, self.metadata)
+        try:
+            self.differential = differential.load(path, self.metadata.version)
+        except differential.DifferentialError as exc:
+            log.warning("no differential: %s", exc)
         return self
+
+    def differentials(self, embeddings) -> list[dict] | None:
+        """Each image's differential diagnosis ({class: probability}) from its embedding, or None where
+        the model has no differential head or the runtime gave no embeddings."""
+        if self.differential is None or embeddings is None:
+            return None
+        return self.differential.as_dicts(embeddings.numpy())
 
     @property
     def version(self) -> str:
@@ -181,32 +205,34 @@ class Predictor:
         averaging (the 8 rotations/mirror images, logits averaged) and calibration applied."""
         return self.assess(batch)[0]
 
-    def assess(self, batch: torch.Tensor) -> tuple[list[float], list[float] | None, list[int]]:
-        """(probabilities as ``run``, each image's lesion-check distance or None without a check,
-        the orientations averaged for each image)."""
-        logits, features, views = self._forward(batch)
+    def assess(self, batch: torch.Tensor) -> "Assessment":
+        """Probabilities as ``run``, with each image's lesion-check distance, the orientations
+        averaged and its embedding (``Assessment``)."""
+        logits, features, views, embeddings = self._forward(batch)
         distances = None
         if self.lesion_check is not None and features is not None:
             distances = self.lesion_check.distances(features).tolist()
-        return self.calibrate(logits).tolist(), distances, views.tolist()
+        return Assessment(self.calibrate(logits).tolist(), distances, views.tolist(), embeddings)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """The (view-averaged, uncalibrated) logit of each image of a preprocessed batch."""
         return self._forward(batch)[0]
 
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(view-averaged logits, pooled features of the first view (the image as given), the number of
-        views averaged per image): all the model's views, or as few as its cascade needs."""
-        first, features = self.runner.both(batch)
+    def _forward(self, batch: torch.Tensor):
+        """(view-averaged logits, pooled features of the first view (the image as given: the lesion
+        check's), the number of views averaged per image, pooled features averaged over those views (the
+        embedding; None where the runtime gives no features)): all the model's views, or as few as its
+        cascade needs."""
+        first = self.runner.both(batch)
         if self.cascade is not None:
-            logits, views = self.cascade.run(self.runner, batch, first=first)
+            logits, views, embeddings = self.cascade.run_with_features(self.runner, batch, first=first)
         else:
-            logits = runtimes.averaged_logits(self.runner, batch, self.metadata.views, first=first)
+            logits, embeddings = runtimes.averaged(self.runner, batch, self.metadata.views, first=first)
             views = torch.full((len(batch),), self.metadata.views, dtype=torch.long)
         if self.recheck is not None:
-            logits, rerun, rerun_views = self.recheck.rerun(batch, logits)
+            logits, rerun, rerun_views, embeddings = self.recheck.rerun(batch, logits, embeddings)
             views[rerun] = rerun_views
-        return logits, features, views
+        return logits, first[1], views, embeddings
 
     def view_logits(self, batch: torch.Tensor, views: int = DIHEDRAL_VIEWS) -> torch.Tensor:
         """(n, views) logits of the first ``views`` rotations/mirror images of each image
@@ -222,7 +248,7 @@ class Predictor:
         if not images:
             return []
         start = time.perf_counter()
-        probs, distances, views = self.assess(self.preprocess(images))
+        probs, distances, views, _ = self.assess(self.preprocess(images))
         ms = (time.perf_counter() - start) * 1000 / len(images)
         cutoff = self.lesion_check.cutoff if distances is not None else None
         return [

@@ -98,6 +98,19 @@ def averaged_logits(runner, batch: torch.Tensor, views: int, first: torch.Tensor
     return per_view_logits(runner, batch, views, first).mean(1)
 
 
+def averaged(runner, batch: torch.Tensor, views: int, first=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logit, pooled features) of each image, both averaged over its first ``views`` rotations/mirror
+    images; ``first``: (logits, features) of the upright view when the caller has them. Features are
+    None where the runner gives none (an ONNX graph exported without them)."""
+    logits, features = runner.both(batch) if first is None else first
+    logits, features = logits.double(), None if features is None else features.double()
+    for k in range(1, views):
+        z, f = runner.both(dihedral(batch, k))
+        logits = logits + z.double()
+        features = None if features is None or f is None else features + f.double()
+    return (logits / views).float(), None if features is None else (features / views).float()
+
+
 class Recheck:
     """Runs again, on an exact (fp32) runner, every image whose fast (int8) averaged logit lies within
     ``margin`` of the threshold's logit, and keeps the exact logit for it. int8 moves a logit by a
@@ -118,19 +131,26 @@ class Recheck:
     def __call__(self, batch: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return self.rerun(batch, logits)[0]
 
-    def rerun(self, batch: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rerun(self, batch: torch.Tensor, logits: torch.Tensor, embeddings: torch.Tensor | None = None):
         """(the logits with the borderline ones replaced by the exact runner's, the indices of the images
-        rerun, the views the exact runner averaged for each of them)."""
+        rerun, the views the exact runner averaged for each of them, the embeddings with the rerun
+        images' replaced by the exact runner's over the same views; None stays None)."""
         near = ((logits > self.low) & (logits < self.high)).nonzero().flatten()
         self.images += len(logits)
         self.rechecked += len(near)
         views = torch.full((len(near),), self.views, dtype=torch.long)
         if not len(near):
-            return logits, near, views
+            return logits, near, views, embeddings
         logits = logits.clone()
         if self.cascade is not None:
-            exact, views = self.cascade.run(self.exact, batch[near])
+            exact, views, features = self.cascade.run_with_features(self.exact, batch[near])
         else:
-            exact = averaged_logits(self.exact, batch[near], self.views)
+            exact, features = averaged(self.exact, batch[near], self.views)
         logits[near] = exact.to(logits.dtype)
-        return logits, near, views
+        if embeddings is not None:
+            embeddings = embeddings.clone()
+            if features is None:
+                embeddings = None
+            else:
+                embeddings[near] = features.to(embeddings.dtype)
+        return logits, near, views, embeddings

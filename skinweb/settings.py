@@ -312,6 +312,12 @@ INFERENCE_CLAIM_TIMEOUT = env_int("INFERENCE_CLAIM_TIMEOUT", 120)
 # Dataset folders (labels.csv layout, separated by ":") for int8 calibration and, later, retraining.
 # Default: none (`make run` passes the ISIC development set when it sits beside the checkout).
 TRAINING_DATASETS = [Path(p) for p in env("TRAINING_DATASETS", "").split(":") if p]
+# The reference library of similar confirmed lesions (issue 32): the dataset its development part is
+# built from (default: the first of TRAINING_DATASETS), whether parts licensed for non-commercial use
+# only (HAM10000, ISIC 2018/2020) are shown (a commercial deployment sets 0), and how many neighbours.
+REFERENCE_DATASET = env("REFERENCE_DATASET", "")
+REFERENCE_NONCOMMERCIAL = env_bool("REFERENCE_NONCOMMERCIAL", True)
+REFERENCE_NEIGHBOURS = env_int("REFERENCE_NEIGHBOURS", 8)
 # Retraining from the published version: epochs, peak learning rate, batch size, device
 # (auto: CUDA when present), and after how many seconds without an epoch a run counts as dead.
 RETRAIN_EPOCHS = env_int("RETRAIN_EPOCHS", 10)

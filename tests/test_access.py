@@ -42,6 +42,8 @@ OWNER_GET = {
     "clinic:case_taken": 405,  # POST only
     "clinic:case_move": 405,  # POST only
     "clinic:case_remove": 405,  # POST only
+    "clinic:case_compare": 404,  # the failed case has no result, so nothing similar to compare with
+    "clinic:reference_image": 404,  # the version has no reference library built
     "login": 302,  # already logged in: sent on
     "logout": 405,  # POST only
 }
@@ -101,6 +103,10 @@ def world(client, north, south, alice, bob, carol, root):
 
 
 def url_for(name, route, world):
+    if name == "clinic:reference_image":
+        return reverse(name, kwargs={"version": world["version"].pk, "position": 0})
+    if name == "clinic:case_compare":
+        return reverse(name, kwargs={"pk": world["case"].pk, "ref": "d0"})
     if "<int:pk>" not in route:
         return reverse(name)
     owner = {"patients/": "patient", "lesions/": "lesion", "cases/": "case", "manage/relabel/": "case",

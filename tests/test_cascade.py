@@ -117,12 +117,28 @@ def test_the_live_rule_stops_the_same_images_with_the_same_logits_as_the_rule_on
     np.testing.assert_allclose(live[full].numpy(), z[full.numpy()].mean(1), atol=1e-5)
 
 
+def test_the_embedding_averages_the_features_of_the_views_the_decision_averaged(averaged_model):
+    """Issue 32: the retrieval embedding follows the decision's views, early or not."""
+    from classifier.presets import dihedral
+
+    path, images, _ = averaged_model
+    for early in (True, False):
+        predictor = Predictor.from_file(path, device="cpu", runtime="torch", early=early)
+        _, _, views, embeddings = predictor.assess(images)
+        order = predictor.cascade.order if early else tuple(range(8))
+        per_view = torch.stack([predictor.runner.both(dihedral(images, k))[1] for k in order], 1)
+        expected = torch.stack([per_view[i, :v].mean(0) for i, v in enumerate(views)])
+        assert embeddings.shape == (len(images), 512)
+        torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
+        assert (len(set(views)) > 1) == early
+
+
 def test_the_worker_s_prediction_records_how_many_views_it_averaged(averaged_model):
     path, images, _ = averaged_model
     early = Predictor.from_file(path, device="cpu", runtime="torch")
     every = Predictor.from_file(path, device="cpu", runtime="torch", early=False)
-    p_early, _, views = early.assess(images)
-    p_all, _, all_views = every.assess(images)
+    p_early, _, views, _ = early.assess(images)
+    p_all, _, all_views, _ = every.assess(images)
     assert set(all_views) == {8} and min(views) < 8
     band = read_metadata(path).operating_point["band"]
     side = lambda p: np.digitize(p, [band[0], 0.5, band[1]])  # noqa: E731
@@ -214,7 +230,7 @@ def test_the_recheck_reruns_the_exact_runner_s_own_cascade(averaged_model):
     cascade = predictor.cascade
     everything = torch.full((len(images),), cascade.threshold)  # every image lies on the threshold: all rerun
     recheck = Recheck(predictor.runner, cascade.threshold, 1.0, 8, cascade=cascade)
-    logits, rerun, views = recheck.rerun(images, everything)
+    logits, rerun, views, _ = recheck.rerun(images, everything)
     expected, expected_views = cascade.run(predictor.runner, images)
     assert rerun.tolist() == list(range(len(images))) and views.tolist() == expected_views.tolist()
     np.testing.assert_allclose(logits.numpy(), expected.numpy(), atol=1e-6)
@@ -236,11 +252,13 @@ def test_the_int8_path_decides_early_on_widened_margins_and_reruns_the_borderlin
     margin = report["runtimes"]["onnx-int8-recheck"]["recheck_margin"]
     assert int8.cascade.error == margin and int8.recheck.cascade.error == 0.0
     int8.recheck.low, int8.recheck.high = -1e9, 1e9  # every image rerun: the fp32 cascade decides all
-    probs, _, views = int8.assess(images)
+    probs, _, views, embeddings = int8.assess(images)
     exact = Predictor.from_file(path, device="cpu", runtime="onnx-fp32")
-    expected, _, expected_views = exact.assess(images)
+    expected, _, expected_views, expected_embeddings = exact.assess(images)
     assert views == expected_views
     np.testing.assert_allclose(probs, expected, atol=1e-6)
+    # The rerun images' embeddings are the exact runner's too, over the same views.
+    torch.testing.assert_close(embeddings, expected_embeddings, atol=1e-5, rtol=1e-5)
     # Without the rerun, int8's own early decisions: never on fewer views than fp32's cascade needs here.
     alone = Predictor.from_file(path, device="cpu", runtime="onnx-int8")
     assert alone.cascade.error == margin and sum(alone.assess(images)[2]) >= sum(expected_views)

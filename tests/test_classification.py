@@ -118,7 +118,7 @@ def test_newly_published_version_is_loaded_and_recorded(case, published_model, t
     classification.classify_case(second.pk)
     second.refresh_from_db()
     assert second.prediction.model_version == v2 and second.prediction.threshold == 0.3
-    assert list(classification._predictors) == [("test-v2", "auto", None)]  # only the current version is kept
+    assert list(classification._predictors) == [("test-v2", "auto", None, None)]  # only the current version is kept
     published_model.refresh_from_db()
     assert published_model.status == ModelVersion.Status.RETIRED
 

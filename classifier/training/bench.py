@@ -118,7 +118,7 @@ def run_product(model, paths, batch_size, runtime, device, queue, early=True):
     for i in range(0, len(paths), batch_size):
         x = predictor.preprocess(paths[i:i + batch_size])
         t = time.perf_counter()
-        p, _, v = predictor.assess(x)
+        p, _, v, _ = predictor.assess(x)
         probs.extend(p)
         views.extend(v)
         model_seconds += time.perf_counter() - t

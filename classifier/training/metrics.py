@@ -136,6 +136,14 @@ def threshold_for_sensitivity_bound(y_true, y_prob, target: float, level: float 
     return threshold_for_sensitivity(y, y_prob, k / n)
 
 
+def balanced_multiclass_accuracy(y_true, y_pred) -> float:
+    """Mean over the classes present in ``y_true`` of the share of each class predicted as itself (the
+    ISIC 2018/2019 challenges' balanced multi-class accuracy)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    classes = np.unique(y_true)
+    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in classes])) if len(classes) else float("nan")
+
+
 def confusion(y_true, y_prob, threshold: float) -> dict:
     y = np.asarray(y_true).astype(bool)
     pred = np.asarray(y_prob, dtype=float) >= threshold

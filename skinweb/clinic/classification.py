@@ -15,6 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from classifier import reference
 from classifier.modelfile import ModelFileError
 from skinweb.clinic.models import Case, Prediction
 from skinweb.models_registry.models import ModelVersion
@@ -36,9 +37,10 @@ _lock = threading.Lock()
 
 def get_predictor(version: ModelVersion):
     """The loaded model of ``version`` (on the runtime its fast-path report chose, when it has one)."""
-    # The build's state is part of the key: when the fast artefacts of the published version are
-    # built, the next batch switches to them without a restart.
-    key = (version.version, settings.INFERENCE_DEVICE, version.fast_path.get("built"))
+    # The builds' states are part of the key: when the fast artefacts of the published version are
+    # built, the next batch switches to them without a restart; so when its differential head is fitted
+    # (with its reference library).
+    key = (version.version, settings.INFERENCE_DEVICE, version.fast_path.get("built"), version.reference.get("built"))
     with _lock:
         if key not in _predictors:
             # A newly published version replaces the cached one: keep only the current model in memory.
@@ -175,7 +177,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
     import torch  # workers only (the predictor above has loaded it already)
 
     try:
-        probabilities, distances, views = predictor.assess(torch.stack(images))
+        probabilities, distances, views, embeddings = predictor.assess(torch.stack(images))
     except Exception as exc:
         log.exception("classification of cases %s failed", [c.pk for c in ready])
         for c in ready:
@@ -186,6 +188,11 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
              predictor.device, predictor.runtime, ms)
 
     band_low, band_high = version.operating_point["band"]
+    try:
+        differentials = predictor.differentials(embeddings)
+    except Exception:  # the differential is evidence beside the result: never a reason to fail the case
+        log.exception("the differential of cases %s failed", [c.pk for c in ready])
+        differentials = None
     written = []
     check = predictor.lesion_check if distances is not None else None
     for i, (c, p) in enumerate(zip(ready, probabilities)):
@@ -205,6 +212,8 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
                 lesion_distance=None if check is None else round(distances[i], 3),
                 lesion_cutoff=None if check is None else check.cutoff,
                 views=views[i],
+                embedding=b"" if embeddings is None else reference.encode(embeddings[i].numpy()),
+                differential={} if differentials is None else differentials[i],
             )
         except IntegrityError:
             # Another delivery of the same task got there first.

@@ -404,6 +404,14 @@ class Prediction(models.Model):
     # (classifier.cascade) decided early. Null for rows written before it was recorded.
     views = models.PositiveSmallIntegerField(null=True, blank=True,
                                              help_text="Orientations of the image the model averaged")
+    # The image's embedding in this model version's feature space (the pooled trunk features averaged
+    # over the same views, float16 little-endian; classifier.reference): similar confirmed lesions are
+    # found with it, and a case with a confirmed truth joins its clinic's reference library by it.
+    # Empty for rows written before it was kept, or by a runtime that gives no features.
+    embedding = models.BinaryField(blank=True, default=b"", editable=False)
+    # The differential diagnosis ({class: probability}, classifier.reference.DIFFERENTIAL), when the
+    # model version has a differential head; {} otherwise.
+    differential = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # Grad-CAM of the evidence for the decision (transparent PNG the size of the image), computed by a
     # worker after the prediction is stored (skinweb.clinic.explanations).

@@ -25,6 +25,8 @@ urlpatterns = [
     path("cases/<int:pk>/remove/", views.case_remove, name="case_remove"),
     path("cases/<int:pk>/image/", views.case_image, name="case_image"),
     path("cases/<int:pk>/heatmap/", views.case_heatmap, name="case_heatmap"),
+    path("cases/<int:pk>/compare/<str:ref>/", views.case_compare, name="case_compare"),
+    path("reference/<int:version>/<int:position>/image/", views.reference_image, name="reference_image"),
     path("cases/<int:pk>/report.pdf", views.case_report, name="case_report"),
     path("cases/export.csv", views.case_export, name="case_export"),
     # Administrators' relabel queue: beside the registry's pages, kept by the clinic whose cases it labels.

@@ -1,6 +1,7 @@
 import datetime
 import io
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
@@ -16,8 +17,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 from PIL import Image
 
 from skinweb.audit.models import record
-from skinweb.clinic import insights, reports, tasks
-from skinweb.clinic.access import object_view
+from skinweb.clinic import insights, reports, similar, tasks
+from skinweb.clinic.access import get_for_user, object_view
 from skinweb.clinic.forms import (
     CaseFilterForm,
     FeedbackForm,
@@ -261,8 +262,15 @@ def case_detail(request, case):
             "history": history,
             "predictions": case.predictions.select_related("model_version"),
             "lesions": lesions,
+            "similar": _similar(case),
+            "differential": similar.differential_of(case.prediction),
         },
     )
+
+
+def _similar(case):
+    """Similar confirmed lesions for the case's current result (None while there is none)."""
+    return similar.similar_to(case.prediction) if case.status == Case.Status.DONE else None
 
 
 @never_cache
@@ -277,8 +285,51 @@ def case_status(request, case):
     if request.GET.get("part") == "badge":  # the uploader's line for this case, polled until the result
         return render(request, "clinic/partials/case_badge_live.html", {"case": case})
     return render(
-        request, "clinic/partials/case_status.html", {"case": case, "form": FeedbackForm(instance=case.feedback)}
+        request, "clinic/partials/case_status.html",
+        {"case": case, "form": FeedbackForm(instance=case.feedback), "similar": _similar(case),
+         "differential": similar.differential_of(case.prediction)},
     )
+
+
+@object_view(Case)
+def case_compare(request, case, ref):
+    """The case's image beside one of its similar confirmed lesions: ``d<n>`` the n-th image of the
+    reference library of the case's model version, ``c<id>`` a confirmed case of the same clinic (404 for
+    any other clinic's, as everywhere)."""
+    prediction = case.prediction
+    if prediction is None:
+        raise Http404("This case has no result to compare")
+    kind, number = ref[:1], ref[1:]
+    if not number.isdigit() or kind not in ("d", "c"):
+        raise Http404("No such similar lesion")
+    found = similar.similar_to(prediction, k=max(settings.REFERENCE_NEIGHBOURS, 8))
+    neighbours = {n.ref: n for n in (found.dataset + found.clinic)} if found else {}
+    other = neighbours.get(f"{kind}{number}")
+    if kind == "c":
+        get_for_user(request.user, Case, pk=int(number))  # another clinic's: 404 before anything else
+    if other is None:
+        raise Http404("That lesion is not among this case's similar lesions")
+    record(request, "compare", case, reference=other.ref)
+    return render(request, "clinic/case_compare.html", {"case": case, "other": other, "prediction": prediction})
+
+
+@require_GET
+def reference_image(request, version, position):
+    """A development-dataset image of a model version's reference library, to signed-in clinic users
+    (licences allowing: REFERENCE_NONCOMMERCIAL); never a path from the request."""
+    if getattr(request.user, "clinic_id", None) is None:
+        raise Http404("No reference image")
+    model_version = ModelVersion.objects.filter(pk=version).first()
+    if model_version is None:
+        raise Http404("No such model version")
+    try:
+        path = similar.reference_image_path(model_version, position)
+    except LookupError as exc:
+        raise Http404(str(exc)) from None
+    kind = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    response = FileResponse(open(path, "rb"), content_type=kind)
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 @object_view(Case, methods=("GET", "POST"))

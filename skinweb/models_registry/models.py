@@ -65,6 +65,12 @@ class ModelVersion(models.Model):
                   "the report itself is the .fast.json file beside the model",
     )
 
+    reference = models.JSONField(
+        default=dict, blank=True,
+        help_text="Where the build of the reference library of similar lesions stands ({}, building_since with "
+                  "progress, built or error); the index is the .reference.npz file beside the model",
+    )
+
     objects = ModelVersionQuerySet.as_manager()
 
     class Meta:

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.db import transaction
 from kombu.exceptions import OperationalError
 
-from skinweb.models_registry import fastpath, training
+from skinweb.models_registry import fastpath, reference, training
 from skinweb.models_registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -17,6 +17,32 @@ def build_fast_path(version_id: int) -> None:
     version = ModelVersion.objects.filter(pk=version_id).first()
     if version is not None:
         fastpath.build(version)
+        if version.status == ModelVersion.Status.PUBLISHED:
+            request_reference(version)  # embedded with the runtime the workers now use
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def build_reference(version_id: int) -> None:
+    version = ModelVersion.objects.filter(pk=version_id).first()
+    if version is not None and version.filename:
+        reference.build(version)
+
+
+def request_reference(version: ModelVersion) -> bool:
+    """Ask once for the build of a version's reference library; True when this call queued it."""
+    with transaction.atomic():
+        queued = reference.claim(version)
+        if queued:
+            transaction.on_commit(lambda: send_reference(version.pk), robust=True)
+    return queued
+
+
+def send_reference(version_id):
+    try:
+        build_reference.apply_async((version_id,), queue="default", retry=False)
+    except OperationalError as exc:  # no broker: the next sweep asks again
+        log.warning("could not queue the reference library of model version %s: %s", version_id, exc)
+        reference.release(version_id)
 
 
 def request_fast_path(version: ModelVersion) -> bool:
@@ -57,8 +83,11 @@ def shadow_check(version_id: int, n: int) -> None:
 @shared_task(ignore_result=True)
 def sweep() -> None:
     """Periodic (Celery beat): fail training runs that went silent; ask for the published version's
-    fast artefacts when they were never asked for or the request was lost."""
+    fast artefacts, and then its reference library, when they were never asked for or the request was
+    lost."""
     training.mark_stale_runs()
     published = ModelVersion.objects.published()
     if published is not None and published.filename:
         request_fast_path(published)
+        if set(published.fast_path) & {"built", "error"}:  # the library waits for the fast path
+            request_reference(published)

@@ -1,0 +1,180 @@
+"""Fit a model version's differential head (classifier.differential) on the embeddings of its reference
+library (classifier.reference: the worker's own embeddings of the dataset's images), training images
+only, and report it on the validation images:
+
+    python -m classifier.training.differential --model FILE --data DIR [--index NPZ] [--build-index]
+
+The index is ``<model>.reference.npz`` unless given (``--build-index`` builds it first, as the registry's
+background job does: every image embedded on the worker's path). The training and validation images are
+the model's own split, remade from its recorded recipe, the locked test split left out of both: the
+head's regularisation is chosen on validation, and the locked images choose nothing. Writes
+``<model>.differential.safetensors`` and prints one JSON object: per-class one-vs-rest AUC, balanced
+accuracy (all, HAM10000 parts), the benign-keratosis AUC on the ISIC 2017 part, the melanoma AUC of the
+differential beside the binary head's, and retrieval precision@k (the share of the k nearest training
+images with the same class), per source.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifier import differential, reference
+from classifier.modelfile import ModelFileError, read_metadata
+from classifier.training import metrics
+from classifier.training.data import DatasetError, load_samples, locked_test_split, split_as_recorded
+
+log = logging.getLogger("classifier.training.differential")
+
+C_GRID = (0.003, 0.01, 0.03, 0.1)  # inverse L2 strength per image (sklearn's C), chosen on validation
+MIN_PER_CLASS = 2  # training images a class needs at least; rarer classes keep their bias only
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, c: float, n_classes: int, balanced: bool = False,
+             iterations: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(weight, bias, mean, scale) of a multinomial logistic regression on standardised ``x``, L2-penalised
+    as sklearn's LogisticRegression(C=c) (mean loss + |W|² / (2 c n)), fitted by L-BFGS."""
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    xt = torch.from_numpy((x - mean) / scale).double()
+    yt = torch.from_numpy(y).long()
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    weights = torch.from_numpy(np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)) if balanced \
+        else None
+    w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=iterations, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w.T + b, yt, weight=weights) \
+            + (w * w).sum() / (2 * c * len(y)) + 1e-4 * (b * b).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), b.detach().numpy(), mean, scale
+
+
+def figures(probs: np.ndarray, y: np.ndarray, sources: np.ndarray, malignancy: np.ndarray | None = None) -> dict:
+    """Per-class one-vs-rest AUC, balanced accuracy (all; HAM10000 parts), the ISIC 2017 part's
+    benign-keratosis and melanoma AUC (beside the binary head's, ``malignancy``)."""
+    out = {"n": int(len(y)), "balanced_accuracy": round(metrics.balanced_multiclass_accuracy(y, probs.argmax(1)), 4),
+           "auc": {}}
+    for i, name in enumerate(reference.CLASSES):
+        if 0 < (y == i).sum() < len(y):
+            out["auc"][name] = round(metrics.roc_auc(y == i, probs[:, i]), 4)
+    ham = np.isin(sources, ["ham224", "ham600"])
+    if ham.any():
+        out["balanced_accuracy_ham"] = round(metrics.balanced_multiclass_accuracy(y[ham], probs[ham].argmax(1)), 4)
+    isic17 = sources == "isic2017"
+    bk, mel = reference.CLASSES.index("benign_keratosis"), reference.CLASSES.index("melanoma")
+    if 0 < (y[isic17] == bk).sum() < isic17.sum():
+        out["benign_keratosis_auc_isic2017"] = round(metrics.roc_auc(y[isic17] == bk, probs[isic17, bk]), 4)
+    if 0 < (y[isic17] == mel).sum() < isic17.sum():
+        out["melanoma_auc_isic2017"] = round(metrics.roc_auc(y[isic17] == mel, probs[isic17, mel]), 4)
+        if malignancy is not None:
+            out["melanoma_auc_isic2017_binary_head"] = round(metrics.roc_auc(y[isic17] == mel, malignancy[isic17]), 4)
+    return out
+
+
+def precision_at_k(queries: np.ndarray, qy: np.ndarray, library: np.ndarray, ly: np.ndarray, k: int = 8) -> float:
+    """Mean share of each query's k nearest library rows (cosine) with the query's class."""
+    lib = reference.normalise(library)
+    k = min(k, len(lib))
+    hits = []
+    for start in range(0, len(queries), 512):
+        sims = reference.normalise(queries[start:start + 512]) @ lib.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        hits.append((ly[top] == qy[start:start + 512, None]).mean(1))
+    return float(np.concatenate(hits).mean()) if hits else float("nan")
+
+
+def split_index(index: reference.Index, samples, recipe: dict):
+    """Row numbers of the index's training, validation and locked images (the model's recorded split)."""
+    root = Path(index.meta.get("dataset", "")).resolve()
+    rows = {str(k): i for i, k in enumerate(index.keys)}
+
+    def rows_of(chosen):
+        out = [rows.get(str(Path(s.path).resolve().relative_to(root))) for s in chosen]
+        return np.array([r for r in out if r is not None], dtype=int)
+
+    train, val = split_as_recorded(samples, recipe)
+    locked = {s.path for s in locked_test_split(samples)}
+    return (rows_of([s for s in train if s.path not in locked]), rows_of([s for s in val if s.path not in locked]),
+            rows_of([s for s in val if s.path in locked]))
+
+
+def fit(index: reference.Index, samples, metadata, out_path, balanced: bool = False) -> dict:
+    """Fit and write the head; returns its report (also in the head file's metadata)."""
+    y_all = np.array([reference.CLASSES.index(reference.differential_class(d)) for d in index.diagnoses])
+    x_all = np.asarray(index.raw, np.float64)
+    train, val, locked = split_index(index, samples, metadata.training.get("recipe", {}))
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError("the index has no training or no validation images of the model's split")
+    n = len(reference.CLASSES)
+    best = None
+    for c in C_GRID:
+        head = fit_head(x_all[train], y_all[train], c, n, balanced)
+        probs = differential.Differential(*head, reference.CLASSES, {}).probabilities(x_all[val])
+        score = metrics.balanced_multiclass_accuracy(y_all[val], probs.argmax(1))
+        log.info("C=%g: validation balanced accuracy %.4f", c, score)
+        if best is None or score > best[0]:
+            best = (score, c, head, probs)
+    _, c, head, probs = best
+    report = {"model_version": metadata.version, "C": c, "balanced": balanced, "fitted": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "n_train": int(len(train)), "n_locked_left_out": int(len(locked)),
+              "validation": figures(probs, y_all[val], index.sources[val]),
+              "retrieval_precision_at_8": round(precision_at_k(x_all[val], y_all[val], x_all[train], y_all[train]), 4),
+              "per_source": {}}
+    for source in sorted(set(index.sources[val].tolist())):
+        m = index.sources[val] == source
+        report["per_source"][source] = {
+            "n": int(m.sum()), "balanced_accuracy": round(metrics.balanced_multiclass_accuracy(
+                y_all[val][m], probs[m].argmax(1)), 4),
+            "retrieval_precision_at_8": round(precision_at_k(x_all[val][m], y_all[val][m], x_all[train],
+                                                             y_all[train]), 4)}
+    differential.save(out_path, *head, report)
+    return report
+
+
+def get_args_parser(add_help=True):
+    p = argparse.ArgumentParser(description="Fit a model file's differential head on its reference library's "
+                                "embeddings.", add_help=add_help)
+    p.add_argument("--model", required=True, help="model file (.safetensors); the head is written beside it")
+    p.add_argument("--data", required=True, help="the dataset the model was trained on (labels.csv with diagnoses)")
+    p.add_argument("--index", help="the reference index (default: beside the model file)")
+    p.add_argument("--build-index", action="store_true", help="embed the dataset first (the worker's path; slow)")
+    p.add_argument("--balanced", action="store_true", help="weight classes by inverse frequency")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return p
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        metadata = read_metadata(args.model)
+        samples = load_samples(args.data)
+        index_file = Path(args.index) if args.index else reference.index_path(args.model)
+        if args.build_index:
+            from classifier.predictor import Predictor
+
+            predictor = Predictor.from_file(args.model, device=args.device)
+            reference.build(predictor, samples, args.data, index_file,
+                            progress=lambda done, total: log.info("embedded %d/%d images", done, total))
+        index = reference.load(index_file, metadata.version)
+        report = fit(index, samples, metadata, differential.head_path(args.model), args.balanced)
+    except (ModelFileError, DatasetError, reference.LibraryUnavailable, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
