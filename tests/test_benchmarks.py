@@ -38,3 +38,12 @@ def test_upload_cost_benchmark_compares_the_full_size_copy_with_the_bounded_one(
     assert baseline["stored_px"] == [2600, 2600] and bounded["stored_px"] == [2048, 2048]
     for run in (baseline, bounded):
         assert run["cases"] == 2 and run["upload_statuses"] == [200, 200] and run["web_peak_rss_mb"] > 0
+
+
+def test_retrieval_benchmark_prints_latency_against_the_brute_force_baseline():
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.retrieval", "--sizes", "500", "--queries", "5", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    (row,) = json.loads(out)
+    assert row["n"] == 500 and row["same_neighbours"] == "5/5"
+    assert set(row["exact_numpy_ms"]) == {"p50", "p95", "max"} and row["sklearn_brute_ms"]["p95"] > 0

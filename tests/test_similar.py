@@ -229,6 +229,19 @@ def test_the_library_build_fits_the_differential_and_the_result_shows_it(alice, 
     assert list(stored) == list(reference.CLASSES) and abs(sum(stored.values()) - 1) < 1e-3
     page = client.get(reverse("clinic:case_detail", args=[case.pk])).content.decode()
     assert 'data-testid="differential"' in page and "Basal cell carcinoma" in page
+    # The PDF report and the CSV export carry it too.
+    import csv
+    import io
+
+    from pypdf import PdfReader
+
+    pdf = client.get(reverse("clinic:case_report", args=[case.pk])).content
+    text = " ".join(PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split())
+    top = max(stored, key=stored.get)
+    assert f"{reference.class_label(top)} {round(100 * stored[top])}%" in text
+    export = b"".join(client.get(reverse("clinic:case_export")).streaming_content).decode()
+    row = next(r for r in csv.DictReader(io.StringIO(export)) if r["case"] == str(case.pk))
+    assert row["differential"].startswith(f"{top}={stored[top]:.4f}") and row["differential"].count("=") == 7
     # A prediction made before the head was fitted gets it from its embedding on the page.
     Case.objects.get(pk=case.pk).prediction.__class__.objects.filter(pk=case.prediction.pk).update(differential={})
     assert 'data-testid="differential"' in client.get(reverse("clinic:case_detail", args=[case.pk])).content.decode()

@@ -101,6 +101,8 @@ def case_pdf(case, generated_by) -> bytes:
             ("Decision threshold", f"{p.threshold:.3f} (malignant at or above); borderline band "
                                    f"{p.band[0]:.2f}-{p.band[1]:.2f}"),
             ("What the threshold means", p.model_version.threshold_in_words),
+            *([("Differential (AI, evidence beside the result)", differential_words(p))]
+              if differential_words(p) else []),
             ("Model version", p.model_version.version),
             ("Classified", f"{timezone.localtime(p.created_at):%Y-%m-%d %H:%M}"),
             *([("Image check", "; ".join(case.warnings) + ": check the image before trusting its score")]
@@ -144,9 +146,20 @@ def case_pdf(case, generated_by) -> bytes:
 
 CSV_COLUMNS = [
     "case", "uploaded", "patient", "site", "lesion", "status", "probability", "threshold", "decision", "certainty",
-    "band_low", "band_high", "model_version", "image_warnings",
+    "band_low", "band_high", "model_version", "differential", "image_warnings",
     "agrees_with_ai", "clinical_diagnosis", "management", "histopathology", "ground_truth",
 ]
+
+
+def differential_words(prediction, percent: bool = True) -> str:
+    """The prediction's differential on one line, most likely first ("" without one): "Melanoma 41%, Nevus
+    33%, ..." for the report, "melanoma=0.4100; nevus=0.3300; ..." (class keys) for the CSV."""
+    from skinweb.clinic.similar import differential_of, differential_probabilities
+
+    if percent:
+        return ", ".join(f"{label} {round(100 * p)}%" for label, p in differential_of(prediction) or [])
+    found = differential_probabilities(prediction) or {}
+    return "; ".join(f"{k}={v:.4f}" for k, v in sorted(found.items(), key=lambda kv: -kv[1]))
 
 
 def _safe(value) -> str:
@@ -164,7 +177,8 @@ def case_rows(cases):
             c.lesion.get_site_display(), c.lesion.label, c.status,
             f"{p.probability:.4f}" if p else "", f"{p.threshold:.4f}" if p else "", p.decision if p else "",
             p.certainty if p else "", f"{p.band[0]:.4f}" if p else "", f"{p.band[1]:.4f}" if p else "",
-            p.model_version.version if p else "", "; ".join(c.warnings),
+            p.model_version.version if p else "", differential_words(p, percent=False) if p else "",
+            "; ".join(c.warnings),
             ("yes" if f.agrees_with_ai else "no") if f else "", f.clinical_diagnosis if f else "",
             f.management if f else "", f.histopathology_result if f else "", c.truth_label,
         )]

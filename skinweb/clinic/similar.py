@@ -161,33 +161,37 @@ def similar_to(prediction: Prediction | None, k: int | None = None) -> Similar |
 _heads: dict[Path, tuple[float, object]] = {}
 
 
-def differential_of(prediction: Prediction | None) -> list[tuple[str, float]] | None:
-    """The prediction's differential, (class words, probability) most likely first: as the worker stored
-    it, else from its embedding with the version's head when that was fitted after the prediction was
-    made (numpy only); None when there is neither."""
+def differential_probabilities(prediction: Prediction | None) -> dict[str, float] | None:
+    """The prediction's differential, {class key: probability}: as the worker stored it, else from its
+    embedding with the version's head when that was fitted after the prediction was made (numpy only);
+    None when there is neither."""
     if prediction is None:
         return None
-    stored = prediction.differential or {}
-    if not stored:
-        query = reference.decode(prediction.embedding)
-        version = prediction.model_version
-        path = differential.head_path(version.path)
-        if query is None or not path.is_file():
-            return None
-        try:
-            mtime = path.stat().st_mtime
-            with _lock:
-                if path not in _heads or _heads[path][0] != mtime:
-                    _heads[path] = (mtime, differential.load(version.path, version.version))
-                head = _heads[path][1]
-        except (OSError, differential.DifferentialError) as exc:
-            log.warning("differential of prediction %s: %s", prediction.pk, exc)
-            return None
-        if head is None or head.weight.shape[1] != len(query):
-            return None
-        stored = head.as_dicts(query)[0]
-    rows = [(reference.class_label(name), float(p)) for name, p in stored.items() if name in reference.DIFFERENTIAL]
-    return sorted(rows, key=lambda r: -r[1]) or None
+    if prediction.differential:
+        return {k: float(v) for k, v in prediction.differential.items() if k in reference.DIFFERENTIAL}
+    query = reference.decode(prediction.embedding)
+    version = prediction.model_version
+    path = differential.head_path(version.path)
+    if query is None or not path.is_file():
+        return None
+    try:
+        mtime = path.stat().st_mtime
+        with _lock:
+            if path not in _heads or _heads[path][0] != mtime:
+                _heads[path] = (mtime, differential.load(version.path, version.version))
+            head = _heads[path][1]
+    except (OSError, differential.DifferentialError) as exc:
+        log.warning("differential of prediction %s: %s", prediction.pk, exc)
+        return None
+    if head is None or head.weight.shape[1] != len(query):
+        return None
+    return head.as_dicts(query)[0]
+
+
+def differential_of(prediction: Prediction | None) -> list[tuple[str, float]] | None:
+    """``differential_probabilities`` as (class words, probability), most likely first."""
+    found = differential_probabilities(prediction) or {}
+    return sorted(((reference.class_label(k), p) for k, p in found.items()), key=lambda r: -r[1]) or None
 
 
 def reference_image_path(version, position: int) -> Path:
