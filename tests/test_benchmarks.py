@@ -41,7 +41,6 @@ def test_upload_cost_benchmark_compares_the_full_size_copy_with_the_bounded_one(
 
 
 def test_retrieval_benchmark_prints_latency_against_the_brute_force_baseline():
-
     out = subprocess.run([sys.executable, "-m", "benchmarks.retrieval", "--sizes", "500", "--queries", "5", "--json"],
                          capture_output=True, text=True, check=True).stdout
     (row,) = json.loads(out)
