@@ -102,10 +102,11 @@ def averaged(runner, batch: torch.Tensor, views: int, first=None) -> tuple[torch
     """(logit, pooled features) of each image, both averaged over its first ``views`` rotations/mirror
     images; ``first``: (logits, features) of the upright view when the caller has them. Features are
     None where the runner gives none (an ONNX graph exported without them)."""
-    logits, features = runner.both(batch) if first is None else first
+    both = getattr(runner, "both", None) or (lambda b: (runner(b), None))  # a plain callable: logits only
+    logits, features = both(batch) if first is None else first
     logits, features = logits.double(), None if features is None else features.double()
     for k in range(1, views):
-        z, f = runner.both(dihedral(batch, k))
+        z, f = both(dihedral(batch, k))
         logits = logits + z.double()
         features = None if features is None or f is None else features + f.double()
     return (logits / views).float(), None if features is None else (features / views).float()

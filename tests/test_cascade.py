@@ -248,6 +248,11 @@ def test_the_int8_path_decides_early_on_widened_margins_and_reruns_the_borderlin
     inputs = fastpath.inputs_from_dataset(path, FIXTURES, n_calibration=8)
     report = fastpath.build_artefacts(path, inputs, batch_size=4)
     assert report["cascade"]["margins"] == read_metadata(path).cascade["margins"] and read_report(path)
+    # The guard records how each runtime's embeddings retrieve against fp32's (issue 32).
+    for name in ("onnx-fp32", "onnx-int8", "onnx-int8-recheck"):
+        entry = report["runtimes"][name]
+        assert 0 <= entry["retrieval_overlap_min"] <= entry["retrieval_overlap_at_k"] <= 1, (name, entry)
+    assert report["runtimes"]["onnx-fp32"]["embedding_cosine_min"] > 0.9999
     int8 = Predictor.from_file(path, device="cpu", runtime="onnx-int8-recheck")
     margin = report["runtimes"]["onnx-int8-recheck"]["recheck_margin"]
     assert int8.cascade.error == margin and int8.recheck.cascade.error == 0.0

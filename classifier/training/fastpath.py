@@ -36,6 +36,7 @@ from classifier.runtime import (
     OnnxRunner,
     Recheck,
     TorchRunner,
+    averaged,
     averaged_logits,
     default_threads,
 )
@@ -151,6 +152,7 @@ class Decided:
     logits: torch.Tensor  # the worker's (view-averaged, uncalibrated) logit per image
     views: torch.Tensor  # forward passes of the runner per image (a rerun by the recheck not counted)
     seconds: float  # wall time of the runner's calls
+    embeddings: torch.Tensor | None = None  # pooled features averaged over the same views (None: none given)
 
     @property
     def passes_per_s(self) -> float:
@@ -160,17 +162,48 @@ class Decided:
 def decide(runner, images: torch.Tensor, batch_size: int, views: int = 1, recheck=None, cascade=None) -> Decided:
     """``batched_logits`` with how many views each image took and how long the runner took: the guard's
     own run times each runtime, on the views it actually runs."""
-    logits, used, seconds = [], [], 0.0
+    logits, used, features, seconds = [], [], [], 0.0
     for b in images.split(batch_size):
         start = time.perf_counter()
         if cascade is not None:
-            z, v = cascade.run(runner, b)
+            z, v, f = cascade.run_with_features(runner, b)
+        elif hasattr(runner, "both"):
+            (z, f), v = averaged(runner, b, views), torch.full((len(b),), views, dtype=torch.long)
         else:
-            z, v = averaged_logits(runner, b, views), torch.full((len(b),), views, dtype=torch.long)
+            z, v, f = averaged_logits(runner, b, views), torch.full((len(b),), views, dtype=torch.long), None
         seconds += time.perf_counter() - start
-        logits.append(z if recheck is None else recheck(b, z))
+        if recheck is not None:
+            z, _, _, f = recheck.rerun(b, z, f)
+        logits.append(z)
         used.append(v)
-    return Decided(torch.cat(logits), torch.cat(used), seconds)
+        features.append(f)
+    embeddings = None if any(f is None for f in features) else torch.cat(features)
+    return Decided(torch.cat(logits), torch.cat(used), seconds, embeddings)
+
+
+RETRIEVAL_K = 8
+
+
+def retrieval_agreement(reference: torch.Tensor | None, candidate: torch.Tensor | None, k: int = RETRIEVAL_K) -> dict:
+    """How a runtime's embeddings retrieve against fp32's on the check images (issue 32): for each image,
+    the share of its k nearest other check images (cosine) that fp32's embeddings find too, and the lowest
+    cosine between an image's two embeddings. Recorded in the report beside the decision agreement."""
+    if reference is None or candidate is None or len(reference) < 3:
+        return {}
+    k = min(k, len(reference) - 1)
+    from classifier.reference import normalise
+
+    a, b = normalise(reference.numpy()), normalise(candidate.numpy())
+
+    def neighbours(x):
+        sims = x @ x.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argpartition(-sims, k - 1, axis=1)[:, :k]
+
+    overlap = [len(set(p) & set(q)) / k for p, q in zip(neighbours(a).tolist(), neighbours(b).tolist())]
+    return {"retrieval_overlap_at_k": round(float(np.mean(overlap)), 4),
+            "retrieval_overlap_min": round(float(np.min(overlap)), 4),
+            "embedding_cosine_min": round(float((a * b).sum(1).min()), 5), "retrieval_k": k}
 
 
 def run_batched(runner, images: torch.Tensor, batch_size: int, calibrate=torch.sigmoid, views: int = 1,
@@ -284,18 +317,19 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         }
     }
 
-    logits, runners = {}, {}
+    logits, runners, embeddings = {}, {}, {}
 
     def check(name, runner=None, widen: float = 0.0, **extra):
         runner = runners[name] = runner or OnnxRunner(paths[name], threads)
         mine = decide(runner, inputs.validation, batch_size, views,
                       cascade=cascade.widened(widen) if cascade is not None else None)
-        logits[name] = mine.logits
+        logits[name], embeddings[name] = mine.logits, mine.embeddings
         probs = calibrate(logits[name]).numpy()
         runtimes[name] = {
             "file": paths[name].name,
             **timing(runner, mine),
             **agreement(reference, probs, labels, meta.threshold),
+            **retrieval_agreement(decided.embeddings, mine.embeddings),
             **extra,
         }
         return runtimes[name]["passed"]
@@ -305,8 +339,12 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         misses the guard, this may pass it, at a share of fp32's cost."""
         exact = runners["onnx-fp32"]  # the graph check() ran, not opened again
         recheck = Recheck(exact, threshold_logit(meta), margin, views, cascade=cascade)
-        rechecked = torch.cat([recheck(b, z) for b, z in zip(inputs.validation.split(batch_size),
-                                                             logits["onnx-int8"].split(batch_size))])
+        batches = zip(inputs.validation.split(batch_size), logits["onnx-int8"].split(batch_size),
+                      embeddings["onnx-int8"].split(batch_size) if embeddings["onnx-int8"] is not None
+                      else [None] * len(logits["onnx-int8"]))
+        reruns = [recheck.rerun(b, z, f) for b, z, f in batches]
+        rechecked = torch.cat([r[0] for r in reruns])
+        features = None if any(r[3] is None for r in reruns) else torch.cat([r[3] for r in reruns])
         share = recheck.rechecked / max(recheck.images, 1)
         runtimes["onnx-int8-recheck"] = {
             "file": f"{paths['onnx-int8'].name} + {paths['onnx-fp32'].name}",
@@ -314,6 +352,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
             "img_s": 1 / (1 / runtimes["onnx-int8"]["img_s"] + share / runtimes["onnx-fp32"]["img_s"]),
             "mean_views": runtimes["onnx-int8"]["mean_views"],
             **agreement(reference, calibrate(rechecked).numpy(), labels, meta.threshold),
+            **retrieval_agreement(decided.embeddings, features),
             "recheck_margin": margin,
             "margin_from": f"{RECHECK_SAFETY:g} x the largest int8 - fp32 logit difference over {n_margin} "
                            "calibration images, upright",
