@@ -160,7 +160,7 @@ def test_the_recheck_runtime_gives_fp32_decisions_inside_its_band_and_int8_s_out
     )
 
     samples = load_samples(FIXTURES)[:6]
-    evaluated, per_view = predict_all(everything, samples, 4)
+    evaluated, per_view, _ = predict_all(everything, samples, 4)
     batch = everything.preprocess([s.path for s in samples])
     np.testing.assert_allclose(evaluated, everything.run(batch), atol=1e-6)
     # Without test-time averaging each orientation is decided alone: its logit is rechecked as an upload

@@ -270,3 +270,9 @@ def test_the_differential_command_reports_figures_per_source(library, tmp_path):
     report = json.loads(out.stdout)
     assert report["model_version"] == library.version and set(report["per_source"]) <= {"isic2017", "kaggle180"}
     assert 0 <= report["retrieval_precision_at_8"] <= 1 and "balanced_accuracy" in report["validation"]
+    # classifier.training.evaluate reports the differential and retrieval on any set with diagnoses.
+    out = subprocess.run([sys.executable, "-m", "classifier.training.evaluate", "--model", str(model), "--data",
+                          str(FIXTURES), "--bootstrap", "10"], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["differential"]["n"] == 12 and "melanoma" in result["differential"]["auc"]
+    assert set(result["retrieval"]["per_source"]) == {"isic2017", "kaggle180"}

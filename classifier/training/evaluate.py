@@ -64,18 +64,28 @@ def get_args_parser(add_help=True):
 
 
 def predict_all(predictor, samples, batch_size, flips=True):
-    """(probabilities as the worker computes them, the network's logits for each orientation or None).
+    """(probabilities as the worker computes them, the network's logits for each orientation or None, each
+    image's embedding over the views the worker averages or None where the runtime gives no features).
 
     On onnx-int8-recheck, as the worker: borderline int8 results rerun in fp32. A model without
     test-time averaging decides each orientation on that orientation's logit alone, so each is
     rechecked as an upload of it would be; with averaging every orientation has the same mean, the
     recheck's decision included, so the per-orientation logits stay int8's."""
-    probs, views = [], []
+    probs, views, embeddings = [], [], []
     recheck, averaged = predictor.recheck, predictor.metadata.views > 1
     for start in range(0, len(samples), batch_size):
         batch = predictor.preprocess([s.path for s in samples[start:start + batch_size]])
         if flips:
-            logits = predictor.view_logits(batch)
+            both = [predictor.runner.both(dihedral(batch, k)) for k in range(8)]
+            logits = torch.stack([z for z, _ in both], 1)
+            if all(f is not None for _, f in both):  # the embedding: features over the views the worker uses
+                features = torch.stack([f for _, f in both], 1).numpy()
+                if predictor.cascade is not None:
+                    used = predictor.cascade.decide_from_views(logits.numpy())[1]
+                    order = list(predictor.cascade.order)
+                    embeddings.append(np.stack([features[i, order[:v]].mean(0) for i, v in enumerate(used)]))
+                else:
+                    embeddings.append(features[:, :predictor.metadata.views].mean(1))
             if recheck is not None and not averaged:
                 logits = torch.stack([recheck(dihedral(batch, k), logits[:, k]) for k in range(logits.shape[1])], 1)
             views.append(logits.numpy())
@@ -86,9 +96,44 @@ def predict_all(predictor, samples, batch_size, flips=True):
                 z = recheck(batch, z)
             probs.extend(predictor.calibrate(z).tolist())
         else:
-            probs.extend(predictor.run(batch))
+            assessment = predictor.assess(batch)
+            probs.extend(assessment.probabilities)
+            if assessment.embeddings is not None:
+                embeddings.append(assessment.embeddings.numpy())
         log.info("%d/%d images", min(start + batch_size, len(samples)), len(samples))
-    return np.array(probs), (np.concatenate(views) if views else None)
+    complete = sum(len(e) for e in embeddings) == len(samples)
+    return (np.array(probs), np.concatenate(views) if views else None,
+            np.concatenate(embeddings) if complete else None)
+
+
+def differential_report(predictor, model_path, samples, embeddings: np.ndarray, malignancy: np.ndarray) -> dict:
+    """Issue 32 on a labelled set with diagnoses: the differential head's per-class one-vs-rest AUC and
+    balanced accuracy, and retrieval precision@8 against the training images of the model's reference
+    library (classifier.training.differential), per source. {} without diagnoses or embeddings."""
+    from classifier import reference
+    from classifier.training.differential import figures, precision_at_k, split_index
+
+    known = [i for i, s in enumerate(samples) if reference.differential_class(s.diagnosis)]
+    if embeddings is None or not known:
+        return {}
+    y = np.array([reference.CLASSES.index(reference.differential_class(samples[i].diagnosis)) for i in known])
+    sources = np.array([samples[i].source for i in known])
+    x = embeddings[known]
+    out = {}
+    if predictor.differential is not None:
+        out["differential"] = figures(predictor.differential.probabilities(x), y, sources, malignancy[known])
+    try:
+        index = reference.load(reference.index_path(model_path), predictor.version)
+    except reference.LibraryUnavailable as exc:
+        out["retrieval"] = {"unavailable": str(exc)}
+        return out
+    train, _, _ = split_index(index, load_samples(index.meta["dataset"]), predictor.metadata.training.get("recipe", {}))
+    library = np.asarray(index.raw, np.float32)[train]
+    labels = np.array([reference.CLASSES.index(reference.differential_class(d)) for d in index.diagnoses[train]])
+    out["retrieval"] = {"precision_at_8": round(precision_at_k(x, y, library, labels), 4), "library": int(len(train)),
+                        "per_source": {src: round(precision_at_k(x[sources == src], y[sources == src], library, labels),
+                                                  4) for src in sorted(set(sources.tolist()))}}
+    return out
 
 
 def write_scores(path, root, samples, p, threshold):
@@ -162,7 +207,7 @@ def main(args) -> int:
             return 2
     t = time.perf_counter()
     y = np.array([s.label for s in samples])
-    p, view_logits = predict_all(predictor, samples, args.batch_size, flips=not args.no_flips)
+    p, view_logits, embeddings = predict_all(predictor, samples, args.batch_size, flips=not args.no_flips)
     threshold = predictor.threshold if args.threshold is None else args.threshold
     result = metrics.binary_metrics(y, p, threshold, n_boot=args.bootstrap)
     result.update(validation.group_report(y, p, samples, threshold, n_boot=args.bootstrap))
@@ -176,6 +221,7 @@ def main(args) -> int:
             from classifier.training.cascade import agreement
 
             result["cascade"] = agreement(predictor.cascade, view_logits)
+    result.update(differential_report(predictor, args.model, samples, embeddings, p))
     result.update(model_version=predictor.version, tta=predictor.metadata.tta, runtime=predictor.runtime,
                   split=args.split)
     if locked is not None:
