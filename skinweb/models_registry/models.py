@@ -144,6 +144,11 @@ class ModelVersion(models.Model):
                 if built[kind].is_file():
                     shutil.copyfile(built[kind], dest)
             state = {"built": report["created"]}
+        # So does a differential head fitted for this version (classifier.differential checks its version).
+        from classifier.differential import head_path
+
+        if head_path(source).is_file():
+            shutil.copyfile(head_path(source), head_path(settings.MODEL_ROOT / filename))
         return cls.objects.create(
             fast_path=state,
             version=meta.version,
