@@ -58,6 +58,12 @@ def stack(live_server, worker_env, settings, tmp_path):
     """The starter model published, and a real worker on the inference queue."""
     version = ModelVersion.import_file(DEFAULT_MODEL_PATH)
     version.publish(reason="browser test")
+    # Its reference library of similar lesions, built from the 12 fixture images as the registry's job
+    # does (the shipped differential head comes with the model file).
+    from skinweb.models_registry import reference
+
+    settings.REFERENCE_DATASET = str(ROOT / "tests" / "fixtures" / "isic")
+    assert "built" in reference.build(version)
     # No calibration data: the worker runs PyTorch fp32 at once instead of building int8 artefacts.
     worker = WorkerProcess({**worker_env, "TRAINING_DATASETS": ""}, tmp_path / "worker.log",
                            queues="inference,explain").start()
@@ -172,6 +178,20 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     toggle.focus()
     page.keyboard.press("Space")  # the switch works from the keyboard too
     assert overlay.is_visible()
+
+    # The differential and the nearest confirmed lesions (issue 32): the upload is one of the reference
+    # library's images, so it comes first, 100% similar; it opens beside the upload.
+    differential = page.get_by_test_id("differential")
+    assert differential.is_visible() and "Melanoma" in differential.inner_text()
+    nearest = page.get_by_test_id("similar-dataset").locator("li").first
+    assert "100% similar" in nearest.inner_text()
+    assert "No case of your clinic" in page.get_by_test_id("similar-clinic-message").inner_text()
+    nearest.get_by_role("link").click()
+    page.get_by_test_id("compare").wait_for()
+    assert page.locator("[data-testid=compare] img").nth(1).evaluate("img => img.naturalWidth") > 0
+    j.check("case-compare")
+    page.go_back()
+    page.get_by_text("Decision support, not a diagnosis").wait_for()
 
     # Feedback.
     page.get_by_label("Yes, I agree").check()

@@ -203,22 +203,6 @@ def test_the_library_is_asked_for_once_the_published_version_s_fast_path_is_sett
     assert "building_since" in ModelVersion.objects.get(pk=published_model.pk).reference
 
 
-def test_the_differential_head_is_sklearn_s_multinomial_logistic_regression():
-    from sklearn.linear_model import LogisticRegression
-
-    from classifier.differential import Differential
-    from classifier.training.differential import fit_head
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 7, 400)
-    x = rng.normal(size=(400, 16)) + np.eye(7, 16)[y] * 2
-    ours = Differential(*fit_head(x, y, 0.1, 7), reference.CLASSES, {}).probabilities(x)
-    z = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    theirs = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(z, y).predict_proba(z)
-    np.testing.assert_allclose(ours, theirs, atol=2e-3)
-    np.testing.assert_allclose(ours.sum(1), 1, atol=1e-9)
-
-
 def test_the_library_build_fits_the_differential_and_the_result_shows_it(alice, client, library):
     from classifier import differential
 
@@ -255,24 +239,3 @@ def test_the_library_build_fits_the_differential_and_the_result_shows_it(alice, 
         reverse("clinic:case_detail", args=[case.pk])).content.decode()
     head.write_bytes(b"junk")
     assert client.get(reverse("clinic:case_detail", args=[case.pk])).status_code == 200
-
-
-def test_the_differential_command_reports_figures_per_source(library, tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    model = tmp_path / "m.safetensors"
-    shutil.copyfile(library.path, model)
-    shutil.copyfile(reference.index_path(library.path), reference.index_path(model))
-    out = subprocess.run([sys.executable, "-m", "classifier.training.differential", "--model", str(model), "--data",
-                          str(FIXTURES)], capture_output=True, text=True, check=True)
-    report = json.loads(out.stdout)
-    assert report["model_version"] == library.version and set(report["per_source"]) <= {"isic2017", "kaggle180"}
-    assert 0 <= report["retrieval_precision_at_8"] <= 1 and "balanced_accuracy" in report["validation"]
-    # classifier.training.evaluate reports the differential and retrieval on any set with diagnoses.
-    out = subprocess.run([sys.executable, "-m", "classifier.training.evaluate", "--model", str(model), "--data",
-                          str(FIXTURES), "--bootstrap", "10"], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
-    assert result["differential"]["n"] == 12 and "melanoma" in result["differential"]["auc"]
-    assert set(result["retrieval"]["per_source"]) == {"isic2017", "kaggle180"}

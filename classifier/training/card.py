@@ -177,6 +177,8 @@ def render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL) -> str:
                 f"({pct(lc.get('validation_warning_rate'))} of validation images warn; fitted on "
                 f"{lc.get('fitted_on')}).", ""]
 
+    out += differential_section(model_path, meta.version)
+
     out += ["## Ethical considerations", "",
             "- Patient data: the model file holds no patient data; images and results stay in the clinic's "
             "installation, served only through access-checked views.",
@@ -194,6 +196,34 @@ def render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL) -> str:
             "- A new version is published only when its measured figures justify it; every earlier version can be "
             "restored in one click."]
     return "\n".join(out) + "\n"
+
+
+def differential_section(model_path, version: str) -> list[str]:
+    """The differential head's figures (classifier.differential; its file's metadata), [] without one."""
+    from classifier.differential import DifferentialError, load
+
+    try:
+        head = load(model_path, version)
+    except DifferentialError:
+        return []
+    if head is None or not head.meta.get("validation"):
+        return []
+    r, v = head.meta, head.meta["validation"]
+    out = ["## Differential diagnosis and similar lesions (validation split)", "",
+           f"A multinomial logistic regression on the model's pooled features (`{Path(model_path).stem}"
+           f".differential.safetensors`, C = {r.get('C')}), fitted on {r.get('n_train')} training images "
+           f"({r.get('source', 'the reference library')}); {v.get('n')} validation images outside the locked "
+           f"split ({r.get('n_locked_left_out')} locked images left out). Balanced 7-class accuracy "
+           f"{f3(v.get('balanced_accuracy'))}, HAM10000 parts {f3(v.get('balanced_accuracy_ham'))}; benign "
+           f"keratosis vs rest AUC on the ISIC 2017 part {f3(v.get('benign_keratosis_auc_isic2017'))}; melanoma vs "
+           f"rest there {f3(v.get('melanoma_auc_isic2017'))}. Retrieval precision@8 (the share of the 8 nearest "
+           f"training images with the same class) {f3(r.get('retrieval_precision_at_8'))}.", "",
+           "| class | AUC, one vs rest |", "| --- | --- |"]
+    out += [f"| {name} | {f3(auc)} |" for name, auc in v.get("auc", {}).items()]
+    out += ["", "| source | images | balanced accuracy | precision@8 |", "| --- | --- | --- | --- |"]
+    out += [f"| {src} | {d['n']} | {f3(d['balanced_accuracy'])} | {f3(d['retrieval_precision_at_8'])} |"
+            for src, d in r.get("per_source", {}).items()]
+    return out + [""]
 
 
 def get_args_parser(add_help=True):

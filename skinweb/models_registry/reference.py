@@ -52,17 +52,25 @@ def dataset_for(version: ModelVersion) -> Path | None:
 
 def fit_differential(version: ModelVersion, samples) -> dict:
     """Fit the version's differential head on its new library (classifier.training.differential: the
-    training images of its own split); {"differential": validation figures} or {"differential_error": why}."""
+    training images of its own split), unless a head fitted for this version is there already (shipped
+    beside its file); {"differential": validation figures} or {"differential_error": why}."""
     from classifier import differential
     from classifier.modelfile import read_metadata
     from classifier.training.differential import fit
 
     try:
-        index = reference.load(reference.index_path(version.path), version.version)
-        report = fit(index, samples, read_metadata(version.path), differential.head_path(version.path))
-    except (reference.LibraryUnavailable, ValueError, OSError) as exc:
-        log.warning("no differential head for %s: %s", version.version, exc)
-        return {"differential_error": str(exc)}
+        existing = differential.load(version.path, version.version)
+    except differential.DifferentialError:
+        existing = None  # unreadable or another version's: fitted anew
+    if existing is not None and existing.meta.get("validation"):  # shipped with the file, or fitted before
+        report = existing.meta
+    else:
+        try:
+            index = reference.load(reference.index_path(version.path), version.version)
+            report = fit(index, samples, read_metadata(version.path), differential.head_path(version.path))
+        except (reference.LibraryUnavailable, ValueError, OSError) as exc:
+            log.warning("no differential head for %s: %s", version.version, exc)
+            return {"differential_error": str(exc)}
     v = report["validation"]
     return {"differential": {"n_train": report["n_train"], "n_validation": v["n"],
                              "balanced_accuracy": v["balanced_accuracy"],
