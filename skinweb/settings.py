@@ -283,6 +283,7 @@ CELERY_TASK_ROUTES = {
     "skinweb.clinic.tasks.*": {"queue": "inference"},
     "skinweb.models_registry.tasks.train_model": {"queue": "training"},
     "skinweb.models_registry.tasks.shadow_check": {"queue": "training"},
+    "skinweb.models_registry.tasks.build_reference": {"queue": "training"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The sweeps, every SWEEP_INTERVAL seconds: cases queued or running for more than SWEEP_QUEUED_AFTER

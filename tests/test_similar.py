@@ -201,6 +201,11 @@ def test_the_library_is_asked_for_once_the_published_version_s_fast_path_is_sett
         tasks.sweep()
     assert sent == [published_model.pk]
     assert "building_since" in ModelVersion.objects.get(pk=published_model.pk).reference
+    # Recorded as built, but its index file is gone: asked for again.
+    ModelVersion.objects.filter(pk=published_model.pk).update(reference={"built": "2026-12-05T00:00:00Z", "n": 1})
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.sweep()
+    assert sent == [published_model.pk, published_model.pk]
 
 
 def test_the_library_build_fits_the_differential_and_the_result_shows_it(alice, client, library):

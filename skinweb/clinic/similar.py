@@ -77,8 +77,8 @@ def load_index(version) -> reference.Index:
     try:
         mtime = path.stat().st_mtime
     except OSError:
-        raise reference.LibraryUnavailable("the reference library's index file is missing; "
-                                           "an administrator can rebuild it from the model's page") from None
+        raise reference.LibraryUnavailable("the reference library's index file is missing; the registry's "
+                                           "sweep has it rebuilt in the background") from None
     with _lock:
         cached = _cache.get(path)
         if cached is None or cached[0] != mtime:

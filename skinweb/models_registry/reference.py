@@ -39,6 +39,14 @@ def release(version_id: int) -> None:
     ModelVersion.objects.filter(pk=version_id).update(reference={})
 
 
+def release_if_lost(version: ModelVersion) -> None:
+    """A library recorded as built whose index file is gone (a restored backup, a cleaned folder) is asked
+    for again by the next request."""
+    if "built" in (version.reference or {}) and not reference.index_path(version.path).is_file():
+        release(version.pk)
+        version.reference = {}
+
+
 def dataset_for(version: ModelVersion) -> Path | None:
     """The dataset the library is built from: REFERENCE_DATASET, else the folder the version was trained on
     when it is here, else the first configured training dataset; one with a labels.csv."""

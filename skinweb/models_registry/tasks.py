@@ -39,7 +39,9 @@ def request_reference(version: ModelVersion) -> bool:
 
 def send_reference(version_id):
     try:
-        build_reference.apply_async((version_id,), queue="default", retry=False)
+        # On the training queue: embedding the dataset takes a worker's CPU for as long as an epoch (about an
+        # hour for the 6,588 development images on 2 cores) and must not hold up classification.
+        build_reference.apply_async((version_id,), queue="training", retry=False)
     except OperationalError as exc:  # no broker: the next sweep asks again
         log.warning("could not queue the reference library of model version %s: %s", version_id, exc)
         reference.release(version_id)
@@ -90,4 +92,5 @@ def sweep() -> None:
     if published is not None and published.filename:
         request_fast_path(published)
         if set(published.fast_path) & {"built", "error"}:  # the library waits for the fast path
+            reference.release_if_lost(published)
             request_reference(published)
