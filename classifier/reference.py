@@ -62,7 +62,7 @@ SOURCES = {
     "ham600": ("HAM10000 (ISIC 2018)", "CC BY-NC 4.0", False),
     "isic2018test600": ("ISIC 2018 Challenge test set", "CC BY-NC 4.0", False),
     "isic2020": ("ISIC 2020", "CC BY-NC 4.0", False),
-    "kaggle180": ("ISIC Archive (Kaggle subset)", "per image CC-0, CC-BY or CC-BY-NC", False),
+    "kaggle180": ("ISIC Archive (Kaggle subset)", "CC-0/BY/BY-NC per image", False),
 }
 
 

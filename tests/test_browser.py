@@ -309,4 +309,4 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     row.get_by_role("button", name="Restore").click()
     page.get_by_text("blank.jpg restored").wait_for()
     assert Case.objects.count() == 4
-    assert len(j.shots) == 13
+    assert len(j.shots) == 14

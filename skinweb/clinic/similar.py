@@ -86,6 +86,11 @@ def load_index(version) -> reference.Index:
         return _cache[path][1]
 
 
+def dataset_diagnosis(diagnosis: str) -> str:
+    """A dataset image's diagnosis in words, as the dataset names it (the differential groups some)."""
+    return diagnosis.replace("_", " ").capitalize()
+
+
 def _dataset_neighbours(prediction, query, k) -> tuple[list[Neighbour], str, bool]:
     try:
         index = load_index(prediction.model_version)
@@ -98,8 +103,7 @@ def _dataset_neighbours(prediction, query, k) -> tuple[list[Neighbour], str, boo
         name, licence, _ = reference.source_info(str(index.sources[i]))
         diagnosis = str(index.diagnoses[i])
         out.append(Neighbour(
-            f"d{i}", reference.class_label(reference.differential_class(diagnosis) or diagnosis)
-            + ("" if diagnosis in ("melanoma", "nevus") else f" ({diagnosis.replace('_', ' ')})"),
+            f"d{i}", dataset_diagnosis(diagnosis),
             sim, f"{name}, {licence}", *[reverse("clinic:reference_image", args=[prediction.model_version_id, i])] * 2))
     message = "" if out else "No image of the reference library may be shown in this deployment."
     return out, message, commercial_only
