@@ -302,11 +302,11 @@ def case_compare(request, case, ref):
     kind, number = ref[:1], ref[1:]
     if not number.isdigit() or kind not in ("d", "c"):
         raise Http404("No such similar lesion")
+    if kind == "c":
+        get_for_user(request.user, Case, pk=int(number))  # another clinic's: 404 before anything else
     found = similar.similar_to(prediction, k=max(settings.REFERENCE_NEIGHBOURS, 8))
     neighbours = {n.ref: n for n in (found.dataset + found.clinic)} if found else {}
     other = neighbours.get(f"{kind}{number}")
-    if kind == "c":
-        get_for_user(request.user, Case, pk=int(number))  # another clinic's: 404 before anything else
     if other is None:
         raise Http404("That lesion is not among this case's similar lesions")
     record(request, "compare", case, reference=other.ref)
