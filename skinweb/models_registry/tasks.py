@@ -30,21 +30,13 @@ def build_reference(version_id: int) -> None:
 
 def request_reference(version: ModelVersion) -> bool:
     """Ask once for the build of a version's reference library; True when this call queued it."""
-    with transaction.atomic():
-        queued = reference.claim(version)
-        if queued:
-            transaction.on_commit(lambda: send_reference(version.pk), robust=True)
-    return queued
+    return ask_once(reference.claim, send_reference, version)
 
 
 def send_reference(version_id):
-    try:
-        # On the training queue: embedding the dataset takes a worker's CPU for as long as an epoch (about an
-        # hour for the 6,588 development images on 2 cores) and must not hold up classification.
-        build_reference.apply_async((version_id,), queue="training", retry=False)
-    except OperationalError as exc:  # no broker: the next sweep asks again
-        log.warning("could not queue the reference library of model version %s: %s", version_id, exc)
-        reference.release(version_id)
+    # On the training queue: embedding the dataset takes a worker's CPU for as long as an epoch (about an
+    # hour for the 6,588 development images on 2 cores) and must not hold up classification.
+    send_build(build_reference, "training", reference.release, "reference library", version_id)
 
 
 def request_fast_path(version: ModelVersion) -> bool:
@@ -53,19 +45,30 @@ def request_fast_path(version: ModelVersion) -> bool:
     Publishing calls it, and so does the periodic sweep for the published version, so however a
     version got published, CPU workers end up on the fastest accepted runtime.
     """
-    with transaction.atomic():
-        queued = fastpath.claim(version)
-        if queued:
-            transaction.on_commit(lambda: send(version.pk), robust=True)
-    return queued
+    return ask_once(fastpath.claim, send, version)
 
 
 def send(version_id):
+    send_build(build_fast_path, "default", fastpath.release, "fast-path build", version_id)
+
+
+def ask_once(claim, send_task, version: ModelVersion) -> bool:
+    """Mark a build of ``version`` asked for (``claim``) and, when this call did, send its task once the
+    transaction commits; True when this call queued it."""
+    with transaction.atomic():
+        queued = claim(version)
+        if queued:
+            transaction.on_commit(lambda: send_task(version.pk), robust=True)
+    return queued
+
+
+def send_build(task, queue_name: str, release, what: str, version_id) -> None:
+    """Send a build's task; without a broker release the request, so that the next sweep asks again."""
     try:
-        build_fast_path.apply_async((version_id,), queue="default", retry=False)
-    except OperationalError as exc:  # no broker: the next sweep asks again
-        log.warning("could not queue the fast-path build of model version %s: %s", version_id, exc)
-        fastpath.release(version_id)
+        task.apply_async((version_id,), queue=queue_name, retry=False)
+    except OperationalError as exc:
+        log.warning("could not queue the %s of model version %s: %s", what, version_id, exc)
+        release(version_id)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
