@@ -86,10 +86,15 @@ INSTALLED_APPS = [
     "crispy_bootstrap5",
     "axes",
     "csp",
+    "rest_framework",
+    "knox",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "skinweb.accounts",
     "skinweb.models_registry",
     "skinweb.clinic",
     "skinweb.audit",
+    "skinweb.api",
 ]
 
 MIDDLEWARE = [
@@ -260,6 +265,48 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": [NONE],
     }
 }
+
+# The REST API (skinweb/api, README "REST API"): tokens (django-rest-knox, stored as digests) or the
+# browser's session; every call throttled per user (API_RATE_USER) or, unauthenticated, per address
+# (API_RATE_ANON), and audited. The schema (drf-spectacular) is at /api/schema/, its docs at /api/docs/.
+API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
+KNOX_TOKEN_MODEL = "api.ApiToken"
+REST_KNOX = {"TOKEN_TTL": timedelta(days=API_TOKEN_DAYS), "TOKEN_PREFIX": "skw_", "TOKEN_LIMIT_PER_USER": 20,
+             "AUTO_REFRESH": False}
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["skinweb.api.auth.TokenAuthentication",
+                                       "skinweb.api.auth.BrowserSessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser", "rest_framework.parsers.MultiPartParser"],
+    # Per user; callers that do not authenticate are counted per address first (skinweb.api.views.Guarded).
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": env("API_RATE_USER", "600/min"), "anon": env("API_RATE_ANON", "60/min")},
+    "DEFAULT_PAGINATION_CLASS": "skinweb.api.pagination.Pages",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "skinweb.api.views.exception_handler",
+    # The address an anonymous caller is throttled by: as client_ip reads it (X-Forwarded-For is forgeable).
+    "NUM_PROXIES": PROXY_COUNT,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "skinweb API",
+    "DESCRIPTION": "Patients, lesions, visits, image uploads, results, feedback, ground truth and reports of "
+                   "your clinic. Authenticate with `Authorization: Token <token>`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "skinweb.api.schema.document_errors"],
+    "ENUM_NAME_OVERRIDES": {"DiagnosisEnum": "skinweb.clinic.models.DIAGNOSES",
+                            "LabelEnum": "skinweb.clinic.models.Label"},
+}
+# Shared counters for the API's throttling when several web processes run (docker/ sets it); else
+# each process counts on its own.
+CACHE_REDIS_URL = env("CACHE_REDIS_URL", "")
+if CACHE_REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_REDIS_URL}}
 
 # Celery: Redis broker; results live in the database (Case, Prediction), not in Celery.
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -5,6 +5,8 @@ from django.shortcuts import redirect
 from django.templatetags.static import static
 from django.urls import include, path
 
+from skinweb.api import pages as api_pages
+
 admin.site.site_header = "skinweb administration"
 admin.site.site_title = "skinweb admin"
 
@@ -21,5 +23,9 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("manage/", include("skinweb.models_registry.urls")),
+    path("api/", include("skinweb.api.urls")),
+    path("api/docs/", api_pages.api_docs, name="api_docs"),
+    path("account/tokens/", api_pages.token_page, name="api_tokens"),
+    path("account/tokens/<str:key>/revoke/", api_pages.token_revoke, name="api_token_revoke"),
     path("", include("skinweb.clinic.urls")),
 ]

@@ -47,6 +47,14 @@ def private_dirs(settings, tmp_path):
     return settings
 
 
+@pytest.fixture(autouse=True)
+def empty_django_cache():
+    """The cache (the API's throttle counters) starts empty in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 # The cast, shared by every test file (the test must allow database access):
 #   north, south  two clinics;
 #   alice         a dermatologist of North, logged in on ``client``;

@@ -44,6 +44,9 @@ OWNER_GET = {
     "clinic:case_remove": 405,  # POST only
     "clinic:case_compare": 404,  # the failed case has no result, so nothing similar to compare with
     "clinic:reference_image": 404,  # the version has no reference library built
+    "api_docs": 200,
+    "api_tokens": 200,
+    "api_token_revoke": 405,  # POST only
     "login": 302,  # already logged in: sent on
     "logout": 405,  # POST only
 }
@@ -67,10 +70,10 @@ STAFF_GET = {
 
 
 def project_urls(patterns=None, prefix="", namespace=""):
-    """(name, route) of every named URL outside the admin site."""
+    """(name, route) of every named URL outside the admin site and the API (tests/test_api_access.py)."""
     for p in get_resolver().url_patterns if patterns is None else patterns:
         if isinstance(p, URLResolver):
-            if p.app_name == "admin":
+            if p.app_name in ("admin", "api"):
                 continue
             ns = f"{namespace}{p.namespace}:" if p.namespace else namespace
             yield from project_urls(p.url_patterns, prefix + str(p.pattern), ns)
@@ -105,6 +108,8 @@ def world(client, north, south, alice, bob, carol, root):
 def url_for(name, route, world):
     if name == "clinic:reference_image":
         return reverse(name, kwargs={"version": world["version"].pk, "position": 0})
+    if name == "api_token_revoke":
+        return reverse(name, kwargs={"key": "skw_0123456789a"})
     if name == "clinic:case_compare":
         return reverse(name, kwargs={"pk": world["case"].pk, "ref": "d0"})
     if "<int:pk>" not in route:

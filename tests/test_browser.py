@@ -6,8 +6,10 @@ saved as a screenshot under tests/artifacts/ (SKINWEB_TEST_ARTIFACTS to put them
 
 import datetime
 import io
+import json
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -309,4 +311,27 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     row.get_by_role("button", name="Restore").click()
     page.get_by_text("blank.jpg restored").wait_for()
     assert Case.objects.count() == 4
-    assert len(j.shots) == 14
+
+    # A program of alice's: she makes an API token (shown once), the program reads her cases over real
+    # HTTP with it, and the API's docs page renders its operations under the site's CSP.
+    page.get_by_role("button", name="Log out").click()
+    j.log_in("alice")
+    blocked = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    page.get_by_role("link", name="API", exact=True).click()
+    page.get_by_label("Name").fill("browser test bridge")
+    page.get_by_role("button", name="Make a token").click()
+    token = page.get_by_test_id("new-token").locator("code").inner_text().strip()
+    j.check("api-tokens")
+    request = urllib.request.Request(j.base + "/api/v1/cases/?status=done",
+                                     headers={"Authorization": f"Token {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        body = json.load(answer)
+    assert body["count"] == Case.objects.filter(status="done").count() >= 3
+    published = ModelVersion.objects.published().version
+    assert all(c["result"]["model_version"] == published for c in body["results"])
+    j.go("/api/docs/")
+    page.locator(".opblock-summary-path", has_text="/api/v1/cases/{id}/").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "api-docs.png"), full_page=True)  # Swagger UI's own page: no axe
+    assert not blocked, blocked
+    assert len(j.shots) == 15

@@ -200,7 +200,7 @@ def lesion_upload(request, lesion):
         accepted, rejected = [], []
         for upload in form.cleaned_data["images"]:
             try:
-                case = _store_upload(request, lesion, upload)
+                case = store_upload(request, lesion, upload)
             except ValidationError as exc:
                 rejected.append(f"{upload.name}: {exc.messages[0]}")
                 continue
@@ -217,8 +217,9 @@ def lesion_upload(request, lesion):
     return _lesion_page(request, lesion, form)
 
 
-def _store_upload(request, lesion, upload) -> Case:
-    """Store one checked image as a case and queue it (raises ValidationError for a bad image)."""
+def store_upload(request, lesion, upload) -> Case:
+    """Store one checked image as a case and queue it (raises ValidationError for a bad image); the
+    page, its uploader and the API all come here."""
     image = normalise_image(upload)
     with transaction.atomic():
         case = lesion.add_image(request.user, upload.name, image)
@@ -236,7 +237,7 @@ def _upload_json(request, lesion, form):
     results = []
     for upload in form.cleaned_data["images"]:
         try:
-            case = _store_upload(request, lesion, upload)
+            case = store_upload(request, lesion, upload)
         except ValidationError as exc:
             results.append({"name": upload.name, "ok": False, "error": exc.messages[0]})
         else:

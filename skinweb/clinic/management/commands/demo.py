@@ -117,6 +117,7 @@ class Command(BaseCommand):
             "Model: NO MODEL PUBLISHED YET. Uploads will fail until one is: train one with\n"
             "  python -m classifier.training.train --data DIR --out DIR\n"
             "  and publish it with: python manage.py publish_model FILE",
+            f"REST API: docs at {url}api/docs/ (signed in); tokens at {url}account/tokens/",
             "Press Ctrl-C to stop everything.",
             "=" * 72,
             "",
