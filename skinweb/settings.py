@@ -308,6 +308,15 @@ CACHE_REDIS_URL = env("CACHE_REDIS_URL", "")
 if CACHE_REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_REDIS_URL}}
 
+# FHIR R4 (skinweb/clinic/fhir.py): each result is sent as a transaction Bundle to FHIR_ENDPOINT (a
+# FHIR server's base URL; empty: nothing is sent, export only) with FHIR_AUTHORIZATION as its
+# Authorization header, retried FHIR_PUSH_RETRIES times with growing waits while the server is
+# unreachable or failing. SITE_URL: this site's address as the record will link to its images and reports.
+SITE_URL = env("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+FHIR_ENDPOINT = env("FHIR_ENDPOINT", "")
+FHIR_AUTHORIZATION = env("FHIR_AUTHORIZATION", "")
+FHIR_PUSH_RETRIES = env_int("FHIR_PUSH_RETRIES", 6)
+
 # Celery: Redis broker; results live in the database (Case, Prediction), not in Celery.
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = REDIS_URL
@@ -327,6 +336,7 @@ CELERY_TASK_ROUTES = {
     # Heat maps: their own queue, so a worker (or a lower-priority process) apart from classification
     # can take them; results never wait behind explanations.
     "skinweb.clinic.tasks.explain": {"queue": "explain"},
+    "skinweb.clinic.tasks.push_fhir": {"queue": "default"},
     "skinweb.clinic.tasks.*": {"queue": "inference"},
     "skinweb.models_registry.tasks.train_model": {"queue": "training"},
     "skinweb.models_registry.tasks.shadow_check": {"queue": "training"},

@@ -26,12 +26,14 @@ OWNER_GET = {
     "api:lesion-detail": 200,
     "api:lesion-visits": 200,
     "api:lesion-images": 405,  # POST only
+    "api:lesion-visit-fhir": 400,  # which visit: ?date= is required
     "api:case-list": 200,
     "api:case-detail": 200,
     "api:case-feedback": 200,
     "api:case-truth": 403,  # administrators only (a clinic administrator's GET: 405)
     "api:case-report": 200,
     "api:case-image": 200,
+    "api:case-fhir": 200,
     "api:token-list": 200,
     "api:token-detail": 405,  # DELETE only
 }

@@ -188,6 +188,10 @@ class CaseFilters(serializers.Serializer):
     lesion = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID)
 
 
+class VisitQuery(serializers.Serializer):
+    date = serializers.DateField(help_text="The day the visit's images were taken (YYYY-MM-DD)")
+
+
 class TokenSerializer(serializers.ModelSerializer):
     user = serializers.CharField(source="user.username", read_only=True)
 

@@ -3,6 +3,7 @@ electronic record, a script. Access is the pages' own: every record is fetched t
 scope (another clinic's record and a missing one are both 404), the administrators' actions are the
 administrators', and every call is audited and throttled (``Guarded``)."""
 
+import json
 import re
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -24,7 +25,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from skinweb.api import serializers as s
 from skinweb.api.models import ApiToken
 from skinweb.audit.models import AuditEvent, record
-from skinweb.clinic import insights, reports
+from skinweb.clinic import fhir, insights, reports
 from skinweb.clinic import views as pages
 from skinweb.clinic.forms import CaseFilterForm
 from skinweb.clinic.models import Case, Lesion, Patient
@@ -35,6 +36,19 @@ def exception_handler(exc, context):
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages})
     return drf_exception_handler(exc, context)
+
+
+def fhir_response(bundle: dict) -> HttpResponse:
+    response = HttpResponse(json.dumps(bundle), content_type=fhir.FHIR_JSON)
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+class JSONErrors(DefaultContentNegotiation):
+    """A download's errors come as JSON whatever the client accepts (the download itself is a file)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
 
 
 class InClinic(BasePermission):
@@ -205,12 +219,18 @@ class LesionViewSet(WritableRecords):
         body = {"cases": s.CaseSerializer(cases, many=True).data, "rejected": rejected}
         return Response(body, status=status.HTTP_201_CREATED if accepted else status.HTTP_400_BAD_REQUEST)
 
-
-class JSONErrors(DefaultContentNegotiation):
-    """A download's errors come as JSON whatever the client accepts (the download itself is a file)."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
+    @extend_schema(parameters=[s.VisitQuery], responses={(200, "application/fhir+json"): OpenApiTypes.OBJECT})
+    @action(detail=True, url_path="visit-fhir", content_negotiation_class=JSONErrors)
+    def visit_fhir(self, request, pk=None):
+        """A visit of the lesion (its images taken on ``date``) as a FHIR R4 Bundle (collection)."""
+        lesion = self.get_object()
+        query = s.VisitQuery(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        cases = fhir.visit_cases(lesion, query.validated_data["date"])
+        if not cases:
+            raise exceptions.NotFound("The lesion has no image taken on that day.")
+        record(request, "export_fhir", lesion, date=str(query.validated_data["date"]), cases=[c.pk for c in cases])
+        return fhir_response(fhir.visit_bundle(cases, request.build_absolute_uri))
 
 
 @extend_schema_view(list=extend_schema(parameters=[s.CaseFilters]))
@@ -271,6 +291,15 @@ class CaseViewSet(ClinicRecords, mixins.ListModelMixin, mixins.RetrieveModelMixi
         response["Content-Disposition"] = f'attachment; filename="skinweb-case-{case.pk}.pdf"'
         response["Cache-Control"] = "private, no-store"
         return response
+
+    @extend_schema(responses={(200, "application/fhir+json"): OpenApiTypes.OBJECT})
+    @action(detail=True, content_negotiation_class=JSONErrors)
+    def fhir(self, request, pk=None):
+        """The case as a FHIR R4 Bundle (collection): Patient, the model as a Device, the image as Media,
+        the result as Observations gathered by a DiagnosticReport, the PDF as a DocumentReference."""
+        case = self.get_object()
+        record(request, "export_fhir", case)
+        return fhir_response(fhir.case_bundle(case, request.build_absolute_uri))
 
     @extend_schema(responses={(200, "image/jpeg"): OpenApiTypes.BINARY, (200, "image/png"): OpenApiTypes.BINARY},
                    parameters=[OpenApiParameter("size", str, enum=["thumb"])])

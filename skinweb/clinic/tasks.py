@@ -37,6 +37,7 @@ def classify_case(self, case_id: int) -> None:
         raise self.retry(countdown=max(1.0, float(busy.args[0]) + 1)) from None
     if outcome is not None:
         enqueue_explanations(outcome.explain)  # the results are visible now; their heat maps follow
+        enqueue_fhir(outcome.explain)  # and, where a FHIR server is configured, the record hears of them
 
 
 def enqueue_explanations(prediction_ids) -> None:
@@ -68,3 +69,55 @@ def sweep() -> None:
     for case_id in sweeps.stale_cases():
         classify_case.delay(case_id)
     enqueue_explanations(sweeps.missing_heatmaps())
+
+
+def enqueue_fhir(prediction_ids) -> None:
+    """Send these predictions' cases to the configured FHIR server (none configured: nothing)."""
+    from django.conf import settings
+
+    from skinweb.clinic.models import Prediction
+
+    if not settings.FHIR_ENDPOINT or not prediction_ids:
+        return
+    case_ids = list(Prediction.objects.filter(pk__in=list(prediction_ids)).values_list("case_id", flat=True))
+
+    def send():
+        for case_id in case_ids:
+            try:
+                push_fhir.apply_async((case_id,), retry=False)
+            except OperationalError as exc:
+                log.warning("broker unavailable, case %s not sent to the FHIR server: %s", case_id, exc)
+
+    transaction.on_commit(send)
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True)
+def push_fhir(self, case_id: int) -> str:
+    """Send a case's result to the FHIR server as a transaction of conditional creates (sending it again
+    stores nothing twice); retried with growing waits (30 s, 1, 2, 4… min) while the server is
+    unreachable or failing; a refusal is final. Each attempt's outcome is in the audit trail."""
+    from django.conf import settings
+
+    from skinweb.audit.models import record
+    from skinweb.clinic import fhir
+    from skinweb.clinic.models import Case
+
+    case = Case.objects.with_related().filter(pk=case_id).first()
+    if case is None or not settings.FHIR_ENDPOINT:
+        return "nothing to send"
+    bundle = fhir.case_bundle(case, lambda path: settings.SITE_URL + path, kind="transaction")
+    attempt = self.request.retries + 1
+    try:
+        status = fhir.push(bundle, settings.FHIR_ENDPOINT, settings.FHIR_AUTHORIZATION)
+    except fhir.PushRetry as exc:
+        last = self.request.retries >= settings.FHIR_PUSH_RETRIES
+        record(None, "fhir_push", case, outcome="given up" if last else "will retry", attempt=attempt,
+               error=str(exc)[:500])
+        if last:
+            return "given up"
+        raise self.retry(countdown=30 * 2**self.request.retries, max_retries=settings.FHIR_PUSH_RETRIES) from None
+    except fhir.PushFailed as exc:
+        record(None, "fhir_push", case, outcome="refused", attempt=attempt, error=str(exc)[:500])
+        return "refused"
+    record(None, "fhir_push", case, outcome="sent", attempt=attempt, status=status, bundle=bundle["id"])
+    return "sent"
