@@ -70,3 +70,60 @@ def make_model_file(path, input_size=64, threshold=0.5, version="test-vgg16-64px
     model = build_model("vgg16", pretrained="none")
     meta = ModelMetadata(version=version, input_size=input_size, threshold=threshold)
     return save_model_file(path, model, meta)
+
+
+def dicom_bytes(pixels=None, jpeg=None, patient_id="ISIC-P1", birth="19610315", sex="F", name="Doe^Jane",
+                date="20200101", time="101500", region=("53120007", "Upper limb"), modifier=None,
+                sop="1.2.840.10008.5.1.4.1.1.77.1.4", syntax=None, frames=None, preamble=b"\x00" * 128,
+                drop_pixels=False, rows=None, columns=None) -> bytes:
+    """A DICOM Part 10 file as a dermatoscope or the ISIC Archive writes one: uncompressed RGB ``pixels``
+    (an HxWx3 uint8 array), or ``jpeg`` bytes encapsulated as JPEG baseline; every attribute can be set
+    wrong on purpose (the hostile-file tests)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, generate_uid()
+    meta.TransferSyntaxUID = syntax or (JPEGBaseline8Bit if jpeg is not None else ExplicitVRLittleEndian)
+    ds = Dataset()
+    ds.file_meta, ds.preamble = meta, preamble
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), "1.2.3.4.5"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = name, patient_id, birth, sex
+    ds.InstitutionName, ds.ReferringPhysicianName, ds.DeviceSerialNumber = "St Elsewhere", "House^Gregory", "SN-42"
+    ds.AcquisitionDate, ds.AcquisitionTime, ds.Modality = date, time, "XC"
+    if region:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = region[0], "SCT", region[1]
+        if modifier:
+            mod = Dataset()
+            mod.CodeValue, mod.CodingSchemeDesignator, mod.CodeMeaning = modifier[0], "SCT", modifier[1]
+            item.AnatomicRegionModifierSequence = Sequence([mod])
+        ds.AnatomicRegionSequence = Sequence([item])
+    if jpeg is not None:
+        img = Image.open(io.BytesIO(jpeg))
+        ds.Columns, ds.Rows = img.size
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        data = encapsulate([jpeg])
+    else:
+        pixels = np.zeros((32, 48, 3), np.uint8) if pixels is None else pixels
+        ds.Rows, ds.Columns = pixels.shape[:2]
+        ds.PhotometricInterpretation = "RGB"
+        data = pixels.tobytes()
+        if meta.TransferSyntaxUID.is_compressed:  # raw pixels under a codec's name: garbage to its decoder
+            data = encapsulate([data])
+    ds.Rows, ds.Columns = rows or ds.Rows, columns or ds.Columns
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if frames:
+        ds.NumberOfFrames = frames
+    if not drop_pixels:
+        ds.PixelData = data
+        if jpeg is not None or meta.TransferSyntaxUID.is_compressed:
+            ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

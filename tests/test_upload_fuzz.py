@@ -3,14 +3,16 @@ out or a ValidationError with a message — never another exception, never a hal
 
 import io
 
+import numpy as np
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from skinweb.clinic import dicom
 from skinweb.clinic.uploads import normalise_image
-from tests.builders import image_bytes
+from tests.builders import dicom_bytes, image_bytes
 
 SEEDS = [image_bytes("JPEG", size=(40, 30)), image_bytes("PNG", size=(30, 20))]
 
@@ -38,7 +40,10 @@ def test_random_bytes(data):
 @given(seed=st.sampled_from(SEEDS), data=st.data())
 def test_mutated_images(seed, data):
     """Real JPEG/PNG files with bytes flipped, cut or inserted (the fuzzing that finds decoder bugs)."""
-    buf = bytearray(seed)
+    check(mutate(bytearray(seed), data))
+
+
+def mutate(buf: bytearray, data) -> bytes:
     for _ in range(data.draw(st.integers(1, 8))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
         pos = data.draw(st.integers(0, max(0, len(buf) - 1)))
@@ -48,4 +53,26 @@ def test_mutated_images(seed, data):
             del buf[pos:pos + data.draw(st.integers(1, 64))]
         else:
             buf[pos:pos] = data.draw(st.binary(min_size=1, max_size=64))
-    check(bytes(buf))
+    return bytes(buf)
+
+
+DICOM_SEEDS = [dicom_bytes(pixels=np.full((12, 16, 3), 90, np.uint8)),
+               dicom_bytes(jpeg=image_bytes("JPEG", size=(40, 30)))]
+
+
+def check_dicom(data: bytes):
+    try:
+        found = dicom.read(SimpleUploadedFile("x.dcm", data), max_bytes=1_000_000, max_pixels=4_000_000)
+    except ValidationError as exc:
+        assert exc.messages and all(m for m in exc.messages)
+        return
+    img = Image.open(io.BytesIO(found.image.content.read()))
+    img.load()
+    assert img.mode == "RGB" and img.width * img.height <= 4_000_000
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(DICOM_SEEDS), data=st.data())
+def test_mutated_dicom(seed, data):
+    """DICOM files (uncompressed and JPEG) with bytes flipped, cut or inserted: a case or a message."""
+    check_dicom(mutate(bytearray(seed), data))

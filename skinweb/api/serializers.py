@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from skinweb.api.models import ApiToken
 from skinweb.clinic.forms import FeedbackForm, PatientForm
-from skinweb.clinic.models import Case, Feedback, Label, Lesion, Patient
+from skinweb.clinic.models import ANATOMIC_SITES, Case, Feedback, Label, Lesion, Patient
 from skinweb.clinic.similar import differential_probabilities
 
 # The largest row ID (BigAutoField): a larger number names no record, and must not reach the database,
@@ -148,6 +148,16 @@ class UploadSerializer(serializers.Serializer):
     # Each file gets its own verdict from the upload checks (an empty one too), as on the page.
     images = serializers.ListField(child=serializers.FileField(allow_empty_file=True), allow_empty=False,
                                    help_text="JPEG or PNG dermoscopic images, checked as the web form checks them")
+
+
+class DicomImportSerializer(serializers.Serializer):
+    files = serializers.ListField(child=serializers.FileField(allow_empty_file=True), allow_empty=False,
+                                  help_text="DICOM Part 10 files (VL Photographic, Dermoscopic Photography, "
+                                            "Secondary Capture), one image each")
+    site = serializers.ChoiceField(choices=ANATOMIC_SITES, required=False,
+                                   help_text="The lesion site (default: each file's anatomic region)")
+    lesion = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID,
+                                      help_text="Add the images to this lesion of your clinic (its patient's files)")
 
 
 class RejectedSerializer(serializers.Serializer):

@@ -10,6 +10,7 @@ router = SimpleRouter()
 router.register("patients", views.PatientViewSet, basename="patient")
 router.register("lesions", views.LesionViewSet, basename="lesion")
 router.register("cases", views.CaseViewSet, basename="case")
+router.register("dicom", views.DicomViewSet, basename="dicom")
 router.register("tokens", views.TokenViewSet, basename="token")
 
 urlpatterns = [

@@ -301,6 +301,16 @@ class CaseViewSet(ClinicRecords, mixins.ListModelMixin, mixins.RetrieveModelMixi
         record(request, "export_fhir", case)
         return fhir_response(fhir.case_bundle(case, request.build_absolute_uri))
 
+    @extend_schema(responses={(200, "application/dicom"): OpenApiTypes.BINARY})
+    @action(detail=True, content_negotiation_class=JSONErrors)
+    def dicom(self, request, pk=None):
+        """The case's image with its result as a DICOM file (VL Photographic Image, uncompressed)."""
+        case = self.get_object()
+        try:
+            return pages.dicom_response(request, case)
+        except pages.Http404 as exc:
+            raise exceptions.NotFound(str(exc)) from None
+
     @extend_schema(responses={(200, "image/jpeg"): OpenApiTypes.BINARY, (200, "image/png"): OpenApiTypes.BINARY},
                    parameters=[OpenApiParameter("size", str, enum=["thumb"])])
     @action(detail=True, content_negotiation_class=JSONErrors)
@@ -311,6 +321,33 @@ class CaseViewSet(ClinicRecords, mixins.ListModelMixin, mixins.RetrieveModelMixi
             return pages.image_response(request, case)
         except pages.Http404 as exc:
             raise exceptions.NotFound(str(exc)) from None
+
+
+class DicomViewSet(Guarded, viewsets.ViewSet):
+    """DICOM import: each file becomes a case, its patient matched by Patient ID or created."""
+
+    permission_classes = [IsAuthenticated, InClinic]
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(request={"multipart/form-data": s.DicomImportSerializer},
+                   responses={201: s.UploadResultSerializer, 400: s.UploadResultSerializer})
+    def create(self, request):
+        """Import DICOM files (multipart, field ``files``): each good one becomes a case queued for
+        classification, into ``lesion`` when given, else a new lesion per patient, series and site; each
+        refused one is listed with its reason and nothing of it is stored. 400 when none was accepted."""
+        form = s.DicomImportSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        lesion = None
+        if "lesion" in data:
+            lesion = Lesion.objects.visible_to(request.user).filter(pk=data["lesion"]).first()
+            if lesion is None:
+                raise exceptions.ValidationError({"lesion": ["No such lesion in your clinic."]})
+        accepted, rejected = pages.store_dicom(request, data["files"], site=data.get("site"), lesion=lesion)
+        cases = Case.objects.with_related().filter(pk__in=[c.pk for c in accepted]).order_by("pk")
+        body = {"cases": s.CaseSerializer(cases, many=True).data,
+                "rejected": [{"name": name, "error": error} for name, error in rejected]}
+        return Response(body, status=status.HTTP_201_CREATED if accepted else status.HTTP_400_BAD_REQUEST)
 
 
 class TokenViewSet(Guarded, mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):

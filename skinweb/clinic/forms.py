@@ -3,7 +3,7 @@ import datetime
 from django import forms
 from django.utils import timezone
 
-from skinweb.clinic.models import Case, Feedback, Label, Lesion, Patient
+from skinweb.clinic.models import ANATOMIC_SITES, Case, Feedback, Label, Lesion, Patient
 
 
 class PatientForm(forms.ModelForm):
@@ -44,20 +44,30 @@ class MultipleImageInput(forms.ClearableFileInput):
 class MultipleImageField(forms.FileField):
     """Several files in one field; each is checked separately by the view (uploads.normalise_image)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, empty_message="Choose one or more JPEG or PNG images.", **kwargs):
         kwargs.setdefault("widget", MultipleImageInput(attrs={"accept": "image/jpeg,image/png", "multiple": True}))
         super().__init__(*args, **kwargs)
+        self.empty_message = empty_message
 
     def clean(self, data, initial=None):
         files = data if isinstance(data, (list, tuple)) else [data]
         files = [f for f in files if f]
         if not files:
-            raise forms.ValidationError("Choose one or more JPEG or PNG images.")
+            raise forms.ValidationError(self.empty_message)
         return files
 
 
 class UploadForm(forms.Form):
     images = MultipleImageField(label="Dermoscopic images", help_text="JPEG or PNG; several at once are fine.")
+
+
+class DicomImportForm(forms.Form):
+    files = MultipleImageField(
+        label="DICOM files", help_text="VL Photographic, Dermoscopic Photography or Secondary Capture objects",
+        empty_message="Choose one or more DICOM files.",
+        widget=MultipleImageInput(attrs={"accept": ".dcm,application/dicom", "multiple": True}))
+    site = forms.ChoiceField(required=False, choices=[("", "From each file's anatomic region"), *ANATOMIC_SITES],
+                             label="Lesion site")
 
 
 class FeedbackForm(forms.ModelForm):

@@ -28,6 +28,8 @@ urlpatterns = [
     path("cases/<int:pk>/compare/<str:ref>/", views.case_compare, name="case_compare"),
     path("reference/<int:version>/<int:position>/image/", views.reference_image, name="reference_image"),
     path("cases/<int:pk>/report.pdf", views.case_report, name="case_report"),
+    path("cases/<int:pk>/case.dcm", views.case_dicom, name="case_dicom"),
+    path("dicom/import/", views.dicom_import, name="dicom_import"),
     path("cases/export.csv", views.case_export, name="case_export"),
     # Administrators' relabel queue: beside the registry's pages, kept by the clinic whose cases it labels.
     path("manage/relabel/", relabel.relabel_queue, name="relabel_queue"),

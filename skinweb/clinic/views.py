@@ -17,10 +17,11 @@ from django.views.decorators.http import require_GET, require_http_methods
 from PIL import Image
 
 from skinweb.audit.models import record
-from skinweb.clinic import insights, reports, similar, tasks
+from skinweb.clinic import dicom, insights, reports, similar, tasks
 from skinweb.clinic.access import get_for_user, object_view
 from skinweb.clinic.forms import (
     CaseFilterForm,
+    DicomImportForm,
     FeedbackForm,
     LesionForm,
     PatientForm,
@@ -227,6 +228,95 @@ def store_upload(request, lesion, upload) -> Case:
                uploaded_size=list(image.original_size), stored_size=[case.width, case.height])
         tasks.enqueue(case.pk)
     return case
+
+
+def store_dicom(request, uploads, site=None, lesion=None) -> tuple[list[Case], list[tuple[str, str]]]:
+    """Each DICOM file (skinweb.clinic.dicom) becomes a case queued for classification: the patient
+    matched by Patient ID in the user's clinic or created from the file, into ``lesion`` when given,
+    else a new lesion per patient, series and site (``site``, else the file's anatomic region). Returns
+    the cases and the refused files with their reasons; a refused file leaves nothing behind."""
+    made: dict[tuple, Lesion] = {}
+    accepted, rejected = [], []
+    for upload in uploads:
+        try:
+            found = dicom.read(upload)
+            with transaction.atomic():
+                target, key = _dicom_lesion(request, found, site, lesion, made)
+                image = found.image
+                case = target.add_image(request.user, upload.name, image)
+                record(request, "import_dicom", case, lesion=target.pk, sha256=case.sha256,
+                       uploaded_size=list(image.original_size), stored_size=[case.width, case.height])
+                tasks.enqueue(case.pk)
+        except ValidationError as exc:
+            rejected.append((upload.name, exc.messages[0]))
+            continue
+        made[key] = target
+        accepted.append(case)
+    return accepted, rejected
+
+
+def _dicom_lesion(request, found, site, lesion, made):
+    clinic, pid = request.user.clinic, found.patient_id
+    patient = Patient.objects.filter(clinic=clinic, identifier__iexact=pid).first()
+    if lesion is not None:
+        if patient is None or patient.pk != lesion.patient_id:
+            raise ValidationError(f"The file's patient ({pid}) is not this lesion's ({lesion.patient.identifier}).")
+        return lesion, None
+    if patient is None:
+        if found.birth_year is None:
+            raise ValidationError(f"Your clinic has no patient {pid}, and the file gives no birth date to create "
+                                  "one: create the patient first.")
+        form = PatientForm({"identifier": pid, "birth_year": found.birth_year, "sex": found.sex}, clinic=clinic)
+        if not form.is_valid():
+            raise ValidationError(f"Patient {pid}: " + " ".join(m for ms in form.errors.values() for m in ms))
+        patient = form.save(commit=False)
+        patient.clinic, patient.created_by = clinic, request.user
+        patient.save()
+        record(request, "create", patient, source="dicom")
+    where = site or found.site
+    if not where:
+        raise ValidationError("The file's anatomic region is not one of the lesion sites: choose the site.")
+    key = (patient.pk, found.series, where)
+    if key in made:
+        return made[key], key
+    new = Lesion.objects.create(patient=patient, site=where, label="Imported from DICOM", created_by=request.user)
+    record(request, "create", new, patient=patient.pk, source="dicom")
+    return new, key
+
+
+@require_http_methods(["GET", "POST"])
+def dicom_import(request):
+    """Import DICOM files (a dermatoscope's export, the ISIC Archive's): each becomes a case."""
+    if request.user.clinic_id is None:
+        return render(request, "clinic/no_clinic.html", status=403)
+    form = DicomImportForm(request.POST or None, request.FILES or None)
+    accepted, rejected = [], []
+    if request.method == "POST" and form.is_valid():
+        accepted, rejected = store_dicom(request, form.cleaned_data["files"], site=form.cleaned_data["site"] or None)
+        if accepted:
+            messages.success(request, f"{len(accepted)} DICOM image(s) imported and queued for classification.")
+        for name, message in rejected:
+            form.add_error("files", f"{name}: {message}")
+    return render(request, "clinic/dicom_import.html", {"form": form, "accepted": accepted},
+                  status=400 if rejected and not accepted else 200)
+
+
+@object_view(Case)
+def case_dicom(request, case):
+    return dicom_response(request, case)
+
+
+def dicom_response(request, case):
+    """The case's image with its result as a DICOM file (VL Photographic Image; the export is audited)."""
+    try:
+        data = dicom.export(case)
+    except (OSError, Image.DecompressionBombError):
+        raise Http404("The stored image cannot be read") from None
+    record(request, "export_dicom", case)
+    response = HttpResponse(data, content_type="application/dicom")
+    response["Content-Disposition"] = f'attachment; filename="skinweb-case-{case.pk}.dcm"'
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 def _upload_json(request, lesion, form):
