@@ -86,6 +86,9 @@ INSTALLED_APPS = [
     "crispy_bootstrap5",
     "axes",
     "csp",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "rest_framework",
     "knox",
     "drf_spectacular",
@@ -104,7 +107,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "skinweb.accounts.twofactor.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -123,6 +128,12 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_HANDLER = "skinweb.accounts.throttle.SprayAwareHandler"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Two-factor login (skinweb/accounts/twofactor.py, django-otp): TOTP with recovery codes. Required of
+# everyone of a clinic whose administrator asks for it, and of platform administrators whenever DEBUG
+# is off (not an environment setting: only the tests turn it off); wrong codes count as failed logins.
+PLATFORM_ADMIN_TWO_FACTOR = not DEBUG
+OTP_TOTP_ISSUER = "skinweb"
+RECOVERY_CODES = 10
 PROXY_COUNT = env_int("PROXY_COUNT", 0)  # trusted reverse proxies in front (X-Forwarded-For)
 AXES_CLIENT_IP_CALLABLE = "skinweb.accounts.ip.client_ip"
 

@@ -5,6 +5,7 @@ from django.shortcuts import redirect
 from django.templatetags.static import static
 from django.urls import include, path
 
+from skinweb.accounts import twofactor
 from skinweb.api import pages as api_pages
 
 admin.site.site_header = "skinweb administration"
@@ -21,6 +22,9 @@ urlpatterns = [
     path("favicon.ico", favicon),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/two-factor/", twofactor.verify, name="two_factor_verify"),
+    path("accounts/two-factor/setup/", twofactor.setup, name="two_factor_setup"),
+    path("account/security/", twofactor.security, name="account_security"),
     path("admin/", admin.site.urls),
     path("manage/", include("skinweb.models_registry.urls")),
     path("api/", include("skinweb.api.urls")),

@@ -38,6 +38,9 @@ def private_dirs(settings, tmp_path):
     """Every test gets its own media and model folders."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MODEL_ROOT = tmp_path / "models"
+    # Tests log the platform administrator in without a second factor (force_login); the rule that
+    # outside DEBUG they need one is tested on its own (tests/test_two_factor.py).
+    settings.PLATFORM_ADMIN_TWO_FACTOR = False
     settings.MEDIA_ROOT.mkdir()
     # Tests render templates without running collectstatic first.
     settings.STORAGES = {

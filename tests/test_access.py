@@ -46,6 +46,9 @@ OWNER_GET = {
     "clinic:case_remove": 405,  # POST only
     "clinic:case_compare": 404,  # the failed case has no result, so nothing similar to compare with
     "clinic:reference_image": 404,  # the version has no reference library built
+    "two_factor_verify": 302,  # no authenticator set up: sent to the security page
+    "two_factor_setup": 200,
+    "account_security": 200,
     "api_docs": 200,
     "api_tokens": 200,
     "api_token_revoke": 405,  # POST only

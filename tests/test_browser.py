@@ -4,6 +4,7 @@ model. Every page is checked with axe-core (no serious or critical accessibility
 saved as a screenshot under tests/artifacts/ (SKINWEB_TEST_ARTIFACTS to put them elsewhere).
 """
 
+import base64
 import datetime
 import io
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from django.db import connections
 from django.utils import timezone
+from django_otp.oath import TOTP
 from PIL import Image
 from pypdf import PdfReader
 
@@ -93,12 +95,12 @@ class Journey:
         self.page.screenshot(path=str(path), full_page=True)
         self.shots.append(path)
 
-    def log_in(self, username):
+    def log_in(self, username, then="/"):
         self.go("/accounts/login/")
         self.page.get_by_label("Username").fill(username)
         self.page.get_by_label("Password").fill(PASSWORD)
         self.page.get_by_role("button", name="Log in").click()
-        self.page.wait_for_url(self.base + "/")
+        self.page.wait_for_url(self.base + then)
 
 
 def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
@@ -334,4 +336,20 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     page.locator(".opblock-summary-path", has_text="/api/v1/cases/{id}/").first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "api-docs.png"), full_page=True)  # Swagger UI's own page: no axe
     assert not blocked, blocked
-    assert len(j.shots) == 15
+
+    # North now requires two-factor login: at her next login alice sets up an authenticator app (the test
+    # computes the app's code from the key the page shows), keeps her recovery codes, and is in.
+    north.require_two_factor = True
+    north.save()
+    j.go("/")
+    page.get_by_role("button", name="Log out").click()
+    j.log_in("alice", then="/accounts/two-factor/setup/**")
+    key = page.get_by_test_id("secret").inner_text().replace(" ", "")
+    j.check("two-factor-setup")
+    app = TOTP(base64.b32decode(key + "=" * (-len(key) % 8)))
+    page.get_by_label("Code from the app").fill(f"{app.token():06d}")
+    page.get_by_role("button", name="Turn on two-factor login").click()
+    expect(page.get_by_test_id("recovery-codes").locator("li")).to_have_count(10)
+    page.get_by_role("link", name="I have kept them: continue").click()
+    page.wait_for_url(j.base + "/")
+    assert len(j.shots) == 16

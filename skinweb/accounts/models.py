@@ -5,6 +5,8 @@ from django.db import models
 class Clinic(models.Model):
     name = models.CharField(max_length=200, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    require_two_factor = models.BooleanField(
+        default=False, help_text="Everyone of the clinic logs in with a second factor (set by its administrator)")
 
     def __str__(self):
         return self.name

@@ -22,6 +22,7 @@ from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from skinweb.accounts.ip import client_ip
 from skinweb.api import serializers as s
 from skinweb.api.models import ApiToken
 from skinweb.audit.models import AuditEvent, record
@@ -115,7 +116,7 @@ class Guarded:
             record(request, "api", self.audit_object or user, **detail)
         elif response.status_code != status.HTTP_429_TOO_MANY_REQUESTS:  # a flood is throttled, not logged
             AuditEvent.objects.create(action="api", object_type="api", object_id="", detail=detail,
-                                      ip=request.META.get("REMOTE_ADDR"))
+                                      ip=client_ip(request))
         return response
 
 
@@ -382,10 +383,6 @@ class TokenViewSet(Guarded, mixins.ListModelMixin, mixins.DestroyModelMixin, vie
 @extend_schema(exclude=True)
 class NoSuchRoute(Guarded, APIView):
     """Anything else under /api/: a JSON 404 (not the pages' HTML one), audited and throttled like the rest."""
-
-    def dispatch(self, request, *args, **kwargs):
-        self.http_method_names = [m for m in self.http_method_names if m != "options"]
-        return super().dispatch(request, *args, **kwargs)
 
     def get(self, request, *args, **kwargs):
         raise exceptions.NotFound("No such API route: the routes are listed at /api/docs/.")
