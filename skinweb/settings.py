@@ -282,6 +282,9 @@ CONTENT_SECURITY_POLICY = {
 # (API_RATE_ANON), and audited. The schema (drf-spectacular) is at /api/schema/, its docs at /api/docs/.
 API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
 KNOX_TOKEN_MODEL = "api.ApiToken"
+# knox's own migrations would create its AuthToken table although the model is swapped for ApiToken (a
+# table no model owns, with a key to users that stops PostgreSQL from emptying the users table).
+MIGRATION_MODULES = {"knox": None}
 REST_KNOX = {"TOKEN_TTL": timedelta(days=API_TOKEN_DAYS), "TOKEN_PREFIX": "skw_", "TOKEN_LIMIT_PER_USER": 20,
              "AUTO_REFRESH": False}
 REST_FRAMEWORK = {

@@ -9,6 +9,7 @@ API tokens are made on a page, so only after this step."""
 
 import base64
 import secrets
+import textwrap
 
 import segno
 from axes.handlers.proxy import AxesProxyHandler
@@ -74,7 +75,8 @@ def new_recovery_codes(user) -> list[str]:
     """Replace the user's recovery codes with RECOVERY_CODES new ones (each works once)."""
     device, _ = StaticDevice.objects.get_or_create(user=user, name="recovery", defaults={"confirmed": True})
     device.token_set.all().delete()
-    codes = [f"{secrets.token_hex(4)}-{secrets.token_hex(4)}" for _ in range(settings.RECOVERY_CODES)]
+    # 48 random bits each, as xxxx-xxxx-xxxx (django-otp keeps at most 16 characters).
+    codes = ["-".join(textwrap.wrap(secrets.token_hex(6), 4)) for _ in range(settings.RECOVERY_CODES)]
     StaticToken.objects.bulk_create([StaticToken(device=device, token=c) for c in codes])
     return codes
 
