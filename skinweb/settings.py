@@ -32,6 +32,24 @@ def env_bool(name, default=False):
     return value in TRUE
 
 
+def env_json_list(name):
+    """A JSON list of objects (empty when unset); a malformed value stops the start-up."""
+    import json
+
+    text = env(name, "").strip()
+    try:
+        value = json.loads(text) if text else []
+    except ValueError as exc:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{name} is not JSON: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{name} must be a JSON list of objects")
+    return value
+
+
 def env_int(name, default):
     return int(env(name, default))
 
@@ -120,7 +138,8 @@ MIDDLEWARE = [
 # Login throttling (django-axes): AXES_FAILURE_LIMIT failed logins for one username from one IP
 # lock that pair out for AXES_COOLOFF_MINUTES, and AXES_ADDRESS_FAILURE_LIMIT failures from one IP
 # over all usernames (password spraying) lock the address; attempts are kept in the database.
-AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend",
+                           "skinweb.accounts.sso.Backend"]
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
 AXES_ADDRESS_FAILURE_LIMIT = env_int("AXES_ADDRESS_FAILURE_LIMIT", 20)
@@ -132,6 +151,13 @@ AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # everyone of a clinic whose administrator asks for it, and of platform administrators whenever DEBUG
 # is off (not an environment setting: only the tests turn it off); wrong codes count as failed logins.
 PLATFORM_ADMIN_TWO_FACTOR = not DEBUG
+# Single sign-on (skinweb/accounts/sso.py): OpenID Connect providers, a JSON list of objects with name,
+# label, issuer, client_id, client_secret and, unless the issuer's discovery document gives them,
+# authorization_endpoint, token_endpoint, userinfo_endpoint, jwks_uri; optional sign_algo (RS256),
+# scopes, clinic_claim (skinweb_clinic) and role_claim (skinweb_role). Each provider's redirect URI is
+# <site>/accounts/sso/callback/. LOCAL_LOGIN=0 turns password login off (but for platform administrators).
+OIDC_PROVIDERS = env_json_list("OIDC_PROVIDERS")
+LOCAL_LOGIN = env_bool("LOCAL_LOGIN", True)
 OTP_TOTP_ISSUER = "skinweb"
 RECOVERY_CODES = 10
 PROXY_COUNT = env_int("PROXY_COUNT", 0)  # trusted reverse proxies in front (X-Forwarded-For)

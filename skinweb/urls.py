@@ -5,7 +5,7 @@ from django.shortcuts import redirect
 from django.templatetags.static import static
 from django.urls import include, path
 
-from skinweb.accounts import twofactor
+from skinweb.accounts import sso, twofactor
 from skinweb.api import pages as api_pages
 
 admin.site.site_header = "skinweb administration"
@@ -20,7 +20,10 @@ def favicon(request):
 
 urlpatterns = [
     path("favicon.ico", favicon),
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/login/", sso.LoginPage.as_view(), name="login"),
+    path("accounts/sso/callback/", login_not_required(sso.SSOCallback.as_view()), name="sso_callback"),
+    path("accounts/sso/refused/", login_not_required(sso.refused), name="sso_refused"),
+    path("accounts/sso/<slug:name>/", login_not_required(sso.SSOLogin.as_view()), name="sso_login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/two-factor/", twofactor.verify, name="two_factor_verify"),
     path("accounts/two-factor/setup/", twofactor.setup, name="two_factor_setup"),

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 # states (a patient of another clinic, an identifier already taken, a birth year to come): a 400 with the
 # rule's message is the right answer there, not a failure.
 RULES = [positive_data_acceptance]
-EXAMPLES = 25  # per operation and phase: about a minute for the whole API on two cores
+EXAMPLES = 12  # per operation and phase: about 15 s for the whole API on two cores
 
 
 @pytest.fixture

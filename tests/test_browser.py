@@ -25,6 +25,7 @@ from skinweb.clinic.models import Case
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_clinic, make_user
 from tests.conftest import ROOT, WorkerProcess
+from tests.oidc_provider import start_provider
 
 CHROMIUM = "/usr/bin/chromium"
 FIXTURE_IMAGES = sorted((ROOT / "tests" / "fixtures" / "isic" / "images").glob("*.jpg"))
@@ -353,3 +354,32 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     page.get_by_role("link", name="I have kept them: continue").click()
     page.wait_for_url(j.base + "/")
     assert len(j.shots) == 16
+
+
+def test_single_sign_on_through_the_hospital_then_the_second_factor(browser_page, live_server, settings, tmp_path):
+    """A nurse of North logs in with the hospital's account (a real OpenID Connect provider in its own
+    process), gets her skinweb account from its claims, then sets up the second factor North requires."""
+    page, j = browser_page, Journey(browser_page, live_server.url)
+    process, provider = start_provider(tmp_path, live_server.url + "/accounts/sso/callback/")
+    try:
+        settings.OIDC_PROVIDERS = [{"name": "hospital", "label": "St Elsewhere", "issuer": f"{provider}/o",
+                                    "client_id": "skinweb", "client_secret": "skinweb-secret"}]
+        north = make_clinic("North")
+        north.require_two_factor = True
+        north.save()
+        j.go("/accounts/login/")
+        page.get_by_role("link", name="Log in with St Elsewhere").click()
+        page.get_by_label("Hospital username").fill("nurse")
+        page.get_by_label("Hospital password").fill("nurse-pass")
+        page.get_by_role("button", name="Sign in to the hospital").click()
+        page.wait_for_url(live_server.url + "/accounts/two-factor/setup/**")
+        key = page.get_by_test_id("secret").inner_text().replace(" ", "")
+        app = TOTP(base64.b32decode(key + "=" * (-len(key) % 8)))
+        page.get_by_label("Code from the app").fill(f"{app.token():06d}")
+        page.get_by_role("button", name="Turn on two-factor login").click()
+        page.get_by_role("link", name="I have kept them: continue").click()
+        page.wait_for_url(live_server.url + "/")
+        assert "Nurse · North" in page.locator("nav").inner_text()  # the given_name claim, the clinic claim
+        j.check("sso-dashboard")
+    finally:
+        process.kill()

@@ -52,3 +52,20 @@ class User(AbstractUser):
     @property
     def is_clinic_admin(self) -> bool:
         return self.role == Role.CLINIC_ADMIN
+
+
+class ExternalIdentity(models.Model):
+    """A person as an OpenID Connect provider knows them (issuer and subject), and their account here."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="external_identities")
+    provider = models.CharField(max_length=50, help_text="The provider's name in OIDC_PROVIDERS")
+    issuer = models.CharField(max_length=300)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="one_account_per_subject")]
+
+    def __str__(self):
+        return f"{self.subject} at {self.provider}"
