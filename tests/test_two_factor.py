@@ -139,3 +139,18 @@ def test_tokens_are_made_only_after_the_second_factor(client, alice):
     log_in(client, alice)
     r = client.post(reverse("api_tokens"), {"name": "bridge", "days": 30})
     assert r.status_code == 302 and not ApiToken.objects.exists()
+
+
+def test_a_token_made_before_the_clinic_required_it_waits_for_the_second_factor(client, alice, carol):
+    token = ApiToken.objects.create(alice, name="bridge")[1]
+    client.logout()
+    url = reverse("api:patient-list")
+    assert client.get(url, HTTP_AUTHORIZATION=f"Token {token}").status_code == 200
+    alice.clinic.require_two_factor = True
+    alice.clinic.save()
+    r = client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
+    assert r.status_code == 401 and "Two-factor login is required" in r.json()["detail"]
+    client.force_login(alice)
+    set_up(client, alice)
+    client.logout()
+    assert client.get(url, HTTP_AUTHORIZATION=f"Token {token}").status_code == 200
