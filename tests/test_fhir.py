@@ -18,6 +18,7 @@ from skinweb.clinic.models import Case, Prediction
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_case, make_lesion, make_patient, make_user
 from tests.conftest import ROOT
+from tests.fhir_receiver import references
 
 pytestmark = pytest.mark.django_db
 
@@ -94,23 +95,11 @@ def test_a_case_is_a_valid_bundle_with_its_result_and_nothing_that_names_anyone(
     (document,) = resources(bundle, "DocumentReference")
     assert document["content"][0]["attachment"]["url"].endswith(f"/api/v1/cases/{case.pk}/report/")
     urls = {e["fullUrl"] for e in bundle["entry"]}
-    assert all(r in urls for r in re_references(bundle))
+    assert all(r in urls for r in references(bundle))
     # The same case again: the same resources (stable ids), in a new bundle.
     again = get_bundle(client, reverse("api:case-fhir", args=[case.pk]))
     assert [e["fullUrl"] for e in again["entry"]] == [e["fullUrl"] for e in bundle["entry"]]
     assert AuditEvent.objects.filter(action="export_fhir", object_id=str(case.pk)).count() == 2
-
-
-def re_references(node):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference":
-                yield value
-            else:
-                yield from re_references(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from re_references(value)
 
 
 def test_a_case_without_a_result_is_registered_or_cancelled(client, alice, case):

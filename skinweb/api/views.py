@@ -25,6 +25,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from skinweb.accounts.ip import client_ip
 from skinweb.api import serializers as s
 from skinweb.api.models import ApiToken
+from skinweb.api.pages import tokens_for
 from skinweb.audit.models import AuditEvent, record
 from skinweb.clinic import fhir, insights, reports
 from skinweb.clinic import views as pages
@@ -360,13 +361,7 @@ class TokenViewSet(Guarded, mixins.ListModelMixin, mixins.DestroyModelMixin, vie
     lookup_value_regex = "[A-Za-z0-9_]+"
 
     def get_queryset(self):
-        user = self.request.user
-        tokens = ApiToken.objects.select_related("user")
-        if user.is_platform_admin:
-            return tokens
-        if user.is_clinic_admin:
-            return tokens.filter(user__clinic_id=user.clinic_id) | tokens.filter(user=user)
-        return tokens.filter(user=user)
+        return tokens_for(self.request.user)
 
     @extend_schema(responses={204: None})
     def destroy(self, request, *args, **kwargs):
