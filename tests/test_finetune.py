@@ -119,6 +119,70 @@ def test_tune_from_block_4_trains_blocks_4_and_5_and_refuses_a_cache_of_another_
     assert r.returncode != 0 and "features of another shape" in r.stderr
 
 
+def test_a_diagnosis_head_trained_jointly_ships_as_the_differential_and_stays_out_of_the_model_file(
+        finetuned, tmp_path, weights_dir):
+    from safetensors import safe_open
+
+    from classifier import differential
+    from classifier.reference import CLASSES
+
+    out = tmp_path / "joint"
+    shutil.copytree(finetuned / "cache", out / "cache")  # the same frozen features: only training runs
+    r = run(*FINETUNE, "--out", str(out), "--epochs", "1", "--diagnosis-weight", "1", "--balance-collections",
+            weights_dir=weights_dir)
+    assert r.returncode == 0, r.stderr
+    assert ".npy:" not in r.stderr
+    meta = ModelMetadata.from_json((out / "model.json").read_text())
+    assert meta.training["recipe"]["diagnosis_weight"] == 1 and meta.training["recipe"]["balance_collections"]
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert not any(k.startswith("diagnosis") for k in f.keys())  # a plain vgg16 model file
+    head = differential.load(out / "model.safetensors", meta.version)
+    assert head.meta["method"].startswith("trained jointly") and head.meta["n_train"] > 0
+    assert head.weight.shape == (len(CLASSES), 512) and not head.mean.any() and (head.scale == 1).all()
+    assert 0 <= head.meta["validation"]["balanced_accuracy"] <= 1 and set(head.meta["per_source"]) <= {
+        "isic2017", "kaggle180"}
+    # The head scores the worker's embedding: the pooled features the model file computes.
+    from classifier.model import load_classifier
+    from classifier.presets import ClassificationPresetEval
+    from classifier.training.data import load_rgb
+
+    model, _ = load_classifier(out / "model.safetensors")
+    samples = load_samples(FIXTURES)
+    x = torch.stack([ClassificationPresetEval(32)(torch.from_numpy(np.array(load_rgb(s.path))).permute(2, 0, 1))
+                     for s in samples[:3]])
+    with torch.inference_mode():
+        _, pooled = model.eval().forward_with_features(x)
+    probs = head.probabilities(pooled.numpy())
+    assert probs.shape == (3, len(CLASSES)) and np.allclose(probs.sum(1), 1)
+    r = run(*FINETUNE, "--out", str(tmp_path / "bad"), "--diagnosis-weight", "-1", weights_dir=weights_dir)
+    assert r.returncode != 0 and "--diagnosis-weight -1" in r.stderr
+
+
+def test_collections_are_source_id_block_and_lesion_prefix_and_balancing_removes_their_label_share():
+    from pathlib import Path
+
+    from classifier.training.data import Sample, collection, collection_balance
+
+    assert collection(Sample(Path("i/ISIC_0012653.jpg"), 1, "MSK4_0011169", source="isic2017")) == "isic2017/12k/MSK4"
+    assert collection(Sample(Path("i/ISIC_0000004.jpg"), 1, "image:i/ISIC_0000004.jpg", source="isic2017")) == \
+        "isic2017/0k/"
+    assert collection(Sample(Path("i/x.png"), 0, "HAM_0001", source="ham224")) == "ham224/-/HAM"
+
+    def make(block, pos, neg):
+        return [Sample(Path(f"i/ISIC_{block:04d}{i:03d}.jpg"), y, f"image:{block}-{i}-{y}", source="s")
+                for y, n in ((1, pos), (0, neg)) for i in range(n)]
+
+    samples = make(1, 10, 10) + make(2, 2, 18) + make(3, 0, 20)  # melanoma share 50%, 10%, 0%; overall 20%
+    w = np.array(collection_balance(samples, prior_images=0))
+    y = np.array([s.label for s in samples])
+    for block in (1, 2):
+        m = np.array([collection(s) == f"s/{block}k/" for s in samples])
+        assert (w[m] * y[m]).sum() / w[m].sum() == pytest.approx(0.2)  # every mixed block at the overall share
+    assert w[-1] == pytest.approx(0.8)  # a block of nevi only is sampled less, not removed
+    shrunk = np.array(collection_balance(samples, prior_images=20))
+    assert (np.abs(shrunk - 1) <= np.abs(w - 1) + 1e-12).all()  # small blocks pulled toward weight 1
+
+
 def test_the_cache_continues_after_a_kill_with_the_same_features(tmp_path, monkeypatch, weights_dir):
     from classifier.training import finetune
 

@@ -209,17 +209,23 @@ def differential_section(model_path, version: str) -> list[str]:
     if head is None or not head.meta.get("validation"):
         return []
     r, v = head.meta, head.meta["validation"]
+    if r.get("method"):  # the diagnosis head trained with the network (classifier.training.finetune)
+        what = (f"A linear head on the model's pooled features (`{Path(model_path).stem}.differential.safetensors`), "
+                f"{r['method']} on {r.get('n_train')} training images")
+        chosen = ("The epoch was chosen on these validation images (by the malignancy headline), so they flatter "
+                  "a little.")
+    else:
+        what = (f"A multinomial logistic regression on the model's pooled features (`{Path(model_path).stem}"
+                f".differential.safetensors`, C = {r.get('C')}), fitted on {r.get('n_train')} training images")
+        chosen = "The L2 strength was chosen on these validation images (4 values), so they flatter a little."
     out = ["## Differential diagnosis and similar lesions (validation split)", "",
-           f"A multinomial logistic regression on the model's pooled features (`{Path(model_path).stem}"
-           f".differential.safetensors`, C = {r.get('C')}), fitted on {r.get('n_train')} training images "
-           f"(embeddings: {r.get('embedded_with') or 'the worker path'}); {v.get('n')} validation images outside "
-           "the locked "
+           f"{what} (embeddings: {r.get('embedded_with') or 'the worker path'}); {v.get('n')} validation images "
+           "outside the locked "
            f"split ({r.get('n_locked_left_out')} locked images left out). Balanced 7-class accuracy "
            f"{f3(v.get('balanced_accuracy'))}, HAM10000 parts {f3(v.get('balanced_accuracy_ham'))}; benign "
            f"keratosis vs rest AUC on the ISIC 2017 part {f3(v.get('benign_keratosis_auc_isic2017'))}; melanoma vs "
-           f"rest there {f3(v.get('melanoma_auc_isic2017'))}. The L2 strength was chosen on these validation images "
-           f"(4 values), so they flatter a little. Retrieval precision@8 (the share of the 8 nearest "
-           f"training images with the same class) {f3(r.get('retrieval_precision_at_8'))}. One vs rest AUC: "
+           f"rest there {f3(v.get('melanoma_auc_isic2017'))}. {chosen} Retrieval precision@8 (the share of the 8 "
+           f"nearest training images with the same class) {f3(r.get('retrieval_precision_at_8'))}. One vs rest AUC: "
            + ", ".join(f"{name.replace('_', ' ')} {f3(auc)}" for name, auc in v.get("auc", {}).items())
            + ". Per source (images: balanced accuracy, precision@8): "
            + "; ".join(f"{src} ({d['n']}: {f3(d['balanced_accuracy'])}, {f3(d['retrieval_precision_at_8'])})"

@@ -130,17 +130,22 @@ def fit(index: reference.Index, samples, metadata, out_path, balanced: bool = Tr
     report = {"model_version": metadata.version, "C": c, "balanced": balanced,
               "fitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "n_train": int(len(train)),
               "n_locked_left_out": int(len(locked)), "embedded_with": index.meta.get("runtime", ""),
-              "validation": figures(probs, y_all[val], index.sources[val]),
-              "retrieval_precision_at_8": round(precision_at_k(x_all[val], y_all[val], x_all[train], y_all[train]), 4),
-              "per_source": {}}
-    for source in sorted(set(index.sources[val].tolist())):
-        m = index.sources[val] == source
-        report["per_source"][source] = {
-            "n": int(m.sum()), "balanced_accuracy": round(metrics.balanced_multiclass_accuracy(
-                y_all[val][m], probs[m].argmax(1)), 4),
-            "retrieval_precision_at_8": round(precision_at_k(x_all[val][m], y_all[val][m], x_all[train],
-                                                             y_all[train]), 4)}
+              **validation_report(probs, y_all[val], index.sources[val], x_all[val], x_all[train], y_all[train])}
     differential.save(out_path, *head, report)
+    return report
+
+
+def validation_report(probs, y, sources, x, library, library_y) -> dict:
+    """A head's figures on validation images (``probs`` of embeddings ``x``, classes ``y``), with the
+    retrieval precision@8 of ``x`` against the training images' embeddings, all and per source."""
+    report = {"validation": figures(probs, y, sources),
+              "retrieval_precision_at_8": round(precision_at_k(x, y, library, library_y), 4), "per_source": {}}
+    for source in sorted(set(sources.tolist())):
+        m = sources == source
+        report["per_source"][source] = {
+            "n": int(m.sum()),
+            "balanced_accuracy": round(metrics.balanced_multiclass_accuracy(y[m], probs[m].argmax(1)), 4),
+            "retrieval_precision_at_8": round(precision_at_k(x[m], y[m], library, library_y), 4)}
     return report
 
 

@@ -34,11 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from classifier import differential
 from classifier.modelfile import ModelMetadata, save_model_file
 from classifier.presets import DIHEDRAL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval, dihedral
+from classifier.reference import CLASSES as LESION_CLASSES
+from classifier.reference import differential_class
 from classifier.training import validation
 from classifier.training.builder import PretrainedWeightsUnavailable, build_model
-from classifier.training.data import fingerprint, load_rgb
+from classifier.training.data import collection_balance, fingerprint, load_rgb
 from classifier.training.train import EMA, WarmupCosine, add_split_arguments, load_split, parse_weights
 
 log = logging.getLogger("classifier.training.finetune")
@@ -69,6 +72,13 @@ def get_args_parser(add_help=True):
     p.add_argument("--exclude-sources", default="", help="comma-separated sources left out of training")
     p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
                    help="sample SOURCE's training images W times as often (repeatable)")
+    p.add_argument("--balance-collections", action="store_true",
+                   help="sample so that the label does not tell the collection an image came from "
+                        "(classifier.training.data.collection_balance); combines with --source-weight")
+    p.add_argument("--diagnosis-weight", type=float, default=0.0,
+                   help="train block 5 jointly on the differential's lesion classes, this weight on their "
+                        "cross-entropy beside the malignancy loss (0: off); the diagnosis head is not part "
+                        "of the model file")
     p.add_argument("--target-sensitivity", type=float, default=0.90)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC intervals")
     p.add_argument("--seed", type=int, default=0)
@@ -162,14 +172,21 @@ class Trunk(nn.Module):
 
 
 class Top(nn.Module):
-    """The trained blocks, pooling and the head of a VGGClassifier, run on cached frozen-trunk features."""
+    """The trained blocks, pooling and the head of a VGGClassifier, run on cached frozen-trunk features;
+    with ``diagnoses``, a second head over the same pooled features scores that many lesion classes."""
 
-    def __init__(self, model, tune_from=5):
+    def __init__(self, model, tune_from=5, diagnoses=0):
         super().__init__()
         self.blocks, self.pool, self.head = model.features[FROZEN[tune_from]:], model.pool, model.head
+        self.diagnosis = (nn.Sequential(nn.Flatten(), nn.Dropout(model.head[1].p), nn.Linear(512, diagnoses))
+                          if diagnoses else None)
 
     def forward(self, x):
         return self.head(self.pool(self.blocks(x))).squeeze(1)
+
+    def forward_both(self, x):
+        pooled = self.pool(self.blocks(x))
+        return self.head(pooled).squeeze(1), self.diagnosis(pooled)
 
 
 @torch.inference_mode()
@@ -180,6 +197,26 @@ def top_logits(top, cache: np.ndarray, batch_size=128) -> np.ndarray:
         with _autocast():
             out.append(top(as_features(cache[b:b + batch_size]).contiguous(memory_format=torch.channels_last)).float())
     return torch.cat(out).numpy()
+
+
+def diagnosis_targets(train_all, train_idx, sample_w):
+    """Per training sample its lesion class index (-100, ignored, where its diagnosis maps to none), and
+    the cross-entropy weighted by the inverse of each class's share under the sampling weights (so the
+    rare classes count, as the differential's own fit weights them)."""
+    targets = np.full(len(train_all), -100, dtype=np.int64)
+    for i, s in enumerate(train_all):
+        c = differential_class(s.diagnosis)
+        if c is not None:
+            targets[i] = LESION_CLASSES.index(c)
+    mass = np.zeros(len(LESION_CLASSES))
+    known = targets[train_idx] >= 0
+    np.add.at(mass, targets[train_idx][known], sample_w[known])
+    if not known.any():
+        raise SystemExit("--diagnosis-weight: no training image has a diagnosis of the differential's classes "
+                         "(labels.csv's diagnosis column)")
+    present = mass > 0
+    class_w = np.where(present, mass.sum() / np.maximum(mass, 1e-12) / max(present.sum(), 1), 0.0)
+    return targets, nn.CrossEntropyLoss(weight=torch.tensor(class_w, dtype=torch.float32), ignore_index=-100)
 
 
 def main(args) -> int:
@@ -225,16 +262,23 @@ def main(args) -> int:
     train_idx = np.flatnonzero(keep)
     weights = parse_weights(args.source_weight)
     sample_w = np.array([weights.get(train_all[i].source, 1.0) for i in train_idx])
+    if args.balance_collections:
+        sample_w = sample_w * np.array(collection_balance([train_all[i] for i in train_idx]))
+    resample = bool(weights) or args.balance_collections
     sample_w = sample_w / sample_w.sum()
     train_caches = [read_cache(out / "cache" / f"train-v{v}.npy") for v in range(args.views)]
     val_caches = [read_cache(out / "cache" / f"val-d{k}.npy") for k in range(DIHEDRAL_VIEWS)]
     y_train = np.array([s.label for s in train_all], dtype=np.float32)
     y_val = np.array([s.label for s in val])
 
-    top = Top(model, args.tune_from)
+    if args.diagnosis_weight < 0:
+        raise SystemExit(f"--diagnosis-weight {args.diagnosis_weight:g}: expected 0 (off) or more")
+    top = Top(model, args.tune_from, len(LESION_CLASSES) if args.diagnosis_weight else 0)
     n_pos = float((y_train[train_idx] * sample_w).sum())
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - n_pos) / max(n_pos, 1e-9)))
-    head_params = list(top.head.parameters())
+    if top.diagnosis is not None:
+        d_train, diagnosis_loss = diagnosis_targets(train_all, train_idx, sample_w)
+    head_params = list(top.head.parameters()) + (list(top.diagnosis.parameters()) if top.diagnosis else [])
     groups = [
         {
             "params": [p for p in top.blocks.parameters() if p.ndim > 1],
@@ -272,7 +316,7 @@ def main(args) -> int:
         erng = np.random.default_rng(args.seed * 1000 + epoch)
         order = (
             erng.choice(train_idx, size=len(train_idx), replace=True, p=sample_w)
-            if weights
+            if resample
             else erng.permutation(train_idx)
         )
         view_of = erng.integers(0, args.views, len(order))
@@ -281,9 +325,16 @@ def main(args) -> int:
         for b in range(0, len(order), args.batch_size):
             idx, views = order[b:b + args.batch_size], view_of[b:b + args.batch_size]
             x = torch.stack([as_features(train_caches[v][i]) for i, v in zip(idx, views)])
-            with _autocast():
-                logits = top(x.contiguous(memory_format=torch.channels_last)).float()
-            loss = criterion(logits, torch.from_numpy(y_train[idx]))
+            x = x.contiguous(memory_format=torch.channels_last)
+            if top.diagnosis is None:
+                with _autocast():
+                    logits = top(x).float()
+                loss = criterion(logits, torch.from_numpy(y_train[idx]))
+            else:
+                with _autocast():
+                    logits, d_logits = top.forward_both(x)
+                loss = criterion(logits.float(), torch.from_numpy(y_train[idx])) + args.diagnosis_weight * \
+                    diagnosis_loss(d_logits.float(), torch.from_numpy(d_train[idx]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -333,7 +384,50 @@ def main(args) -> int:
     (out / "model.json").write_text(json.dumps(dataclasses.asdict(meta), indent=2))
     log.info("best epoch %d (selection AUC %.4f); model %s (%s)", best_epoch + 1, best, out / "model.safetensors",
              meta.version)
+    if top.diagnosis is not None:
+        report = joint_differential(top, train_caches[0], val_caches, train_idx, d_train[train_idx], val, meta.version,
+                                    args.diagnosis_weight, differential.head_path(out / "model.safetensors"))
+        log.info("differential (the joint head) on validation: balanced accuracy %.4f, retrieval precision@8 %.4f",
+                 report["validation"]["balanced_accuracy"], report["retrieval_precision_at_8"])
     return 0
+
+
+@torch.inference_mode()
+def pooled_features(top, cache: np.ndarray, rows=None, batch_size=128) -> np.ndarray:
+    """The pooled features (the worker's embedding) of cached frozen-trunk features, of ``rows`` or all."""
+    top.eval()
+    rows = np.arange(len(cache)) if rows is None else np.asarray(rows)
+    out = []
+    for b in range(0, len(rows), batch_size):
+        x = as_features(cache[rows[b:b + batch_size]]).contiguous(memory_format=torch.channels_last)
+        with _autocast():
+            out.append(top.pool(top.blocks(x)).flatten(1).float())
+    return torch.cat(out).numpy() if out else np.zeros((0, 512), np.float32)
+
+
+def joint_differential(top, train_cache, val_caches, train_rows, train_classes, val, version, weight, path) -> dict:
+    """Write the jointly trained diagnosis head as the model's differential head (classifier.differential:
+    a linear map of the pooled features, so also of their average over views), reported on validation as
+    ``classifier.training.differential`` reports a fitted one. The retrieval library is the training
+    images (``train_rows`` of ``train_cache``, one cached view each, with their ``train_classes``)."""
+    from classifier.training.differential import validation_report
+
+    linear = top.diagnosis[-1]
+    w, b = linear.weight.detach().float().numpy(), linear.bias.detach().float().numpy()
+    zeros, ones = np.zeros(w.shape[1], np.float32), np.ones(w.shape[1], np.float32)
+    val_classes = np.array([LESION_CLASSES.index(c) if (c := differential_class(s.diagnosis)) else -1 for s in val])
+    known = val_classes >= 0
+    x_val = np.mean([pooled_features(top, c) for c in val_caches], axis=0)[known]
+    keep = train_classes >= 0
+    x_train = pooled_features(top, train_cache, np.asarray(train_rows)[keep])
+    probs = differential.Differential(w, b, zeros, ones, LESION_CLASSES, {}).probabilities(x_val)
+    report = {"model_version": version, "C": None, "method": f"trained jointly with the network (weight {weight:g})",
+              "fitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "n_train": int(keep.sum()),
+              "n_locked_left_out": 0, "embedded_with": "the training caches (validation: 8 views averaged)",
+              **validation_report(probs, val_classes[known], np.array([s.source for s, k in zip(val, known) if k]),
+                                  x_val, x_train, train_classes[keep])}
+    differential.save(path, w, b, zeros, ones, report)
+    return report
 
 
 if __name__ == "__main__":
