@@ -138,7 +138,10 @@ class Predictor:
         if dev.type == "cuda" and runtime == "torch":
             runtime = "torch-cuda-fp32"
         runner = runtimes.TorchRunner(model, dev, runtimes.CUDA_DTYPES.get(runtime))
-        return cls(model, metadata, dev, runner=runner, runtime=runtime).with_check(path)
+        predictor = cls(model, metadata, dev, runner=runner, runtime=runtime)
+        if predictor.cascade is not None and runtime in runtimes.CUDA_DTYPES:
+            predictor.cascade = predictor.cascade.widened(cls.measured_error_margin(path, runtime))
+        return predictor.with_check(path)
 
     @staticmethod
     def load_recheck(path, metadata: ModelMetadata) -> runtimes.Recheck:
@@ -154,9 +157,17 @@ class Predictor:
         """How far the int8 graph may move a logit, as the fast-path build measured it (the recheck's
         margin, twice the largest int8 - fp32 difference it saw): an early decision on int8 logits
         keeps this much farther from every edge. Infinite without a measurement: no early decisions."""
-        entry = ((artefacts.read_report(path) or {}).get("runtimes") or {}).get("onnx-int8-recheck") or {}
-        margin = entry.get("recheck_margin")
-        return float(margin) if isinstance(margin, (int, float)) else math.inf
+        return Predictor.measured_error_margin(path, "onnx-int8-recheck", "recheck_margin")
+
+    @staticmethod
+    def measured_error_margin(path, runtime: str, key: str = "cascade_margin") -> float:
+        """A runtime's logit error margin as the fast-path report records it (int8's recheck margin; fp16's
+        and bf16's on the GPU the build ran on, classifier.training.fastpath.check_cuda); infinite
+        where the report has none, so that runtime makes no early decisions."""
+        entry = ((artefacts.read_report(path) or {}).get("runtimes") or {}).get(runtime) or {}
+        margin = entry.get(key)
+        return float(margin) if isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0 \
+            else math.inf
 
     def with_check(self, path) -> "Predictor":
         self.lesion_check = lesioncheck.load(path, self.metadata)

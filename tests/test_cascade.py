@@ -289,3 +289,40 @@ def test_calibrate_cascade_only_fits_the_cascade_and_keeps_the_operating_point(a
     assert after.cascade["validation"]["decisions_changed"] == 0 and after.cascade["check"]["images"] == 12
     assert (after.threshold, after.calibration, after.operating_point, after.version) == (
         before.threshold, before.calibration, before.operating_point, before.version)
+
+
+def test_the_gpu_guard_decides_early_on_each_precision_s_own_widened_margins(averaged_model, tmp_path):
+    """check_cuda's bookkeeping with a cascade, run on the CPU (autocast is off there, so each precision's
+    error is 0): each CUDA runtime records the margin its early decisions are widened by, and the worker
+    reads it back; a report without one leaves that runtime no early decisions."""
+    import json
+    import math
+
+    from classifier.artefacts import REPORT_FORMAT, artefact_paths, cascade_key
+    from classifier.runtime import CUDA_DTYPES
+
+    path, images, _ = averaged_model
+    predictor = Predictor.from_file(path, device="cpu", runtime="torch")
+    inputs = fastpath.BuildInputs(calibration=images[:4], validation=images, validation_labels=np.arange(12) % 2,
+                                  description="fixture")
+    decided = fastpath.decide(predictor.runner, images, 4, 8, cascade=predictor.cascade)
+    reference = torch.sigmoid(decided.logits).numpy()
+    runtimes = {}
+    fastpath.check_cuda(predictor.runner.model, inputs, reference, inputs.validation_labels, 0.5, runtimes,
+                        batch_size=4, device=torch.device("cpu"), views=8, cascade=predictor.cascade)
+    assert set(runtimes) == set(CUDA_DTYPES)
+    for entry in runtimes.values():
+        assert entry["cascade_margin"] == 0.0 and entry["decision_flips"] == 0
+        assert entry["mean_views"] == pytest.approx(float(decided.views.float().mean()))
+        assert "against the CPU" in entry["margin_from"]
+    copy = tmp_path / "m.safetensors"
+    copy.write_bytes(path.read_bytes())
+    report = {"format": REPORT_FORMAT, "views": 8, "cascade": cascade_key(read_metadata(copy)), "chosen": "torch",
+              "runtimes": {"torch-cuda-fp16": {"cascade_margin": 0.25}, "torch-cuda-bf16": {"cascade_margin": -1},
+                           "torch-cuda-fp32": {}}}
+    artefact_paths(copy)["report"].write_text(json.dumps(report))
+    assert Predictor.measured_error_margin(copy, "torch-cuda-fp16") == 0.25
+    assert Predictor.measured_error_margin(copy, "torch-cuda-bf16") == math.inf
+    assert Predictor.measured_error_margin(copy, "torch-cuda-fp32") == math.inf
+    never = predictor.cascade.widened(math.inf)
+    assert never.decide_from_views(averaged_model[2])[1].tolist() == [8] * 12  # infinite error: all 8 views

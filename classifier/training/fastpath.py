@@ -384,7 +384,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     accepted = [n for n, r in runtimes.items() if r["passed"]]
     chosen = max(accepted, key=lambda n: runtimes[n]["img_s"])
     chosen_cuda = check_cuda(predictor.runner.model, inputs, reference, labels, meta.threshold, runtimes,
-                             calibrate=calibrate, views=views)
+                             calibrate=calibrate, views=views, cascade=cascade)
     report = {
         "format": REPORT_FORMAT,
         "model_version": meta.version,
@@ -414,10 +414,15 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
 
 
 def check_cuda(model, inputs, reference, labels, threshold, runtimes, batch_size: int = 64,
-               device: torch.device | None = None, calibrate=torch.sigmoid, views: int = 1) -> str | None:
+               device: torch.device | None = None, calibrate=torch.sigmoid, views: int = 1,
+               cascade=None) -> str | None:
     """On a machine with CUDA: run fp16 and bf16 autocast against the CPU fp32 reference on the
     validation images, with the same guard, and time each; returns the fastest that passed
-    (``torch-cuda-fp32`` when neither did), or None without CUDA (a GPU worker then runs fp32)."""
+    (``torch-cuda-fp32`` when neither did), or None without CUDA (a GPU worker then runs fp32).
+    A model with a cascade decides early on each precision's own logits, so its margins are widened
+    by that precision's error as int8's are: ``cascade_margin``, ``RECHECK_SAFETY`` times its largest
+    logit difference from CPU fp32 over the calibration images (Predictor widens the worker's cascade
+    by it; a report without it means no early decisions there)."""
     if device is None:
         if not torch.cuda.is_available():
             return None
@@ -426,14 +431,26 @@ def check_cuda(model, inputs, reference, labels, threshold, runtimes, batch_size
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     speed_images = inputs.validation[: batch_size * 4].repeat(4, 1, 1, 1)
+    # The cascade was fitted on CPU fp32 logits; CUDA's fp32 (TF32 convolutions) is measured against them too.
+    exact = TorchRunner(copy.deepcopy(model), torch.device("cpu")) if cascade is not None else None
     for name, dtype in CUDA_DTYPES.items():
         runner = TorchRunner(copy.deepcopy(model), device, dtype)
-        probs = run_batched(runner, inputs.validation, batch_size, calibrate, views)
+        extra = {}
+        if cascade is None:
+            probs = run_batched(runner, inputs.validation, batch_size, calibrate, views)
+        else:
+            margin, n_margin = recheck_margin(runner, exact, inputs.calibration, batch_size)
+            mine = decide(runner, inputs.validation, batch_size, views, cascade=cascade.widened(margin))
+            probs = calibrate(mine.logits).numpy()
+            extra = {"cascade_margin": margin, "mean_views": float(mine.views.float().mean()),
+                     "margin_from": f"{RECHECK_SAFETY:g} x the largest {name} - fp32 logit difference over "
+                                    f"{n_margin} calibration images, upright, {where} against the CPU"}
         runtimes[name] = {
             "file": f"{name} on {where}",
             "img_s": measure_speed(runner, speed_images, batch_size),
             "batch_size": batch_size,
             **agreement(reference, probs, labels, threshold),
+            **extra,
         }
         del runner
         if device.type == "cuda":
