@@ -291,7 +291,7 @@ def test_calibrate_cascade_only_fits_the_cascade_and_keeps_the_operating_point(a
         before.threshold, before.calibration, before.operating_point, before.version)
 
 
-def test_the_gpu_guard_decides_early_on_each_precision_s_own_widened_margins(averaged_model, tmp_path):
+def test_the_gpu_guard_decides_early_on_each_precision_s_own_widened_margins(averaged_model, tmp_path, monkeypatch):
     """check_cuda's bookkeeping with a cascade, run on the CPU (autocast is off there, so each precision's
     error is 0): each CUDA runtime records the margin its early decisions are widened by, and the worker
     reads it back; a report without one leaves that runtime no early decisions."""
@@ -302,6 +302,7 @@ def test_the_gpu_guard_decides_early_on_each_precision_s_own_widened_margins(ave
     from classifier.runtime import CUDA_DTYPES
 
     path, images, _ = averaged_model
+    monkeypatch.setattr(fastpath, "measure_speed", lambda *args, **kwargs: 1.0)  # timing is not what this checks
     predictor = Predictor.from_file(path, device="cpu", runtime="torch")
     inputs = fastpath.BuildInputs(calibration=images[:4], validation=images, validation_labels=np.arange(12) % 2,
                                   description="fixture")
