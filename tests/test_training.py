@@ -300,20 +300,24 @@ def test_train_seed_changes_the_training_but_not_the_split(two_seeds):
 
 def test_the_diagnosis_target_trains_a_second_head_that_stays_out_of_the_model_file(trained, tmp_path):
     from classifier.modelfile import load_model_file
-    from classifier.training.data import split_as_recorded
-    from classifier.training.train import IGNORE, diagnosis_targets
+    from classifier.reference import CLASSES
+    from classifier.training.train import IGNORE, class_weights, diagnosis_targets
 
     names, targets = diagnosis_targets(load_samples(FIXTURES))
-    assert names == ["basal_cell_carcinoma", "melanoma", "nevus", "vascular_lesion"]
-    assert targets[:3] == [1, 2, 2] and IGNORE not in targets
+    assert names == list(CLASSES)  # the differential's classes: the head trained on them is one
+    assert targets[:3] == [CLASSES.index("melanoma"), CLASSES.index("nevus"), CLASSES.index("nevus")]
+    assert IGNORE not in targets
+    # 3 melanoma, 3 nevus, 3 BCC, 3 vascular: equal weights, 0 for the classes absent
+    assert class_weights(targets).tolist() == [1.0 if c in {"melanoma", "nevus", "basal_cell_carcinoma",
+                                                            "vascular_lesion"} else 0.0 for c in CLASSES]
+    assert class_weights([0, 0, 0, 1, IGNORE]).tolist()[:2] == pytest.approx([2 / 3, 2.0])
     out = tmp_path / "aux"
     model = fine_tune(trained, out, "--aux-diagnosis", "0.5", "--epochs", "2")
     weights, meta = load_model_file(model)
     assert set(weights) == set(load_model_file(trained / "model.safetensors")[0])  # one logit, as before
     assert meta.training["recipe"]["aux_diagnosis"] == 0.5
-    train, _ = split_as_recorded(load_samples(FIXTURES), meta.training["recipe"])
     head = torch.load(out / "checkpoint.pt", weights_only=True)["aux_head"]
-    assert head["1.weight"].shape == (len({s.diagnosis for s in train}), 512)  # one output per diagnosis
+    assert head["1.weight"].shape == (len(CLASSES), 512)  # one output per lesion class
 
     # The checkpoint resumes with the head; not without it (the optimiser's parameters differ).
     args = ("train", "--data", str(FIXTURES), "--out", str(out), "--epochs", "3", "--image-size", "32",
@@ -333,7 +337,7 @@ def test_the_diagnosis_target_needs_diagnoses(trained, tmp_path):
     (data / "labels.csv").write_text("\n".join(",".join(x.split(",")[:2]) for x in lines) + "\n")
     r = run("train", "--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1",
             "--image-size", "32", "--val-fraction", "0.34", "--aux-diagnosis", "1")
-    assert r.returncode == 2 and "--aux-diagnosis needs a diagnosis column" in r.stderr
+    assert r.returncode == 2 and "--aux-diagnosis needs a diagnosis column naming" in r.stderr
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 

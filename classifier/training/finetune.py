@@ -42,7 +42,16 @@ from classifier.reference import differential_class
 from classifier.training import validation
 from classifier.training.builder import PretrainedWeightsUnavailable, build_model
 from classifier.training.data import collection_balance, fingerprint, load_rgb
-from classifier.training.train import EMA, WarmupCosine, add_split_arguments, load_split, parse_weights
+from classifier.training.train import (
+    EMA,
+    IGNORE,
+    WarmupCosine,
+    add_split_arguments,
+    class_weights,
+    diagnosis_targets,
+    load_split,
+    parse_weights,
+)
 
 log = logging.getLogger("classifier.training.finetune")
 
@@ -199,26 +208,6 @@ def top_logits(top, cache: np.ndarray, batch_size=128) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def diagnosis_targets(train_all, train_idx, sample_w):
-    """Per training sample its lesion class index (-100, ignored, where its diagnosis maps to none), and
-    the cross-entropy weighted by the inverse of each class's share under the sampling weights (so the
-    rare classes count, as the differential's own fit weights them)."""
-    targets = np.full(len(train_all), -100, dtype=np.int64)
-    for i, s in enumerate(train_all):
-        c = differential_class(s.diagnosis)
-        if c is not None:
-            targets[i] = LESION_CLASSES.index(c)
-    mass = np.zeros(len(LESION_CLASSES))
-    known = targets[train_idx] >= 0
-    np.add.at(mass, targets[train_idx][known], sample_w[known])
-    if not known.any():
-        raise SystemExit("--diagnosis-weight: no training image has a diagnosis of the differential's classes "
-                         "(labels.csv's diagnosis column)")
-    present = mass > 0
-    class_w = np.where(present, mass.sum() / np.maximum(mass, 1e-12) / max(present.sum(), 1), 0.0)
-    return targets, nn.CrossEntropyLoss(weight=torch.tensor(class_w, dtype=torch.float32), ignore_index=-100)
-
-
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     out = Path(args.out)
@@ -277,7 +266,11 @@ def main(args) -> int:
     n_pos = float((y_train[train_idx] * sample_w).sum())
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - n_pos) / max(n_pos, 1e-9)))
     if top.diagnosis is not None:
-        d_train, diagnosis_loss = diagnosis_targets(train_all, train_idx, sample_w)
+        d_train = np.array(diagnosis_targets(train_all)[1])
+        if not (d_train[train_idx] != IGNORE).any():
+            raise SystemExit("--diagnosis-weight: no training image has a diagnosis of the differential's classes "
+                             "(labels.csv's diagnosis column)")
+        diagnosis_loss = nn.CrossEntropyLoss(weight=class_weights(d_train[train_idx], sample_w), ignore_index=IGNORE)
     head_params = list(top.head.parameters()) + (list(top.diagnosis.parameters()) if top.diagnosis else [])
     groups = [
         {

@@ -44,6 +44,8 @@ from classifier.presets import (
     ClassificationPresetTrain,
     dihedral,
 )
+from classifier.reference import CLASSES as LESION_CLASSES
+from classifier.reference import differential_class
 from classifier.training import metrics, validation
 from classifier.training.builder import PretrainedWeightsUnavailable, build_model
 from classifier.training.data import (
@@ -154,26 +156,43 @@ IGNORE = -100  # cross_entropy's ignore_index: an image without a diagnosis adds
 
 
 def diagnosis_targets(samples):
-    """(class names, one index per sample) for --aux-diagnosis: the diagnoses that occur, sorted;
-    IGNORE for a sample without one."""
-    names = sorted({s.diagnosis for s in samples if s.diagnosis})
-    index = {name: i for i, name in enumerate(names)}
-    return names, [index.get(s.diagnosis, IGNORE) for s in samples]
+    """(class names, one index per sample) for a diagnosis target: the differential's lesion classes
+    (classifier.reference.CLASSES, so a head trained on them is a differential head), IGNORE for a
+    sample whose diagnosis maps to none of them."""
+    names = list(LESION_CLASSES)
+    return names, [names.index(c) if (c := differential_class(s.diagnosis)) else IGNORE for s in samples]
+
+
+def class_weights(targets, sample_weights=None) -> torch.Tensor:
+    """Cross-entropy weights of the lesion classes: the inverse of each class's share of the targets
+    (under the sampling weights, if any), averaging 1 over the classes present, 0 for a class absent, so
+    that the rare classes count as the differential's own fit weights them."""
+    targets = np.asarray(targets)
+    w = np.ones(len(targets)) if sample_weights is None else np.asarray(sample_weights, float)
+    known = targets != IGNORE
+    mass = np.bincount(targets[known], weights=w[known], minlength=len(LESION_CLASSES))
+    present = mass > 0
+    out = np.where(present, mass.sum() / np.maximum(mass, 1e-12) / max(int(present.sum()), 1), 0.0)
+    return torch.tensor(out, dtype=torch.float32)
 
 
 class AuxiliaryLoss:
-    """``weight`` x cross-entropy of a linear diagnosis head on the classifier's pooled features.
+    """``weight`` x cross-entropy (classes weighted by ``class_weight``) of a linear diagnosis head on the
+    classifier's pooled features.
 
     The head exists in training only: it shapes the shared features (melanoma against nevus is one
     of its distinctions, which the benign/malignant logit mixes with carcinoma against keratosis)
-    and is left out of the model file."""
+    and is left out of the model file; the model's differential is then fitted on those features
+    (classifier.training.differential)."""
 
-    def __init__(self, n_classes, weight, dropout, device):
+    def __init__(self, n_classes, weight, dropout, device, class_weight=None):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(512, n_classes)).to(device)
         self.weight = weight
+        self.class_weight = None if class_weight is None else class_weight.to(device)
 
     def __call__(self, pooled, diagnoses):
-        return self.weight * nn.functional.cross_entropy(self.head(pooled.float()), diagnoses, ignore_index=IGNORE)
+        return self.weight * nn.functional.cross_entropy(self.head(pooled.float()), diagnoses,
+                                                         weight=self.class_weight, ignore_index=IGNORE)
 
 
 class EMA:
@@ -391,10 +410,11 @@ def main(args, on_epoch=None) -> int:
     aux, diagnoses = None, None
     if args.aux_diagnosis:
         names, diagnoses = diagnosis_targets(train_samples)
-        if len(names) < 2:
-            log.error("--aux-diagnosis needs a diagnosis column naming at least two diagnoses in the training images")
+        if len(set(diagnoses) - {IGNORE}) < 2:
+            log.error("--aux-diagnosis needs a diagnosis column naming at least two of the lesion classes (%s) "
+                      "in the training images", ", ".join(names))
             return 2
-        aux = AuxiliaryLoss(len(names), args.aux_diagnosis, args.dropout, device)
+        aux = AuxiliaryLoss(len(names), args.aux_diagnosis, args.dropout, device, class_weights(diagnoses))
         log.info("auxiliary diagnosis target (weight %g): %s; %d training images without one", args.aux_diagnosis,
                  ", ".join(names), diagnoses.count(IGNORE))
 
