@@ -101,9 +101,9 @@ def get_args_parser(add_help=True):
                    "network cannot learn one codec's artefacts, e.g. of a WebP transport copy")
     p.add_argument("--jpeg-p", type=float, default=0.5, help="share of training views re-encoded (--jpeg-quality)")
     p.add_argument("--aux-diagnosis", type=float, default=0.0, metavar="WEIGHT",
-                   help="add the finer diagnosis (labels.csv's diagnosis column) as a second training target: a "
-                   "linear head on the same pooled features, cross-entropy weighted by WEIGHT; used in training only, "
-                   "the model file keeps the one malignant logit (0: off)")
+                   help="add the lesion class (labels.csv's diagnosis column, as the differential's 7 classes) as a "
+                   "second training target: a linear head on the same pooled features, class-weighted cross-entropy "
+                   "times WEIGHT; used in training only, the model file keeps the one malignant logit (0: off)")
     p.add_argument("--colour-constancy", type=float, default=None, metavar="P",
                    help="shades-of-grey colour constancy with Minkowski norm P inside the network (P = 6 is "
                    "common for dermoscopy; a property of the model file, applied by every runtime); 0: off. "
