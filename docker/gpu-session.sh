@@ -15,7 +15,9 @@
 # scratch. SEEDS="1 2 3" trains one run per training seed (same split, TRAIN_SECONDS shared out) and
 # keeps their weight average (classifier.training.soup; its report goes to session.log). JPEG=LO,HI re-encodes
 # half the training views as JPEG (JPEG_P), so a network trained on a WebP copy does not learn the
-# copy's codec. AUX=W adds the finer diagnosis as a training-only second target (--aux-diagnosis W).
+# copy's codec. AUX=W adds the differential's lesion classes as a training-only second target
+# (--aux-diagnosis W); BALANCE=1 samples so the label does not tell the collection (--balance-collections);
+# LOCKED=1 leaves the locked test split out (--locked-test).
 # Every stage writes into OUT_DIR as it goes, so a run cut short still leaves what it
 # finished; at most 8 files come back. The model file is split into 15 MB parts (join: `cat model.safetensors.part-* > model.safetensors`).
 set -u
@@ -62,6 +64,8 @@ EACH=$(( BUDGET / ${#SEED_LIST[@]} ))
 AUGMENT=()
 if [ -n "${JPEG:-}" ]; then AUGMENT=(--jpeg-quality "$JPEG" --jpeg-p "${JPEG_P:-0.5}"); fi
 if [ -n "${AUX:-}" ]; then AUGMENT+=(--aux-diagnosis "$AUX"); fi
+if [ -n "${BALANCE:-}" ]; then AUGMENT+=(--balance-collections); fi
+if [ -n "${LOCKED:-}" ]; then AUGMENT+=(--locked-test); fi
 MODELS=()
 for seed in "${SEED_LIST[@]}"; do
     log "train (training seed $seed): $ARCH from ${INIT:-$PRETRAINED}, ${SIZE} px, at most ${EPOCHS} epochs within ${EACH} s, ${WORKERS} loader processes${JPEG:+, JPEG $JPEG}${AUX:+, diagnosis target x$AUX}"

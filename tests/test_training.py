@@ -263,12 +263,25 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path):
 def test_train_can_start_from_a_model_file(trained, tmp_path):
     r = run("train", "--data", str(FIXTURES), "--out", str(tmp_path), "--epochs", "1", "--image-size", "32",
             "--batch-size", "4", "--val-fraction", "0.34", "--init", str(trained / "model.safetensors"),
-            "--source-weight", "isic2017=3")
+            "--source-weight", "isic2017=3", "--balance-collections")
     assert r.returncode == 0, r.stderr
     parent = read_metadata(trained / "model.safetensors").version
     assert f"starting from the weights of {parent}" in r.stderr
     recipe = read_metadata(tmp_path / "model.safetensors").training["recipe"]
-    assert recipe["init"] == parent and recipe["source_weight"] == ["isic2017=3"]
+    assert recipe["init"] == parent and recipe["source_weight"] == ["isic2017=3"] and recipe["balance_collections"]
+
+
+def test_sampling_weights_combine_source_weights_and_collection_balance():
+    from classifier.training.data import collection_balance
+    from classifier.training.train import get_args_parser, sampling_weights
+
+    samples = load_samples(FIXTURES)
+    parse = lambda *extra: get_args_parser().parse_args(["--data", "d", "--out", "o", *extra])  # noqa: E731
+    assert sampling_weights(parse(), samples) is None  # a plain shuffle
+    by_source = sampling_weights(parse("--source-weight", "isic2017=3"), samples)
+    assert by_source.tolist() == [3.0 if s.source == "isic2017" else 1.0 for s in samples]
+    both = sampling_weights(parse("--source-weight", "isic2017=3", "--balance-collections"), samples)
+    np.testing.assert_allclose(both, by_source * np.array(collection_balance(samples)))
 
 
 def fine_tune(trained, out, *extra):

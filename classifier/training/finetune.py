@@ -41,16 +41,17 @@ from classifier.reference import CLASSES as LESION_CLASSES
 from classifier.reference import differential_class
 from classifier.training import validation
 from classifier.training.builder import PretrainedWeightsUnavailable, build_model
-from classifier.training.data import collection_balance, fingerprint, load_rgb
+from classifier.training.data import fingerprint, load_rgb
 from classifier.training.train import (
     EMA,
     IGNORE,
     WarmupCosine,
+    add_sampling_arguments,
     add_split_arguments,
     class_weights,
     diagnosis_targets,
     load_split,
-    parse_weights,
+    sampling_weights,
 )
 
 log = logging.getLogger("classifier.training.finetune")
@@ -79,11 +80,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--ema-decay", type=float, default=0.999)
     add_split_arguments(p)
     p.add_argument("--exclude-sources", default="", help="comma-separated sources left out of training")
-    p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
-                   help="sample SOURCE's training images W times as often (repeatable)")
-    p.add_argument("--balance-collections", action="store_true",
-                   help="sample so that the label does not tell the collection an image came from "
-                        "(classifier.training.data.collection_balance); combines with --source-weight")
+    add_sampling_arguments(p)
     p.add_argument("--diagnosis-weight", type=float, default=0.0,
                    help="train block 5 jointly on the differential's lesion classes, this weight on their "
                         "cross-entropy beside the malignancy loss (0: off); the diagnosis head is not part "
@@ -249,11 +246,9 @@ def main(args) -> int:
     # 2. Block 5 and the head over the cache.
     keep = np.array([s.source not in excluded for s in train_all])
     train_idx = np.flatnonzero(keep)
-    weights = parse_weights(args.source_weight)
-    sample_w = np.array([weights.get(train_all[i].source, 1.0) for i in train_idx])
-    if args.balance_collections:
-        sample_w = sample_w * np.array(collection_balance([train_all[i] for i in train_idx]))
-    resample = bool(weights) or args.balance_collections
+    drawn = sampling_weights(args, [train_all[i] for i in train_idx])
+    resample = drawn is not None
+    sample_w = np.ones(len(train_idx)) if drawn is None else drawn
     sample_w = sample_w / sample_w.sum()
     train_caches = [read_cache(out / "cache" / f"train-v{v}.npy") for v in range(args.views)]
     val_caches = [read_cache(out / "cache" / f"val-d{k}.npy") for k in range(DIHEDRAL_VIEWS)]

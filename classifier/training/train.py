@@ -50,6 +50,7 @@ from classifier.training import metrics, validation
 from classifier.training.builder import PretrainedWeightsUnavailable, build_model
 from classifier.training.data import (
     DatasetError,
+    collection_balance,
     fingerprint,
     jpeg_quality_range,
     load_rgb,
@@ -68,6 +69,25 @@ def add_split_arguments(p):
     p.add_argument("--locked-test", action="store_true",
                    help="leave the development set's locked test split out of training and validation "
                         "(classifier.training.data.locked_test_split); recorded in the recipe")
+
+
+def add_sampling_arguments(p):
+    """How training images are drawn (sampling_weights reads them; train and finetune share them)."""
+    p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
+                   help="sample SOURCE's training images W times as often (repeatable)")
+    p.add_argument("--balance-collections", action="store_true",
+                   help="sample so that the label does not tell the collection an image came from "
+                        "(classifier.training.data.collection_balance); combines with --source-weight")
+
+
+def sampling_weights(args, samples) -> np.ndarray | None:
+    """Each training sample's relative chance of being drawn, from ``--source-weight`` and
+    ``--balance-collections``; None when neither is given (a plain shuffle)."""
+    weights = parse_weights(args.source_weight)
+    if not weights and not args.balance_collections:
+        return None
+    w = np.array([weights.get(s.source, 1.0) for s in samples])
+    return w * np.array(collection_balance(samples)) if args.balance_collections else w
 
 
 def get_args_parser(add_help=True):
@@ -89,8 +109,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--warmup-epochs", type=int, default=2)
     p.add_argument("--ema-decay", type=float, default=0.998, help="weight averaging per step; 0 turns it off")
     add_split_arguments(p)
-    p.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
-                   help="sample SOURCE's training images W times as often (repeatable)")
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the training/validation split (and of training, "
                    "unless --train-seed is given)")
     p.add_argument("--train-seed", type=int, default=None,
@@ -428,10 +447,10 @@ def main(args, on_epoch=None) -> int:
     val_set = CachedImages(val_samples, size, ClassificationPresetEval(size))
     log.info("decoded %d images in %.0f s", len(samples), time.perf_counter() - t0)
     pin = device.type == "cuda"
-    source_weights = parse_weights(args.source_weight)
-    sample_w = torch.tensor([source_weights.get(s.source, 1.0) for s in train_samples], dtype=torch.float64)
+    drawn = sampling_weights(args, train_samples)
+    sample_w = torch.ones(len(train_samples), dtype=torch.float64) if drawn is None else torch.from_numpy(drawn)
     train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=train_seed, workers=args.workers,
-                               pin_memory=pin, weights=sample_w if source_weights else None)
+                               pin_memory=pin, weights=None if drawn is None else sample_w)
     val_loader = make_loader(val_set, args.batch_size * 2, shuffle=False, pin_memory=pin)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
