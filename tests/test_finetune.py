@@ -155,7 +155,10 @@ def test_a_diagnosis_head_trained_jointly_ships_as_the_differential_and_stays_ou
     probs = head.probabilities(pooled.numpy())
     assert probs.shape == (3, len(CLASSES)) and np.allclose(probs.sum(1), 1)
     r = run(*FINETUNE, "--out", str(tmp_path / "bad"), "--diagnosis-weight", "-1", weights_dir=weights_dir)
-    assert r.returncode != 0 and "--diagnosis-weight -1" in r.stderr
+    assert r.returncode != 0 and "--diagnosis-weight -1" in r.stderr and not (tmp_path / "bad").exists()
+    # Its checkpoint holds the diagnosis head: resuming without the option is refused, not misread.
+    r = run(*FINETUNE, "--out", str(out), "--epochs", "2", "--resume", "--balance-collections", weights_dir=weights_dir)
+    assert r.returncode != 0 and "trained with --diagnosis-weight: resume with the same setting" in r.stderr
 
 
 def test_collections_are_source_id_block_and_lesion_prefix_and_balancing_removes_their_label_share():

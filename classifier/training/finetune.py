@@ -38,10 +38,9 @@ from classifier import differential
 from classifier.modelfile import ModelMetadata, save_model_file
 from classifier.presets import DIHEDRAL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, ClassificationPresetEval, dihedral
 from classifier.reference import CLASSES as LESION_CLASSES
-from classifier.reference import differential_class
 from classifier.training import validation
 from classifier.training.builder import PretrainedWeightsUnavailable, build_model
-from classifier.training.data import fingerprint, load_rgb
+from classifier.training.data import fingerprint, load_rgb, locked_test_split
 from classifier.training.train import (
     EMA,
     IGNORE,
@@ -207,6 +206,8 @@ def top_logits(top, cache: np.ndarray, batch_size=128) -> np.ndarray:
 
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.diagnosis_weight < 0:
+        raise SystemExit(f"--diagnosis-weight {args.diagnosis_weight:g}: expected 0 (off) or more")
     out = Path(args.out)
     (out / "cache").mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -255,8 +256,6 @@ def main(args) -> int:
     y_train = np.array([s.label for s in train_all], dtype=np.float32)
     y_val = np.array([s.label for s in val])
 
-    if args.diagnosis_weight < 0:
-        raise SystemExit(f"--diagnosis-weight {args.diagnosis_weight:g}: expected 0 (off) or more")
     top = Top(model, args.tune_from, len(LESION_CLASSES) if args.diagnosis_weight else 0)
     n_pos = float((y_train[train_idx] * sample_w).sum())
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - n_pos) / max(n_pos, 1e-9)))
@@ -286,6 +285,9 @@ def main(args) -> int:
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if (top.diagnosis is None) == any(k.startswith("diagnosis.") for k in ckpt["top"]):
+            raise SystemExit(f"{ckpt_path} was trained {'with' if top.diagnosis is None else 'without'} "
+                             "--diagnosis-weight: resume with the same setting")
         top.load_state_dict(ckpt["top"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -373,8 +375,9 @@ def main(args) -> int:
     log.info("best epoch %d (selection AUC %.4f); model %s (%s)", best_epoch + 1, best, out / "model.safetensors",
              meta.version)
     if top.diagnosis is not None:
+        n_locked = len(locked_test_split(samples)) if args.locked_test else 0
         report = joint_differential(top, train_caches[0], val_caches, train_idx, d_train[train_idx], val, meta.version,
-                                    args.diagnosis_weight, differential.head_path(out / "model.safetensors"))
+                                    args.diagnosis_weight, n_locked, differential.head_path(out / "model.safetensors"))
         log.info("differential (the joint head) on validation: balanced accuracy %.4f, retrieval precision@8 %.4f",
                  report["validation"]["balanced_accuracy"], report["retrieval_precision_at_8"])
     return 0
@@ -393,25 +396,27 @@ def pooled_features(top, cache: np.ndarray, rows=None, batch_size=128) -> np.nda
     return torch.cat(out).numpy() if out else np.zeros((0, 512), np.float32)
 
 
-def joint_differential(top, train_cache, val_caches, train_rows, train_classes, val, version, weight, path) -> dict:
+def joint_differential(top, train_cache, val_caches, train_rows, train_classes, val, version, weight, n_locked,
+                       path) -> dict:
     """Write the jointly trained diagnosis head as the model's differential head (classifier.differential:
     a linear map of the pooled features, so also of their average over views), reported on validation as
     ``classifier.training.differential`` reports a fitted one. The retrieval library is the training
-    images (``train_rows`` of ``train_cache``, one cached view each, with their ``train_classes``)."""
+    images (``train_rows`` of ``train_cache``, one cached view each, with their ``train_classes``);
+    ``n_locked`` locked test images were left out of both sides."""
     from classifier.training.differential import validation_report
 
     linear = top.diagnosis[-1]
     w, b = linear.weight.detach().float().numpy(), linear.bias.detach().float().numpy()
     zeros, ones = np.zeros(w.shape[1], np.float32), np.ones(w.shape[1], np.float32)
-    val_classes = np.array([LESION_CLASSES.index(c) if (c := differential_class(s.diagnosis)) else -1 for s in val])
-    known = val_classes >= 0
+    val_classes = np.array(diagnosis_targets(val)[1])
+    known = val_classes != IGNORE
     x_val = np.mean([pooled_features(top, c) for c in val_caches], axis=0)[known]
-    keep = train_classes >= 0
+    keep = train_classes != IGNORE
     x_train = pooled_features(top, train_cache, np.asarray(train_rows)[keep])
     probs = differential.Differential(w, b, zeros, ones, LESION_CLASSES, {}).probabilities(x_val)
     report = {"model_version": version, "C": None, "method": f"trained jointly with the network (weight {weight:g})",
               "fitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "n_train": int(keep.sum()),
-              "n_locked_left_out": 0, "embedded_with": "the training caches (validation: 8 views averaged)",
+              "n_locked_left_out": int(n_locked), "embedded_with": "the training caches (validation: 8 views averaged)",
               **validation_report(probs, val_classes[known], np.array([s.source for s, k in zip(val, known) if k]),
                                   x_val, x_train, train_classes[keep])}
     differential.save(path, w, b, zeros, ones, report)
