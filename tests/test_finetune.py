@@ -154,8 +154,13 @@ def test_a_diagnosis_head_trained_jointly_ships_as_the_differential_and_stays_ou
         _, pooled = model.eval().forward_with_features(x)
     probs = head.probabilities(pooled.numpy())
     assert probs.shape == (3, len(CLASSES)) and np.allclose(probs.sum(1), 1)
-    r = run(*FINETUNE, "--out", str(tmp_path / "bad"), "--diagnosis-weight", "-1", weights_dir=weights_dir)
-    assert r.returncode != 0 and "--diagnosis-weight -1" in r.stderr and not (tmp_path / "bad").exists()
+    from classifier.training import finetune
+
+    bad = finetune.get_args_parser().parse_args([*FINETUNE[1:], "--out", str(tmp_path / "bad"), "--diagnosis-weight",
+                                                 "-1"])
+    with pytest.raises(SystemExit, match="--diagnosis-weight -1"):
+        finetune.main(bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
     # Its checkpoint holds the diagnosis head: resuming without the option is refused, not misread.
     r = run(*FINETUNE, "--out", str(out), "--epochs", "2", "--resume", "--balance-collections", weights_dir=weights_dir)
     assert r.returncode != 0 and "trained with --diagnosis-weight: resume with the same setting" in r.stderr

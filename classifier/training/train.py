@@ -184,8 +184,8 @@ def diagnosis_targets(samples):
 
 def class_weights(targets, sample_weights=None) -> torch.Tensor:
     """Cross-entropy weights of the lesion classes: the inverse of each class's share of the targets
-    (under the sampling weights, if any), averaging 1 over the classes present, 0 for a class absent, so
-    that the rare classes count as the differential's own fit weights them."""
+    (under the sampling weights, if any), scaled so that a training image's weight averages 1, 0 for a
+    class absent: the rare classes count as the differential's own fit weights them."""
     targets = np.asarray(targets)
     w = np.ones(len(targets)) if sample_weights is None else np.asarray(sample_weights, float)
     known = targets != IGNORE
