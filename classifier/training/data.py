@@ -191,12 +191,13 @@ def collection_balance(samples, prior_images=20.0) -> list[float]:
     n = len(samples)
     pos = sum(s.label for s in samples) / n if n else 0.0
     share = {1: pos, 0: 1.0 - pos}
+    keys = [collection(s) for s in samples]
     counts: dict[str, list[int]] = {}
-    for s in samples:
-        counts.setdefault(collection(s), [0, 0])[s.label] += 1
+    for s, key in zip(samples, keys):
+        counts.setdefault(key, [0, 0])[s.label] += 1
     weights = []
-    for s in samples:
-        c = counts[collection(s)]
+    for s, key in zip(samples, keys):
+        c = counts[key]
         within = (c[s.label] + prior_images * share[s.label]) / (c[0] + c[1] + prior_images)
         weights.append(share[s.label] / within)
     return weights
