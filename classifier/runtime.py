@@ -132,26 +132,37 @@ class Recheck:
     def __call__(self, batch: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return self.rerun(batch, logits)[0]
 
+    def near(self, logits: torch.Tensor) -> torch.Tensor:
+        """The indices of the images whose logit the exact runner must give (counted)."""
+        near = ((logits > self.low) & (logits < self.high)).nonzero().flatten()
+        self.images += len(logits)
+        self.rechecked += len(near)
+        return near
+
     def rerun(self, batch: torch.Tensor, logits: torch.Tensor, embeddings: torch.Tensor | None = None):
         """(the logits with the borderline ones replaced by the exact runner's, the indices of the images
         rerun, the views the exact runner averaged for each of them, the embeddings with the rerun
         images' replaced by the exact runner's over the same views; None stays None)."""
-        near = ((logits > self.low) & (logits < self.high)).nonzero().flatten()
-        self.images += len(logits)
-        self.rechecked += len(near)
+        near = self.near(logits)
         views = torch.full((len(near),), self.views, dtype=torch.long)
         if not len(near):
             return logits, near, views, embeddings
-        logits = logits.clone()
         if self.cascade is not None:
             exact, views, features = self.cascade.run_with_features(self.exact, batch[near])
         else:
             exact, features = averaged(self.exact, batch[near], self.views)
-        logits[near] = exact.to(logits.dtype)
-        if embeddings is not None:
-            embeddings = embeddings.clone()
-            if features is None:
-                embeddings = None
-            else:
-                embeddings[near] = features.to(embeddings.dtype)
+        logits, embeddings = self.replace(logits, embeddings, near, exact, features)
         return logits, near, views, embeddings
+
+    @staticmethod
+    def replace(logits, embeddings, near, exact, features):
+        """``logits`` and ``embeddings`` with the images ``near``'s replaced by the exact runner's ``exact``
+        and ``features`` (embeddings without features become None; None stays None)."""
+        logits = logits.clone()
+        logits[near] = exact.to(logits.dtype)
+        if embeddings is not None and len(near):
+            if features is None:
+                return logits, None
+            embeddings = embeddings.clone()
+            embeddings[near] = features.to(embeddings.dtype)
+        return logits, embeddings

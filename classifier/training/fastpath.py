@@ -271,14 +271,15 @@ class BuildInputs:
 
 
 def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threads: int | None = None,
-                    onnx: bool = True, views: int | None = None, speed_images: int = 64) -> dict:
+                    onnx: bool = True, views: int | None = None) -> dict:
     """Export, quantise, check against fp32 and time each runtime; write and return the report.
 
     ``views`` (default: the model's own) is how many orientations each check image is decided on. Only
     a rehearsal of the build (the test suite's, on a few images) passes fewer than the model's: its
     report records them, and ``artefacts.read_report`` refuses a report whose views are not the model's,
-    so a worker never runs a runtime guarded on other decisions than its own. ``speed_images``: how
-    many check images each runtime is timed on (at least four batches)."""
+    so a worker never runs a runtime guarded on other decisions than its own. Each runtime is timed on
+    its own guard run (after one warm-up pass), not on passes of its own: the build's time goes to the
+    checks."""
     model_path = Path(model_path)
     paths = artefact_paths(model_path)
     predictor = Predictor.from_file(model_path, device="cpu", runtime="torch")
@@ -290,29 +291,32 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
+    steps: dict[str, float] = {}  # seconds each step of the build took, for the report
+
+    def step(name: str, since: float) -> float:
+        now = time.perf_counter()
+        steps[name] = round(steps.get(name, 0.0) + now - since, 1)
+        return now
 
     reference_runner = predictor.runner
     calibrate = predictor.calibrate
+    reference_runner(inputs.validation[:1])  # warm-up: the first pass of a runtime allocates what it needs
     decided = decide(reference_runner, inputs.validation, batch_size, views, cascade=cascade)
+    mark = step("torch-fp32 reference", started)
     reference = calibrate(decided.logits).numpy()
     labels = inputs.validation_labels
-    speed_images = inputs.validation[: max(batch_size * 4, speed_images)]
 
-    def timing(runner, decided: Decided) -> dict:
+    def timing(decided: Decided) -> dict:
         """Forward passes per second from the guard's own run; images per second as the worker runs them
-        (the mean views per image of the check images); a model without a cascade is also timed
-        separately on ``speed_images`` (as before the cascade: best of three)."""
+        (the mean views per image of the check images)."""
         per_image = float(decided.views.float().mean())
-        if cascade is None:
-            img_s = measure_speed(runner, speed_images, batch_size) / per_image
-        else:
-            img_s = decided.passes_per_s / per_image
-        return {"img_s": img_s, "passes_per_s": decided.passes_per_s, "mean_views": per_image}
+        return {"img_s": decided.passes_per_s / per_image, "passes_per_s": decided.passes_per_s,
+                "mean_views": per_image}
 
     runtimes = {
         "torch-fp32": {
             "file": model_path.name,
-            **timing(reference_runner, decided),
+            **timing(decided),
             **agreement(reference, reference, labels, meta.threshold),
         }
     }
@@ -321,13 +325,14 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
 
     def check(name, runner=None, widen: float = 0.0, **extra):
         runner = runners[name] = runner or OnnxRunner(paths[name], threads)
+        runner(inputs.validation[:1])
         mine = decide(runner, inputs.validation, batch_size, views,
                       cascade=cascade.widened(widen) if cascade is not None else None)
         logits[name], embeddings[name] = mine.logits, mine.embeddings
         probs = calibrate(logits[name]).numpy()
         runtimes[name] = {
             "file": paths[name].name,
-            **timing(runner, mine),
+            **timing(mine),
             **agreement(reference, probs, labels, meta.threshold),
             **retrieval_agreement(decided.embeddings, mine.embeddings),
             **extra,
@@ -336,15 +341,14 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
 
     def check_recheck(margin: float, n_margin: int) -> bool:
         """The int8 graph with its borderline images rerun in fp32 (runtime.Recheck): where int8 alone
-        misses the guard, this may pass it, at a share of fp32's cost."""
-        exact = runners["onnx-fp32"]  # the graph check() ran, not opened again
-        recheck = Recheck(exact, threshold_logit(meta), margin, views, cascade=cascade)
-        batches = zip(inputs.validation.split(batch_size), logits["onnx-int8"].split(batch_size),
-                      embeddings["onnx-int8"].split(batch_size) if embeddings["onnx-int8"] is not None
-                      else [None] * len(logits["onnx-int8"]))
-        reruns = [recheck.rerun(b, z, f) for b, z, f in batches]
-        rechecked = torch.cat([r[0] for r in reruns])
-        features = None if any(r[3] is None for r in reruns) else torch.cat([r[3] for r in reruns])
+        misses the guard, this may pass it, at a share of fp32's cost. A rerun image gets the fp32
+        graph's result on the model's cascade, which check("onnx-fp32") already computed for every
+        check image: taken from there, not computed again."""
+        recheck = Recheck(runners["onnx-fp32"], threshold_logit(meta), margin, views, cascade=cascade)
+        near = recheck.near(logits["onnx-int8"])
+        exact = embeddings["onnx-fp32"][near] if embeddings["onnx-fp32"] is not None else None
+        rechecked, features = recheck.replace(logits["onnx-int8"], embeddings["onnx-int8"], near,
+                                              logits["onnx-fp32"][near], exact)
         share = recheck.rechecked / max(recheck.images, 1)
         runtimes["onnx-int8-recheck"] = {
             "file": f"{paths['onnx-int8'].name} + {paths['onnx-fp32'].name}",
@@ -365,11 +369,13 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     if onnx:
         export_onnx(predictor.runner.model, meta.input_size, paths["onnx-fp32"])
         check("onnx-fp32")
+        mark = step("onnx-fp32 export and check", mark)
     # int8, keeping the first convolution in fp32; if neither int8 alone nor with the recheck passes the
     # guard, the first two (each quantisation is minutes of calibration: not done when not needed).
     calibration = calibration_inputs(inputs.calibration, views)
     for fp32_convs in (1, 2) if onnx else ():
         quantize_int8(paths["onnx-fp32"], paths["onnx-int8"], calibration, batch_size, fp32_convs)
+        mark = step("int8 quantisation", mark)
         # int8's largest error, measured first: the cascade keeps this much farther from every edge on
         # int8 logits (as Predictor.from_file does), and the recheck reruns what lies this close.
         int8 = OnnxRunner(paths["onnx-int8"], threads)
@@ -377,6 +383,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         passed = check("onnx-int8", runner=int8, widen=margin, fp32_convolutions=fp32_convs,
                        earlier_attempts=list(attempts))
         passed = check_recheck(margin, n_margin) or passed
+        mark = step("int8 margin and check", mark)
         attempts.append({k: runtimes["onnx-int8"][k] for k in ("fp32_convolutions", "decision_flips", "auc_delta",
                                                                 "max_probability_difference", "img_s")})
         if passed:
@@ -385,6 +392,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     chosen = max(accepted, key=lambda n: runtimes[n]["img_s"])
     chosen_cuda = check_cuda(predictor.runner.model, inputs, reference, labels, meta.threshold, runtimes,
                              calibrate=calibrate, views=views, cascade=cascade)
+    step("cuda", mark)
     report = {
         "format": REPORT_FORMAT,
         "model_version": meta.version,
@@ -404,6 +412,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         "chosen": chosen,
         "chosen_cuda": chosen_cuda,
         "seconds": round(time.perf_counter() - started, 1),
+        "seconds_by_step": steps,
     }
     tmp = paths["report"].with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
