@@ -124,6 +124,9 @@ def test_hostile_dicom_is_refused_and_nothing_stored(client, alice, settings, na
     (b"\x00" * 128 + b"DICM", "cannot be read"),  # a preamble and nothing else
     (image_bytes(), "not a DICOM file"),
     (dicom_bytes()[:400], "cannot be read"),  # truncated
+    # Found by tests/test_upload_fuzz.py: one byte of the transfer syntax's UID changed (pydicom still reads it).
+    (dicom_bytes().replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.7\x00", 1),
+     "transfer syntax that does not exist"),
     (b"", "empty"),
 ])
 def test_files_that_are_not_whole_dicom_are_refused(client, alice, settings, data, message):

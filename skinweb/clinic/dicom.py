@@ -178,6 +178,8 @@ def read(upload, max_bytes: int | None = None, max_pixels: int | None = None) ->
                f"this is {sop.name or sop}.")
     if not has_pixels:
         refuse("The DICOM file has no pixel data.")
+    if not syntax.is_transfer_syntax:
+        refuse("The DICOM file declares a transfer syntax that does not exist: its pixel data cannot be read.")
     if frames != 1:
         refuse(f"The DICOM file holds {frames} frames; send one image per file.")
     if rows < 1 or columns < 1 or rows * columns > max_pixels:
