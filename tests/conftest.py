@@ -41,6 +41,10 @@ def private_dirs(settings, tmp_path):
     # Tests log the platform administrator in without a second factor (force_login); the rule that
     # outside DEBUG they need one is tested on its own (tests/test_two_factor.py).
     settings.PLATFORM_ADMIN_TWO_FACTOR = False
+    # Test users' passwords hashed in microseconds, not 0.3 s each (Django's advice for test suites): the
+    # users and logins of a run took minutes of it. Production keeps Django's PBKDF2 (settings.py sets no
+    # hashers).
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # nosec: test users only
     settings.MEDIA_ROOT.mkdir()
     # Tests render templates without running collectstatic first.
     settings.STORAGES = {
