@@ -282,3 +282,37 @@ def test_sweep_resends_cases_whose_message_may_be_lost(case, settings, monkeypat
     case.refresh_from_db()
     assert case.enqueued_at > old and fresh.pk not in sent and busy.pk not in sent
     assert sweep.stale_cases() == []  # just sent again: not again until the next period
+
+
+def test_several_decode_threads_give_each_case_the_result_one_thread_gives(case, published_model, settings,
+                                                                             monkeypatch):
+    """A worker decoding a batch on several threads (a GPU worker's default, SKINWEB_DECODERS) writes
+    what decoding on one gives, each to its own case, and an unreadable image fails alone."""
+    import threading
+
+    from django.core.files.base import ContentFile
+
+    settings.INFERENCE_BATCH_WAIT_MS = 0
+    images = sorted((FIXTURES / "images").glob("*.jpg"))[:4]
+    cases = [make_case(case.lesion, data=p.read_bytes()) for p in images]
+    case.image.storage.delete(case.image.name)
+    case.image.storage.save(case.image.name, ContentFile(b"not an image: the stored copy was damaged"))
+    one_thread = classifier_predictor.Predictor.from_file(published_model.path, device="cpu")
+    assert one_thread.decoders == 1  # a CPU worker's cores run the network
+    expected = []
+    for c in cases:
+        with c.image.storage.open(c.image.name, "rb") as f:
+            expected.append(one_thread.probabilities([f])[0])
+
+    monkeypatch.setenv("SKINWEB_DECODERS", "3")
+    threads = set()
+    prepare = classifier_predictor.Predictor.prepare
+    monkeypatch.setattr(classifier_predictor.Predictor, "prepare",
+                        lambda self, source: threads.add(threading.current_thread().name) or prepare(self, source))
+    classification.classify_case(case.pk, batch_size=8)
+    assert any(t.startswith("decode") for t in threads)  # on the pool, not the calling thread
+    case.refresh_from_db()
+    assert case.status == Case.Status.FAILED and "image could not be read" in case.failure_reason
+    for c, p in zip(cases, expected):
+        c.refresh_from_db()
+        assert c.status == Case.Status.DONE and c.prediction.probability == pytest.approx(p, abs=1e-6)

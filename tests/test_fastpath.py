@@ -279,6 +279,9 @@ def test_bench_prints_one_json_object(built):
         assert key in out
     assert out["images"] == 8 and out["rss_mb"] > 0 and 0 <= out["decision_flip_rate"] <= 1
     assert out["runtime"] == built[1]["chosen"].replace("torch-fp32", "torch-cpu")
+    # Decoding alone, on one thread and on one per core; a CPU worker decodes on one (its cores run the model).
+    assert out["worker_decoders"] == 1 and out["decode_img_s_by_threads"]["1"] > 0
+    assert set(out["decode_img_s_by_threads"]) == {"1", str(os.cpu_count())}
 
 
 def test_onnx_runner_reports_a_corrupt_file(tmp_path):

@@ -105,6 +105,25 @@ def full_size_preprocess_ms(predictor, path, repeats=10) -> float:
     return statistics.median(times) * 1000
 
 
+def decode_rates(predictor, paths, repeats=3) -> dict:
+    """Images per second decoded and transformed (no model) on one thread and on as many as there are
+    cores, the same images in the same run (best of ``repeats``); and how many the worker uses
+    (classifier.predictor.default_decoders: one per core on a CUDA worker, one on the CPU)."""
+    worker = predictor.decoders
+    rates = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        predictor.decoders = threads
+        predictor.preprocess(paths[:threads])  # the pool's threads start
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            predictor.preprocess(paths)
+            best = min(best, time.perf_counter() - t)
+        rates[threads] = len(paths) / best
+    predictor.decoders = worker
+    return {"worker_decoders": worker, "img_s_by_threads": rates}
+
+
 def run_product(model, paths, batch_size, runtime, device, queue, early=True):
     """In a fresh process: load as the worker does, classify in batches, report peak memory."""
     from classifier.predictor import Predictor
@@ -124,10 +143,12 @@ def run_product(model, paths, batch_size, runtime, device, queue, early=True):
         model_seconds += time.perf_counter() - t
     seconds = time.perf_counter() - start
     full_size_ms = full_size_preprocess_ms(predictor, paths[0]) if early else None
+    decode = decode_rates(predictor, paths) if early else None
     band = (predictor.metadata.operating_point or {}).get("band") or [predictor.threshold, predictor.threshold]
     queue.put(
         {
             "full_size_preprocess_ms": full_size_ms,
+            "decode": decode,
             "probs": probs,
             "views": views,
             "band": band,
@@ -219,6 +240,8 @@ def main(args) -> int:
         "all_views_rss_mb": every["rss_mb"],
         "rechecked_share": product["rechecked_share"],
         "full_size_preprocess_ms": product["full_size_preprocess_ms"],
+        "decode_img_s_by_threads": product["decode"]["img_s_by_threads"],
+        "worker_decoders": product["decode"]["worker_decoders"],
     }
     if args.json:
         print(json.dumps(result))
@@ -239,6 +262,9 @@ def main(args) -> int:
     if result["rechecked_share"] is not None:
         print(f"rerun in fp32 (within the recheck margin of the threshold): {result['rechecked_share']:.1%} of images")
     print(f"decode + preprocess of a 4032 x 3024 JPEG: {result['full_size_preprocess_ms']:.1f} ms")
+    print("decode + preprocess of the images, no model: " + ", ".join(
+        f"{r:.0f} images/s on {t} thread{'s' if t > 1 else ''}" for t, r in result["decode_img_s_by_threads"].items())
+        + f" (the worker decodes on {result['worker_decoders']})")
     return 0
 
 

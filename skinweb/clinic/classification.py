@@ -5,6 +5,7 @@ Runs in Celery workers (tasks.py) but knows nothing of Celery: it returns what i
 """
 
 import dataclasses
+import io
 import logging
 import threading
 import time
@@ -160,18 +161,27 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
         return []
 
     start = time.perf_counter()
-    ready, images = [], []
+    stored, files = [], []
     for c in todo:
         try:
             with default_storage.open(c.image.name, "rb") as f:
-                images.append(predictor.preprocess([f])[0])
-            ready.append(c)
+                files.append(io.BytesIO(f.read()))
+            stored.append(c)
         except OSError as exc:
             log.exception("cannot read image of case %s", c.pk)
             c.mark_failed(f"The stored image could not be read: {exc}")
-        except Exception as exc:
-            log.exception("preprocessing of case %s failed", c.pk)
-            c.mark_failed(f"The stored image could not be prepared ({type(exc).__name__}: {exc}).")
+    # Decoded on the predictor's decode threads (several on a GPU worker: classifier.predictor.default_decoders).
+    ready, images = [], []
+    for c, image in zip(stored, predictor.preprocess_each(files)):
+        if isinstance(image, OSError):
+            log.error("cannot read image of case %s", c.pk, exc_info=image)
+            c.mark_failed(f"The stored image could not be read: {image}")
+        elif isinstance(image, Exception):
+            log.error("preprocessing of case %s failed", c.pk, exc_info=image)
+            c.mark_failed(f"The stored image could not be prepared ({type(image).__name__}: {image}).")
+        else:
+            ready.append(c)
+            images.append(image)
     if not ready:
         return []
     import torch  # workers only (the predictor above has loaded it already)
