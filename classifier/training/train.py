@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def sampling_weights(args, samples) -> np.ndarray | None:
 
 def get_args_parser(add_help=True):
     p = argparse.ArgumentParser(description="Train the skinweb VGG16 classifier.", add_help=add_help)
-    p.add_argument("--data", required=True, help="dataset folder (labels.csv, or benign/ and malignant/)")
+    p.add_argument("--data", help="dataset folder (labels.csv, or benign/ and malignant/); not needed with --resume")
     p.add_argument("--out", required=True, help="output folder: checkpoint, metrics, model file")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--image-size", type=int, default=96, help="input size in pixels (square)")
@@ -139,7 +140,30 @@ def get_args_parser(add_help=True):
                    help="fit the schedule to this much training time: after the first epoch, the number of "
                    "epochs becomes what fits (at most --epochs); 0: no budget")
     p.add_argument("--version", default="", help="model version id (default: derived from date and weights)")
+    # A long run on a CPU: stopped and resumed many times, at low priority, cheaper epochs.
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                   help="also write the checkpoint inside an epoch after this many minutes (weights, optimiser, "
+                   "schedule, EMA, the sampler's position and the random state), so --resume loses at most this")
+    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (19: lowest)")
+    p.add_argument("--freeze-blocks", type=int, default=0, choices=range(0, 5), metavar="N",
+                   help="keep the first N of VGG16's 5 convolution blocks as they start (not trained)")
+    p.add_argument("--progressive-from", type=int, default=0, metavar="PX",
+                   help="progressive resizing: train the first epochs at smaller crops, from PX up to --image-size "
+                   "by the end of --progressive-epochs (0: off)")
+    p.add_argument("--progressive-epochs", type=int, default=0,
+                   help="epochs over which the crop grows to --image-size (default: half the run)")
+    p.add_argument("--consistency", type=float, default=0.0, metavar="W",
+                   help="rotation consistency: a quarter of each batch is run again in another of the 8 "
+                   "rotations/mirror images and W x the squared logit difference is added, so that one view "
+                   "decides as the 8-view average does (0: off)")
+    p.add_argument("--benchmark-steps", type=int, default=0, metavar="N",
+                   help="measure only: train N steps (after one warm-up step), print images per second, write "
+                   "nothing")
     return p
+
+
+# What --resume takes from the command line; everything else comes from the run's own args.json.
+RESUME_OVERRIDES = ("resume", "threads", "nice", "checkpoint_minutes", "device", "workers", "benchmark_steps")
 
 
 
@@ -273,24 +297,103 @@ def make_loader(dataset, batch_size, shuffle, seed=0, workers=0, pin_memory=Fals
                                        num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=None, progress=None, aux=None):
+class EpochOrder(torch.utils.data.Sampler):
+    """The order of one epoch's training images, a function of (seed, epoch) alone: a shuffle, or a draw
+    with replacement in proportion to ``weights``. ``set_epoch(epoch, start)`` skips the first ``start``
+    images of that order, so a run stopped inside an epoch resumes with the very images it had left."""
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+        self.n, self.seed, self.weights = n, seed, weights
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is None:
+            return torch.randperm(self.n, generator=g).tolist()
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+
+    def __iter__(self):
+        return iter(self.order()[self.start:])
+
+    def __len__(self):
+        return self.n - self.start
+
+
+def freeze_blocks(model, n: int) -> list[str]:
+    """Stop training the first ``n`` convolution blocks of the trunk (a block ends at a max pooling);
+    return the parameters' names."""
+    frozen, block = [], 0
+    for index, layer in enumerate(model.features):
+        if block >= n:
+            break
+        for name, param in layer.named_parameters():
+            param.requires_grad_(False)
+            frozen.append(f"features.{index}.{name}")
+        if isinstance(layer, nn.MaxPool2d):
+            block += 1
+    return frozen
+
+
+def crop_size(args, epoch: int) -> int:
+    """The training crop of ``epoch`` (0-based): --image-size, or under progressive resizing a size growing
+    linearly from --progressive-from to it over --progressive-epochs, in steps of 32 px."""
+    if not args.progressive_from or args.progressive_from >= args.image_size:
+        return args.image_size
+    span = args.progressive_epochs or max(1, args.epochs // 2)
+    if epoch >= span:
+        return args.image_size
+    size = args.progressive_from + (args.image_size - args.progressive_from) * epoch / span
+    return min(args.image_size, max(32, int(round(size / 32)) * 32))
+
+
+class Consistency:
+    """W x the mean squared difference between each image's logit and its logit in another of the 8
+    rotations/mirror images, on a quarter of the batch (a random view per step, from the global RNG so
+    that a resumed run draws the same): one view learns to decide as the others do."""
+
+    def __init__(self, weight: float, share: float = 0.25):
+        self.weight, self.share = weight, share
+
+    def extra(self, images):
+        m = max(1, int(len(images) * self.share))
+        k = int(torch.randint(1, DIHEDRAL_VIEWS, (1,)))
+        return dihedral(images[:m], k).contiguous(memory_format=torch.channels_last), m
+
+    def __call__(self, logits, turned, m):
+        return self.weight * (logits[:m].float() - turned.float()).pow(2).mean()
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=None, progress=None, aux=None,
+                    consistency=None, on_step=None, running=(0.0, 0)):
     """One pass over the loader; ``aux`` (an AuxiliaryLoss) adds the diagnosis loss, its loader
-    then yielding (images, labels, diagnoses)."""
+    then yielding (images, labels, diagnoses); ``consistency`` (a Consistency) the rotation term.
+    ``on_step(loss total, images)`` is called after each step (the mid-epoch checkpoint); ``running``:
+    the loss total and image count of the part of the epoch done before a resume."""
     model.train()
     if aux is not None:
         aux.head.train()
-    total, n = 0.0, 0
+    total, n = running
     for images, labels, *diagnoses in loader:
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
+        batch, m = images, 0
+        if consistency is not None:
+            turned, m = consistency.extra(images)
+            batch = torch.cat([images, turned])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if aux is None:
-                logits = model(images)
+                logits = model(batch)
             else:
-                logits, pooled = model.forward_with_features(images)
-        loss = criterion(logits.float(), labels)
+                logits, pooled = model.forward_with_features(batch)
+        main = logits[:len(labels)]
+        loss = criterion(main.float(), labels)
         if aux is not None:
-            loss = loss + aux(pooled, diagnoses[0].to(device, non_blocking=True))
+            loss = loss + aux(pooled[:len(labels)], diagnoses[0].to(device, non_blocking=True))
+        if consistency is not None:
+            loss = loss + consistency(main, logits[len(labels):], m)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -302,6 +405,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=
         if progress is not None:
             progress.update(len(labels))
             progress.set_postfix(loss=f"{total / n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if on_step is not None:
+            on_step(total, n)
     return total / max(n, 1)
 
 
@@ -376,12 +481,66 @@ def load_split(args):
     return samples, train, val, train_only
 
 
+def resume_arguments(args):
+    """On --resume, the run's own arguments (OUT/args.json) with the few that may change between sittings
+    (RESUME_OVERRIDES) from the command line: ``--out DIR --resume`` alone continues a run."""
+    saved = Path(args.out) / "args.json"
+    if not args.resume or not saved.is_file():
+        return args
+    stored = json.loads(saved.read_text())
+    defaults = get_args_parser()
+    given = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDES and v != defaults.get_default(k)}
+    return argparse.Namespace(**{**stored, "resume": True, **given})
+
+
+def write_json(path: Path, obj):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)  # atomic: a kill never leaves half a file
+
+
+class Progress:
+    """``progress.json`` beside the checkpoint: where the run stands, its speed and when it will end
+    (the rate measured since this sitting started, over the steps left in the whole schedule)."""
+
+    def __init__(self, path: Path, steps_per_epoch: int, batch_size: int):
+        self.path, self.steps_per_epoch, self.batch_size = path, steps_per_epoch, batch_size
+        self.t0, self.step0, self.last = time.perf_counter(), None, 0.0
+
+    def update(self, epoch, epochs, step_in_epoch, loss, force=False, **extra):
+        now = time.perf_counter()
+        done = epoch * self.steps_per_epoch + step_in_epoch
+        if self.step0 is None:
+            self.step0, self.t0 = done, now
+        if not force and now - self.last < 60:
+            return
+        self.last = now
+        rate = (done - self.step0) / (now - self.t0) if now > self.t0 and done > self.step0 else 0.0
+        left = epochs * self.steps_per_epoch - done
+        eta = left / rate if rate else None
+        record = {"epoch": epoch + 1, "epochs": epochs, "step": step_in_epoch, "steps_per_epoch": self.steps_per_epoch,
+                  "train_loss": round(loss, 5) if loss is not None else None,
+                  "images_per_s": round(rate * self.batch_size, 3), "eta_s": None if eta is None else round(eta),
+                  "eta_at": None if eta is None else time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                   time.gmtime(time.time() + eta)),
+                  "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+        write_json(self.path, record)
+        log.info("progress: epoch %d/%d, step %d/%d, %.2f images/s%s", epoch + 1, epochs, step_in_epoch,
+                 self.steps_per_epoch, record["images_per_s"],
+                 f", ETA {record['eta_at']}" if record["eta_at"] else "")
+
+
 def main(args, on_epoch=None) -> int:
     """Train; ``on_epoch(record)`` (optional) is called after each epoch's checkpoint with the
     epoch's metrics plus ``epochs`` and ``eta_s``, and stops the run when it returns False."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     out = Path(args.out)
+    args = resume_arguments(args)
+    if not args.data:
+        raise SystemExit("--data is needed (or --resume with an OUT that holds args.json)")
     out.mkdir(parents=True, exist_ok=True)
+    if args.nice:
+        os.nice(args.nice)
     if args.threads:
         torch.set_num_threads(args.threads)
     train_seed = args.seed if args.train_seed is None else args.train_seed
@@ -390,6 +549,8 @@ def main(args, on_epoch=None) -> int:
         raise SystemExit(f"--colour-constancy {args.colour_constancy:g}: expected 0 (off) or a p from 1 to 32")
     if not 0 <= args.colour_jitter <= 1:
         raise SystemExit(f"--colour-jitter {args.colour_jitter:g}: expected a number from 0 to 1")
+    if args.consistency < 0:
+        raise SystemExit(f"--consistency {args.consistency:g}: expected 0 (off) or a positive weight")
     torch.manual_seed(train_seed)
     device = resolve_device(args.device)
 
@@ -424,6 +585,9 @@ def main(args, on_epoch=None) -> int:
             return 2
         log.info("starting from the weights of %s", init_meta.version)
         del init_state
+    if args.freeze_blocks:
+        log.info("blocks 1-%d frozen: %d tensors not trained", args.freeze_blocks,
+                 len(freeze_blocks(model, args.freeze_blocks)))
     model = model.to(device).to(memory_format=torch.channels_last)
 
     aux, diagnoses = None, None
@@ -436,21 +600,28 @@ def main(args, on_epoch=None) -> int:
         aux = AuxiliaryLoss(len(names), args.aux_diagnosis, args.dropout, device, class_weights(diagnoses))
         log.info("auxiliary diagnosis target (weight %g): %s; %d training images without one", args.aux_diagnosis,
                  ", ".join(names), diagnoses.count(IGNORE))
+    consistency = Consistency(args.consistency) if args.consistency else None
 
     size = args.image_size
     cache_size = round(size * 1.15)
     t0 = time.perf_counter()
-    train_set = CachedImages(train_samples, cache_size, ClassificationPresetTrain(size, jpeg=jpeg, jpeg_p=args.jpeg_p,
-                                                                               jitter=args.colour_jitter),
-                             diagnoses=diagnoses)
+
+    def train_preset(crop):
+        return ClassificationPresetTrain(crop, jpeg=jpeg, jpeg_p=args.jpeg_p, jitter=args.colour_jitter)
+
+    train_set = CachedImages(train_samples, cache_size, train_preset(size), diagnoses=diagnoses)
     # Validation images go through the same preset as the predictor (their resize is a no-op here).
     val_set = CachedImages(val_samples, size, ClassificationPresetEval(size))
     log.info("decoded %d images in %.0f s", len(samples), time.perf_counter() - t0)
     pin = device.type == "cuda"
     drawn = sampling_weights(args, train_samples)
     sample_w = torch.ones(len(train_samples), dtype=torch.float64) if drawn is None else torch.from_numpy(drawn)
-    train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=train_seed, workers=args.workers,
-                               pin_memory=pin, weights=None if drawn is None else sample_w)
+    order = EpochOrder(len(train_set), train_seed, None if drawn is None else sample_w)
+    # Its own generator: an iterator's seed drawn from the global one would shift the augmentations of a
+    # resumed epoch away from those of the run that never stopped.
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=order,
+                                               generator=torch.Generator().manual_seed(train_seed),
+                                               num_workers=args.workers, pin_memory=pin)
     val_loader = make_loader(val_set, args.batch_size * 2, shuffle=False, pin_memory=pin)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -459,8 +630,9 @@ def main(args, on_epoch=None) -> int:
     share = float((sample_w * train_set.labels.double()).sum() / sample_w.sum())
     pos_weight = torch.tensor((1 - share) / max(share, 1e-9), device=device)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.ndim > 1]
+    no_decay = [p for n, p in trained if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if aux is not None:
         groups.append({"params": list(aux.head.parameters()), "weight_decay": args.weight_decay})
@@ -468,12 +640,18 @@ def main(args, on_epoch=None) -> int:
         optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     else:
         optimizer = torch.optim.AdamW(groups, lr=args.lr)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     schedule = WarmupCosine(args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = EMA(model, args.ema_decay) if args.ema_decay else None
 
+    if args.benchmark_steps:
+        return benchmark(args, model, train_set, train_preset, order, optimizer, scheduler, criterion, device, ema,
+                         aux, consistency)
+
     start_epoch, best_auc, best_epoch = 0, -1.0, -1
+    in_epoch = None  # {"step", "loss_total", "n"} of an epoch stopped part-way
+    export_pending = False
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -494,20 +672,50 @@ def main(args, on_epoch=None) -> int:
             aux.head.load_state_dict(ckpt["aux_head"])
         torch.set_rng_state(ckpt["rng"])
         start_epoch, best_auc, best_epoch = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["best_epoch"]
+        in_epoch = ckpt.get("in_epoch")
+        export_pending = bool(ckpt.get("export_pending"))
         if args.time_budget and ckpt.get("epochs"):  # the budget fixed the schedule's length: keep it
             args.epochs = ckpt["epochs"]
             schedule.total_steps = args.epochs * steps_per_epoch
-        log.info(
-            "resumed after epoch %d (best validation AUC %.4f at epoch %d)", ckpt["epoch"] + 1, best_auc, best_epoch + 1
-        )
+        where = f", step {in_epoch['step']} of epoch {start_epoch + 1}" if in_epoch else ""
+        log.info("resumed after epoch %d%s (best validation AUC %.4f at epoch %d)", ckpt["epoch"] + 1, where,
+                 best_auc, best_epoch + 1)
     elif args.resume:
         log.info("no checkpoint in %s: starting from scratch", out)
+    write_json(out / "args.json", {k: v for k, v in vars(args).items()})
 
-    recipe = {k: v for k, v in vars(args).items() if k not in ("data", "out", "resume", "version")}
+    recipe = {k: v for k, v in vars(args).items() if k not in ("data", "out", "resume", "version", *RESUME_OVERRIDES)}
     recipe["train_only_sources"] = list(train_only)
     if args.init:
         recipe["init"] = init_meta.version
     train_fp, val_fp = fingerprint(train_samples), fingerprint(val_samples)
+    best_path = out / "best.pt"
+
+    def save_checkpoint(epoch_done, **extra):
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch_done,
+                 "best_auc": best_auc, "best_epoch": best_epoch, "epochs": args.epochs,
+                 "colour_constancy": args.colour_constancy, **extra}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        if aux is not None:
+            state["aux_head"] = aux.head.state_dict()
+        torch.save(state, out / "checkpoint.tmp")
+        (out / "checkpoint.tmp").replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
+
+    def export_best():
+        """Write model.safetensors from the best epoch's weights (best.pt) with its 8-view validation report."""
+        best = build_model(args.arch, dropout=args.dropout, colour_constancy=args.colour_constancy)
+        best.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+        best = best.to(device).to(memory_format=torch.channels_last)
+        y = val_set.labels.numpy()
+        export(best, args, y, view_logits(best, val_loader, device), val_samples, out, recipe, train_fp, val_fp,
+               best_epoch)
+
+    if export_pending and best_path.is_file():  # stopped between the best epoch's checkpoint and its export
+        export_best()
+        save_checkpoint(start_epoch - 1, export_pending=False)
+    progress = Progress(out / "progress.json", steps_per_epoch, args.batch_size)
     started = time.perf_counter()
     wanted_epochs, resumed_budget = args.epochs, start_epoch > 0  # a resumed run keeps its length
     for epoch in range(start_epoch, args.epochs):
@@ -517,9 +725,28 @@ def main(args, on_epoch=None) -> int:
             log.info("early stop: no better validation AUC for %d epochs", args.patience)
             break
         t = time.perf_counter()
-        with tqdm(total=len(train_set), desc=f"epoch {epoch + 1}/{args.epochs}", unit="img", file=sys.stderr,
-                  leave=False, disable=None) as bar:
-            train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device, ema, bar, aux)
+        train_set.transform = train_preset(crop_size(args, epoch))
+        resume_at = in_epoch if in_epoch and in_epoch.get("epoch", epoch) == epoch else None
+        in_epoch = None
+        first_step = resume_at["step"] if resume_at else 0
+        order.set_epoch(epoch, first_step * args.batch_size)
+        state = {"step": first_step, "saved": time.perf_counter()}
+
+        def on_step(total, n, epoch=epoch, state=state):
+            state["step"] += 1
+            progress.update(epoch, args.epochs, state["step"], total / max(n, 1), crop=crop_size(args, epoch))
+            if args.checkpoint_minutes and time.perf_counter() - state["saved"] >= 60 * args.checkpoint_minutes \
+                    and state["step"] < steps_per_epoch:
+                save_checkpoint(epoch - 1, in_epoch={"epoch": epoch, "step": state["step"], "loss_total": total,
+                                                     "n": n})
+                state["saved"] = time.perf_counter()
+                log.info("checkpoint inside epoch %d at step %d/%d", epoch + 1, state["step"], steps_per_epoch)
+
+        running = (resume_at["loss_total"], resume_at["n"]) if resume_at else (0.0, 0)
+        with tqdm(total=len(train_set), initial=running[1], desc=f"epoch {epoch + 1}/{args.epochs}", unit="img",
+                  file=sys.stderr, leave=False, disable=None) as bar:
+            train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device, ema, bar, aux,
+                                         consistency, on_step, running)
         eval_model = ema.module if ema is not None else model
         val_loss, y, p = evaluate(eval_model, val_loader, criterion, device)
         auc = metrics.roc_auc(y, p)
@@ -527,10 +754,6 @@ def main(args, on_epoch=None) -> int:
         # Chosen by the headline (ISIC 2017 melanoma vs nevus + SK); data without it by the pooled AUC.
         score = headline if np.isfinite(headline) else auc
         improved = score > best_auc
-        if improved:
-            best_auc, best_epoch = score, epoch
-            export(eval_model, args, y, view_logits(eval_model, val_loader, device), val_samples, out, recipe,
-                   train_fp, val_fp, epoch)
         seconds = time.perf_counter() - t
         if args.time_budget and epoch < 2 and not resumed_budget:
             # Fitted after the first epoch and again after the second: the first also pays for
@@ -542,32 +765,55 @@ def main(args, on_epoch=None) -> int:
                          seconds, fitted, args.epochs)
                 args.epochs = fitted
                 schedule.total_steps = args.epochs * steps_per_epoch
-                if best_epoch >= 0:  # exported before the schedule was fitted: record its length
-                    restamp_epochs(out, args.epochs)
+                write_json(out / "args.json", {k: v for k, v in vars(args).items()})
+                if best_epoch >= 0 and (out / "model.safetensors").is_file():
+                    restamp_epochs(out, args.epochs)  # exported before the schedule was fitted
+        if improved:
+            best_auc, best_epoch = score, epoch
+            torch.save(eval_model.state_dict(), out / "best.tmp")
+            (out / "best.tmp").replace(best_path)
+            # The checkpoint first: a stop during the export (minutes of 8-view passes) resumes with it.
+            save_checkpoint(epoch, export_pending=True)
+            export_best()
         record = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
                   "val_auc": round(auc, 5), "val_headline_auc": round(headline, 5), "best_val_auc": round(best_auc, 5),
-                  "lr": scheduler.get_last_lr()[0],
-                  "seconds": round(seconds, 1)}
+                  "lr": scheduler.get_last_lr()[0], "crop": crop_size(args, epoch),
+                  "seconds": round(time.perf_counter() - t, 1)}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         remaining = (args.epochs - epoch - 1) * seconds
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val AUC %.4f%s, %.0f s; ETA %s",
                  epoch + 1, args.epochs, train_loss, val_loss, auc, " (best)" if improved else "", seconds,
                  time.strftime("%H:%M:%S", time.gmtime(remaining)))
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": torch.get_rng_state(), "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch,
-                 "epochs": args.epochs, "colour_constancy": args.colour_constancy}
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        if aux is not None:
-            state["aux_head"] = aux.head.state_dict()
-        torch.save(state, out / "checkpoint.tmp")
-        (out / "checkpoint.tmp").replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
+        save_checkpoint(epoch)
+        progress.update(epoch, args.epochs, steps_per_epoch, None, force=True, last_epoch=record)
         if on_epoch is not None and on_epoch({**record, "epochs": args.epochs, "eta_s": round(remaining)}) is False:
             log.info("stopped on request after epoch %d", epoch + 1)
             return STOPPED
     log.info("done in %.0f s; best validation AUC %.4f at epoch %d; model: %s",
              time.perf_counter() - started, best_auc, best_epoch + 1, out / "model.safetensors")
+    return 0
+
+
+def benchmark(args, model, train_set, train_preset, order, optimizer, scheduler, criterion, device, ema, aux,
+              consistency) -> int:
+    """--benchmark-steps: the training speed of this configuration (one warm-up step, then N), as one JSON line."""
+    train_set.transform = train_preset(crop_size(args, 0))
+    order.set_epoch(0)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=order)
+    steps = iter(loader)
+    warm = [next(steps)]
+    train_one_epoch(model, warm, optimizer, scheduler, criterion, device, ema, None, aux, consistency)
+    batches = [next(steps) for _ in range(args.benchmark_steps)]
+    t = time.perf_counter()
+    train_one_epoch(model, batches, optimizer, scheduler, criterion, device, ema, None, aux, consistency)
+    seconds = time.perf_counter() - t
+    images = sum(len(b[1]) for b in batches)
+    print(json.dumps({"crop": crop_size(args, 0), "freeze_blocks": args.freeze_blocks, "batch_size": args.batch_size,
+                      "consistency": args.consistency, "aux_diagnosis": args.aux_diagnosis,
+                      "threads": torch.get_num_threads(), "steps": args.benchmark_steps,
+                      "images_per_s": round(images / seconds, 3),
+                      "epoch_minutes": round(len(train_set) / (images / seconds) / 60, 1)}))
     return 0
 
 
