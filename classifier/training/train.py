@@ -482,10 +482,11 @@ def load_split(args):
 
 
 def resume_arguments(args):
-    """On --resume, the run's own arguments (OUT/args.json) with the few that may change between sittings
-    (RESUME_OVERRIDES) from the command line: ``--out DIR --resume`` alone continues a run."""
+    """``--out DIR --resume`` without ``--data``: the run's own arguments (OUT/args.json), with the few that
+    may change between sittings (RESUME_OVERRIDES) from the command line; one command continues a run. With
+    ``--data`` the command line is the whole recipe, as for a new run (a resume then checks it fits)."""
     saved = Path(args.out) / "args.json"
-    if not args.resume or not saved.is_file():
+    if not args.resume or args.data or not saved.is_file():
         return args
     stored = json.loads(saved.read_text())
     defaults = get_args_parser()
