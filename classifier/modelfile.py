@@ -58,6 +58,13 @@ class ModelMetadata:
     format: str = FORMAT
 
     @property
+    def weights_version(self) -> str:
+        """The version of the weights alone: a file derived from another with only a new operating point
+        (classifier.operatingpoint) keeps its weights' version here, so that what was fitted on the weights'
+        features (the differential head) still applies."""
+        return (self.training.get("operating_point_file") or {}).get("weights_version") or self.version
+
+    @property
     def views(self) -> int:
         """Forward passes per image: the 8 rotations/mirror images with dihedral averaging, else 1."""
         from classifier.presets import DIHEDRAL_VIEWS

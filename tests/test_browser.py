@@ -21,6 +21,7 @@ from PIL import Image
 from pypdf import PdfReader
 
 from classifier.modelfile import DEFAULT_MODEL_PATH
+from classifier.operatingpoint import DEFAULT_OPERATING_POINT_PATH
 from skinweb.clinic.models import Case
 from skinweb.models_registry.models import ModelVersion
 from tests.builders import make_clinic, make_user
@@ -60,8 +61,9 @@ def browser_page(monkeypatch):
 
 @pytest.fixture
 def stack(live_server, worker_env, settings, tmp_path):
-    """The starter model published, and a real worker on the inference queue."""
-    version = ModelVersion.import_file(DEFAULT_MODEL_PATH)
+    """The starter model published with its shipped operating point (as `make run` does), and a real worker on
+    the inference queue."""
+    version = ModelVersion.import_file(DEFAULT_MODEL_PATH, operating_point=DEFAULT_OPERATING_POINT_PATH)
     version.publish(reason="browser test")
     # Its reference library of similar lesions, built from the 12 fixture images as the registry's job
     # does (the shipped differential head comes with the model file).

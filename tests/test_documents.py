@@ -25,7 +25,9 @@ def test_the_model_card_is_what_its_command_writes():
     from classifier.training import card
 
     committed = (ROOT / "classifier" / "models" / "MODEL_CARD.md").read_text()
-    assert committed == card.render(ROOT / "classifier" / "models" / "starter.safetensors"), (
+    models = ROOT / "classifier" / "models"
+    assert committed == card.render(models / "starter.safetensors",
+                                    operating_point=models / "starter.operating-point.json"), (
         f"regenerate it: {card.COMMAND}")
 
 

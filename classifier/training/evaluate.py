@@ -136,6 +136,37 @@ def differential_report(predictor, model_path, samples, embeddings: np.ndarray, 
     return out
 
 
+def score(y, p, samples, threshold, view_logits, meta, cascade=None, n_boot=1000) -> dict:
+    """The figures of probabilities ``p`` at ``threshold``: overall, per source and diagnosis, the headline,
+    calibration; with the 8 views' logits, the decisions' stability under rotation and what the ``cascade``
+    (classifier.cascade.Cascade) changed against all 8 views."""
+    result = metrics.binary_metrics(y, p, threshold, n_boot=n_boot)
+    result.update(validation.group_report(y, p, samples, threshold, n_boot=n_boot))
+    result["calibration"] = {"ece": round(validation.expected_calibration_error(y, p), 4),
+                             "brier": round(validation.brier(y, p), 4), "bins": 10}
+    if view_logits is not None:
+        result["dihedral_flip_rate"] = round(validation.flip_rate(validation.decisions_per_orientation(
+            view_logits, meta.tta, meta.calibration, threshold)), 4)
+        if cascade is not None:
+            from classifier.training.cascade import agreement
+
+            result["cascade"] = agreement(cascade, view_logits)
+    return result
+
+
+def locked_statement(y, p, samples, meta, threshold) -> dict:
+    """What a ledger entry says beyond the figures: the operating point on these images, and whether the
+    model's choices were made without them (``clean``; ``operating_point_clean``: at least its threshold,
+    band and cascade were, classifier.training.operatingpoint)."""
+    recipe = meta.training.get("recipe", {})
+    op = meta.operating_point or {"threshold": threshold}
+    fitted = meta.training.get("operating_point_file", {}).get("fitted_on", {})
+    return {"operating_point": validation.held_out_statement(y, p, samples, {**op, "threshold": threshold}),
+            "clean": bool(recipe.get("locked_test")),
+            "operating_point_clean": bool(recipe.get("locked_test") or fitted.get("locked_test_left_out")),
+            "scored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def write_scores(path, root, samples, p, threshold):
     """One row per image, in the dataset's order: the image as labels.csv names it, its part, diagnosis and
     label, the probability as the worker computes it (every digit, so that ranks and ties survive) and the
@@ -209,26 +240,12 @@ def main(args) -> int:
     y = np.array([s.label for s in samples])
     p, view_logits, embeddings = predict_all(predictor, samples, args.batch_size, flips=not args.no_flips)
     threshold = predictor.threshold if args.threshold is None else args.threshold
-    result = metrics.binary_metrics(y, p, threshold, n_boot=args.bootstrap)
-    result.update(validation.group_report(y, p, samples, threshold, n_boot=args.bootstrap))
-    result["calibration"] = {"ece": round(validation.expected_calibration_error(y, p), 4),
-                             "brier": round(validation.brier(y, p), 4), "bins": 10}
-    if view_logits is not None:
-        meta = predictor.metadata
-        result["dihedral_flip_rate"] = round(validation.flip_rate(validation.decisions_per_orientation(
-            view_logits, meta.tta, meta.calibration, threshold)), 4)
-        if predictor.cascade is not None:
-            from classifier.training.cascade import agreement
-
-            result["cascade"] = agreement(predictor.cascade, view_logits)
+    result = score(y, p, samples, threshold, view_logits, predictor.metadata, predictor.cascade, args.bootstrap)
     result.update(differential_report(predictor, args.model, samples, embeddings, p))
     result.update(model_version=predictor.version, tta=predictor.metadata.tta, runtime=predictor.runtime,
                   split=args.split)
     if locked is not None:
-        op = predictor.metadata.operating_point or {"threshold": threshold}
-        result["operating_point"] = validation.held_out_statement(y, p, samples, {**op, "threshold": threshold})
-        result.update(locked, clean=bool(recipe.get("locked_test")),
-                      scored=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        result.update(locked_statement(y, p, samples, predictor.metadata, threshold), **locked)
     result["seconds"] = round(time.perf_counter() - t, 1)
     if args.roc:
         draw_roc(args.roc, y, p, threshold, result["auc"])

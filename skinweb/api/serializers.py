@@ -71,6 +71,13 @@ class PredictionSerializer(serializers.Serializer):
     band = serializers.SerializerMethodField(help_text="The borderline band [low, high)")
     certainty = serializers.CharField(help_text="malignant, benign or borderline")
     model_version = serializers.CharField(source="model_version.version")
+    weights_sha256 = serializers.CharField(source="model_version.weights_sha256",
+                                           help_text="sha256 of the weights' model file the version uses")
+    model_sha256 = serializers.CharField(source="model_version.sha256",
+                                         help_text="sha256 of the version's model file (weights and operating point)")
+    sensitivity_statement = serializers.CharField(
+        source="model_version.threshold_in_words",
+        help_text="What the threshold means: the lower end of its held-out sensitivity interval, where measured")
     runtime = serializers.CharField()
     views = serializers.IntegerField(allow_null=True, help_text="Orientations of the image averaged")
     unlike_lesion = serializers.BooleanField(help_text="The lesion check's warning")

@@ -103,7 +103,8 @@ def case_pdf(case, generated_by) -> bytes:
             ("What the threshold means", p.model_version.threshold_in_words),
             *([("Differential (AI, evidence beside the result)", differential_words(p))]
               if differential_words(p) else []),
-            ("Model version", p.model_version.version),
+            ("Model version", f"{p.model_version.version} (model file sha256 {p.model_version.sha256[:16]}…)"
+             if p.model_version.sha256 else p.model_version.version),
             ("Classified", f"{timezone.localtime(p.created_at):%Y-%m-%d %H:%M}"),
             *([("Image check", "; ".join(case.warnings) + ": check the image before trusting its score")]
               if case.warnings else []),

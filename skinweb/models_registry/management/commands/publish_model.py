@@ -11,10 +11,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("path")
         parser.add_argument("--reason", default="published from the command line")
+        parser.add_argument("--operating-point", metavar="JSON",
+                            help="an operating point file for these weights (classifier.operatingpoint): publish "
+                                 "the version it makes, with its own threshold, band and early decisions")
 
-    def handle(self, path, reason, **options):
+    def handle(self, path, reason, operating_point=None, **options):
         try:
-            version = ModelVersion.import_file(path)
+            version = ModelVersion.import_file(path, operating_point=operating_point)
         except ModelFileError as exc:
             raise CommandError(str(exc)) from exc
         if version.status == ModelVersion.Status.PUBLISHED:
