@@ -6,7 +6,10 @@ the report ``<name>.fast.json``; the web process reads the report here, workers 
 through classifier.runtime.
 """
 
+import hashlib
 import json
+import os
+import platform
 from pathlib import Path
 
 # /2: the ONNX graphs also give the pooled features (the lesion check); /3: the guard compares the
@@ -70,3 +73,51 @@ def read_ledger(path=LOCKED_TEST_LEDGER) -> dict[str, dict]:
         if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
             entries.setdefault(entry["sha256"], entry)  # the first score of a file is its score
     return entries
+
+
+def cpu_signature() -> dict:
+    """What a speed measured on this CPU depends on: its model, its instruction-set flags, the cores torch may
+    use and the runtimes' versions. Measurements are kept per signature (a model folder may be shared by
+    workers on other machines)."""
+    name, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
+                name = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = value.strip()
+    except OSError:
+        pass
+    versions = []
+    for module in ("torch", "onnxruntime"):
+        try:
+            versions.append(f"{module} {__import__(module).__version__}")
+        except ImportError:
+            pass
+    threads = os.environ.get("SKINWEB_INFERENCE_THREADS", "") or str(os.cpu_count() or 1)
+    key = hashlib.sha256("|".join([name, flags, threads, *versions]).encode()).hexdigest()[:12]
+    return {"name": name, "threads": threads, "versions": versions, "key": key}
+
+
+def speed_path(model_path) -> Path:
+    """Where the workers' own runtime measurements of a model are kept (one entry per CPU signature)."""
+    return Path(model_path).with_suffix("").with_suffix(".speeds.json")
+
+
+def read_speeds(model_path) -> dict:
+    try:
+        data = json.loads(speed_path(model_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_speed(model_path, signature: dict, entry: dict) -> None:
+    data = read_speeds(model_path)
+    data[signature["key"]] = {**entry, "cpu": signature["name"], "threads": signature["threads"],
+                              "versions": signature["versions"]}
+    path = speed_path(model_path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

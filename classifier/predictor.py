@@ -131,7 +131,7 @@ class Predictor:
             if dev.type == "cuda":
                 runtime = (report or {}).get("chosen_cuda") or "torch-cuda-fp32"
             else:
-                runtime = report["chosen"] if report else "torch"
+                runtime = cls.fastest_here(path, report) if report else "torch"
         if runtime.startswith("torch-cuda"):
             dev = resolve_device("cuda")
         elif runtime.startswith("torch"):
@@ -163,6 +163,58 @@ class Predictor:
         return predictor.with_check(path)
 
     @staticmethod
+    def fastest_here(path, report: dict, batch_size: int = 4) -> str:
+        """The fastest CPU runtime on this machine among those the fast-path build's guard accepted.
+
+        The build timed them on the machine it ran on; a worker on another CPU may rank them otherwise
+        (int8 beats fp32 threefold with AVX-512 VNNI and loses to ONNX fp32 on an AVX2-only CPU). Each
+        accepted graph is timed here once, on a batch of ``batch_size``, and the choice kept beside the
+        model per CPU signature (classifier.artefacts.record_speed) for the next start."""
+        passed = [n for n, r in (report.get("runtimes") or {}).items()
+                  if r.get("passed") and not n.startswith("torch-cuda")]
+        if len(passed) <= 1:
+            return report["chosen"]
+        signature = artefacts.cpu_signature()
+        known = artefacts.read_speeds(path).get(signature["key"]) or {}
+        if known.get("report") == report.get("created") and known.get("chosen") in RUNTIMES:
+            return known["chosen"]
+        metadata = read_metadata(path)
+        images = torch.rand(batch_size, 3, metadata.input_size, metadata.input_size, generator=torch.Generator()
+                            .manual_seed(0))
+        paths = artefacts.artefact_paths(path)
+        rates = {}
+        graphs = sorted({{"onnx-int8-recheck": "onnx-int8"}.get(n, n) for n in passed})
+        for name in graphs:
+            try:
+                runner = (runtimes.TorchRunner(load_classifier(path)[0], torch.device("cpu"))
+                          if name == "torch-fp32" else runtimes.OnnxRunner(paths[name]))
+            except (runtimes.FastPathError, OSError) as exc:
+                log.warning("cannot time %s here: %s", name, exc)
+                continue
+            runner(images)  # warm-up: the first pass allocates
+            start = time.perf_counter()
+            for _ in range(2):
+                runner(images)
+            rates[name] = 2 * batch_size / (time.perf_counter() - start)
+        if "onnx-int8-recheck" in passed and "onnx-int8" in rates and "onnx-fp32" in rates:
+            share = float(report["runtimes"]["onnx-int8-recheck"].get("rechecked_share") or 0.0)
+            rates["onnx-int8-recheck"] = 1 / (1 / rates["onnx-int8"] + share / rates["onnx-fp32"])
+        candidates = {n: r for n, r in rates.items() if n in passed}
+        if not candidates:
+            return report["chosen"]
+        chosen = max(candidates, key=candidates.get)
+        runtime = "torch" if chosen == "torch-fp32" else chosen
+        log.info("runtimes timed on this CPU (%s), passes/s: %s; using %s", signature["name"],
+                 ", ".join(f"{n} {r:.1f}" for n, r in sorted(rates.items())), runtime)
+        try:
+            artefacts.record_speed(path, signature, {"report": report.get("created"), "chosen": runtime,
+                                                     "passes_per_s": {n: round(r, 2) for n, r in rates.items()},
+                                                     "build_chose": report["chosen"]})
+        except OSError as exc:  # a read-only model folder: measured again at the next start
+            log.warning("cannot keep the runtime measurements: %s", exc)
+        return runtime
+
+    @staticmethod
     def load_recheck(path, metadata: ModelMetadata) -> runtimes.Recheck:
         """The fp32 graph and the margin the fast-path report measured for the int8 graph's recheck."""
         entry = ((artefacts.read_report(path) or {}).get("runtimes") or {}).get("onnx-int8-recheck") or {}
@@ -191,7 +243,7 @@ class Predictor:
     def with_check(self, path) -> "Predictor":
         self.lesion_check = lesioncheck.load(path, self.metadata)
         try:
-            self.differential = differential.load(path, self.metadata.version)
+            self.differential = differential.load(path, self.metadata.weights_version)
         except differential.DifferentialError as exc:
             log.warning("no differential: %s", exc)
         return self

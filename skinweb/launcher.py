@@ -55,6 +55,12 @@ def redis_command(port: int, data_dir, persistent: bool = False) -> list[str]:
             "--appendonly", "yes" if persistent else "no", "--save", ""]
 
 
+# For a worker whose tasks run for minutes or hours (builds, training): SIGTERM stops it at once, its task's
+# message handed back to the broker after CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT (Celery's cold shutdown),
+# instead of a warm shutdown that waits for the task to end.
+STOP_AT_ONCE = {"REMAP_SIGTERM": "SIGQUIT"}
+
+
 def worker_command(queues: str, hostname: str, beat_schedule=None, nice: int = 0) -> list[str]:
     """One Celery worker process (prefork, one child) on ``queues``; with ``beat_schedule`` it also
     runs the periodic sweeps."""
@@ -77,17 +83,17 @@ class Processes:
         self._logs = []
 
     def start(self, name: str, cmd: list[str], ready_port: int | None = None, ready_text: bytes | None = None,
-              timeout: float = 60.0) -> subprocess.Popen:
+              timeout: float = 60.0, env: dict | None = None) -> subprocess.Popen:
         """Start ``cmd``; with ``ready_port`` wait until it listens there, with ``ready_text`` until its log
-        (``log_dir``/name.log) shows it."""
+        (``log_dir``/name.log) shows it. ``env``: variables added to the stack's environment for this one."""
         if self.echo:
             self.echo(f"starting {name}: {' '.join(cmd)}")
         out = None
         if self.log_dir:
             out = open(self.log_dir / f"{name}.log", "ab")
             self._logs.append(out)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                process_group=0)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, process_group=0)
         self.procs.append((name, proc))
         if ready_port is not None:
             wait_for_port(ready_port, timeout, proc=proc)

@@ -370,6 +370,9 @@ CELERY_TASK_QUEUES = [
     Queue("inference", routing_key="inference"),
     Queue("training", routing_key="training"),
     Queue("explain", routing_key="explain"),
+    # Builds of a version's artefacts (fast path, reference library): minutes to an hour of CPU each, on a
+    # low-priority worker of their own, so that no classification and no training run waits behind them.
+    Queue("builds", routing_key="builds"),
 ]
 CELERY_TASK_ROUTES = {
     "skinweb.clinic.tasks.sweep": {"queue": "default"},
@@ -380,7 +383,8 @@ CELERY_TASK_ROUTES = {
     "skinweb.clinic.tasks.*": {"queue": "inference"},
     "skinweb.models_registry.tasks.train_model": {"queue": "training"},
     "skinweb.models_registry.tasks.shadow_check": {"queue": "training"},
-    "skinweb.models_registry.tasks.build_reference": {"queue": "training"},
+    "skinweb.models_registry.tasks.build_fast_path": {"queue": "builds"},
+    "skinweb.models_registry.tasks.build_reference": {"queue": "builds"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The sweeps, every SWEEP_INTERVAL seconds: cases queued or running for more than SWEEP_QUEUED_AFTER
@@ -396,6 +400,10 @@ CELERY_BEAT_SCHEDULE = {
 # is long; classification is covered sooner by the database sweep of stale cases.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# A worker told to stop (with REMAP_SIGTERM=SIGQUIT, as the demo's builder and trainer are) gives a running
+# task this many seconds, then hands its message back to the broker: stopping the stack does not wait for a
+# build or a training run to end (the build starts again, the run resumes from its checkpoint).
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = float(env("WORKER_SOFT_SHUTDOWN_TIMEOUT", "3"))
 
 # Inference device for workers: auto (CUDA when present), cpu or cuda.
 INFERENCE_DEVICE = env("INFERENCE_DEVICE", "auto")

@@ -246,7 +246,7 @@ def test_the_int8_path_decides_early_on_widened_margins_and_reruns_the_borderlin
     path.write_bytes(averaged_model[0].read_bytes())
     images = averaged_model[1]
     inputs = fastpath.inputs_from_dataset(path, FIXTURES, n_calibration=8)
-    report = fastpath.build_artefacts(path, inputs, batch_size=4)
+    report = fastpath.build_artefacts(path, inputs, batch_size=4, int8="always")
     assert report["cascade"]["margins"] == read_metadata(path).cascade["margins"] and read_report(path)
     # The guard records how each runtime's embeddings retrieve against fp32's (issue 32).
     for name in ("onnx-fp32", "onnx-int8", "onnx-int8-recheck"):

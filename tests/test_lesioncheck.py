@@ -89,7 +89,7 @@ def test_every_runtime_measures_the_same_distance(checked, tmp_path):
     path = tmp_path / "m.safetensors"
     shutil.copyfile(checked, path)
     inputs = fastpath.inputs_from_dataset(path, FIXTURES, n_calibration=8)
-    fastpath.build_artefacts(path, inputs, batch_size=4)
+    fastpath.build_artefacts(path, inputs, batch_size=4, int8="always")
     batch = inputs.validation[:6]
     reference = Predictor.from_file(path, device="cpu", runtime="torch").assess(batch)[1]
     # int8 rounds the features too (this random 64 px model's int8 copy even fails the guard): near, not equal.

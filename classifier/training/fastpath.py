@@ -267,6 +267,34 @@ def measure_speed(runner, images: torch.Tensor, batch_size: int, repeats: int = 
     return len(images) / best
 
 
+# int8 is built and guarded only where a probe shows it this much faster than ONNX fp32 on the building
+# CPU. On CPUs without int8 dot-product instructions (AVX2 only: AMD EPYC here) static QDQ int8 ran
+# VGG16 at 4.5 images/s against ONNX fp32's 5.7 (issue 43); with AVX-512 VNNI about 3x faster.
+INT8_MIN_GAIN = 1.15
+PROBE_INPUTS = 16
+INT8_CHOICES = ("auto", "always", "never")
+
+
+def int8_probe(paths, fp32_runner, inputs: "BuildInputs", batch_size: int, threads) -> dict:
+    """Is int8 worth its minutes of calibration and guard on this CPU? A throwaway int8 graph calibrated on
+    a few inputs runs as fast as the real one (the same operators; calibration moves only its scales):
+    both graphs are timed on the same images, best of three."""
+    probe_path = paths["onnx-int8"].with_suffix(".probe.onnx")
+    images = inputs.validation[:max(batch_size, 4)]
+    try:
+        quantize_int8(paths["onnx-fp32"], probe_path, inputs.calibration[:PROBE_INPUTS], batch_size)
+        int8 = measure_speed(OnnxRunner(probe_path, threads), images, min(batch_size, len(images)))
+    finally:
+        probe_path.unlink(missing_ok=True)
+    fp32 = measure_speed(fp32_runner, images, min(batch_size, len(images)))
+    gain = int8 / fp32
+    worth = gain >= INT8_MIN_GAIN
+    log.info("int8 probe: %.1f passes/s against ONNX fp32's %.1f (%.2fx): %s", int8, fp32, gain,
+             "building int8" if worth else "int8 not built on this CPU")
+    return {"int8_passes_per_s": round(int8, 2), "onnx_fp32_passes_per_s": round(fp32, 2), "gain": round(gain, 3),
+            "min_gain": INT8_MIN_GAIN, "worth_it": worth, "cpu": artefacts.cpu_signature()["name"]}
+
+
 @dataclasses.dataclass
 class BuildInputs:
     calibration: torch.Tensor  # preprocessed training images, N x 3 x S x S
@@ -276,7 +304,7 @@ class BuildInputs:
 
 
 def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threads: int | None = None,
-                    onnx: bool = True, views: int | None = None) -> dict:
+                    onnx: bool = True, views: int | None = None, int8: str = "auto") -> dict:
     """Export, quantise, check against fp32 and time each runtime; write and return the report.
 
     ``views`` (default: the model's own) is how many orientations each check image is decided on. Only
@@ -284,7 +312,10 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
     report records them, and ``artefacts.read_report`` refuses a report whose views are not the model's,
     so a worker never runs a runtime guarded on other decisions than its own. Each runtime is timed on
     its own guard run (after one warm-up pass), not on passes of its own: the build's time goes to the
-    checks."""
+    checks. ``int8``: "auto" builds the int8 graph only where a probe finds it at least INT8_MIN_GAIN times
+    faster than ONNX fp32 on this CPU; "always" or "never"."""
+    if int8 not in INT8_CHOICES:
+        raise ValueError(f"int8 must be one of {', '.join(INT8_CHOICES)}, not {int8!r}")
     model_path = Path(model_path)
     paths = artefact_paths(model_path)
     predictor = Predictor.from_file(model_path, device="cpu", runtime="torch")
@@ -371,14 +402,21 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         return runtimes["onnx-int8-recheck"]["passed"]
 
     attempts = []
+    probe = None
     if onnx:
         export_onnx(predictor.runner.model, meta.input_size, paths["onnx-fp32"])
         check("onnx-fp32")
         mark = step("onnx-fp32 export and check", mark)
+        if int8 == "auto":
+            probe = int8_probe(paths, runners["onnx-fp32"], inputs, batch_size, threads)
+            mark = step("int8 speed probe", mark)
+        else:
+            probe = {"worth_it": int8 == "always", "asked": int8}
     # int8, keeping the first convolution in fp32; if neither int8 alone nor with the recheck passes the
-    # guard, the first two (each quantisation is minutes of calibration: not done when not needed).
+    # guard, the first two (each quantisation is minutes of calibration: not done when not needed). Not at
+    # all where int8 is no faster than ONNX fp32 on this CPU (the probe): its guard would buy nothing.
     calibration = calibration_inputs(inputs.calibration, views)
-    for fp32_convs in (1, 2) if onnx else ():
+    for fp32_convs in (1, 2) if onnx and probe["worth_it"] else ():
         quantize_int8(paths["onnx-fp32"], paths["onnx-int8"], calibration, batch_size, fp32_convs)
         mark = step("int8 quantisation", mark)
         # int8's largest error, measured first: the cascade keeps this much farther from every edge on
@@ -416,6 +454,7 @@ def build_artefacts(model_path, inputs: BuildInputs, batch_size: int = 16, threa
         "runtimes": runtimes,
         "chosen": chosen,
         "chosen_cuda": chosen_cuda,
+        "int8_probe": probe,
         "seconds": round(time.perf_counter() - started, 1),
         "seconds_by_step": steps,
     }
@@ -524,6 +563,9 @@ def get_args_parser(add_help=True):
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX artefacts: check and time only PyTorch "
                    "(and CUDA fp16/bf16 where a GPU is present)")
+    p.add_argument("--int8", choices=INT8_CHOICES, default="auto",
+                   help="build and guard the int8 graph: where a probe finds it faster than ONNX fp32 on this CPU "
+                   "(auto), always or never")
     return p
 
 
@@ -532,7 +574,8 @@ def main(args) -> int:
 
     def work():
         inputs = inputs_from_dataset(args.model, args.data, args.calibration_images)
-        return build_artefacts(args.model, inputs, args.batch_size, args.threads or None, onnx=not args.no_onnx)
+        return build_artefacts(args.model, inputs, args.batch_size, args.threads or None, onnx=not args.no_onnx,
+                               int8=args.int8)
 
     return run_and_print(work, errors=(FastPathError,))
 

@@ -1,13 +1,15 @@
 import json
 import math
 import shutil
+import tempfile
+from pathlib import Path
 
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 from django.utils.functional import cached_property
 
-from classifier import artefacts
+from classifier import artefacts, operatingpoint
 from classifier.modelfile import file_sha256, read_metadata
 
 # Borderline band for versions whose model file predates stored bands (logit units around the threshold).
@@ -99,8 +101,30 @@ class ModelVersion(models.Model):
 
     @property
     def runtime(self) -> str:
-        """The runtime CPU workers use for this version: the fastest artefact that passed the guard."""
+        """The runtime CPU workers use for this version: what its recent predictions ran on, else the fastest
+        artefact that passed the guard on the building CPU (each worker times the accepted ones on its own
+        CPU: worker_speeds), else PyTorch fp32."""
+        recent = self.recent_runtimes
+        if recent:
+            return ", ".join(f"{name} ({n} of the last {sum(recent.values())} results)" for name, n in recent.items())
         return (self.fast_report or {}).get("chosen") or "torch"
+
+    @cached_property
+    def recent_runtimes(self) -> dict[str, int]:
+        """{runtime: predictions} over this version's last 100 predictions: what the workers really ran."""
+        from collections import Counter
+
+        from skinweb.clinic.models import Prediction  # the clinic app's models import this module
+
+        rows = Prediction.objects.filter(model_version=self).order_by("-pk").values_list("runtime", flat=True)[:100]
+        return dict(Counter(rows).most_common())
+
+    @property
+    def worker_speeds(self) -> list[dict]:
+        """Each worker CPU's own timing of the accepted runtimes (classifier.artefacts.record_speed)."""
+        if not self.filename:
+            return []
+        return [v for v in artefacts.read_speeds(self.path).values() if isinstance(v, dict)]
 
     @property
     def views(self) -> int:
@@ -125,8 +149,20 @@ class ModelVersion(models.Model):
         return self.metadata.get("metrics", {})
 
     @classmethod
-    def import_file(cls, source) -> "ModelVersion":
-        """Copy a model file into MODEL_ROOT and register it as a candidate (or return the existing row)."""
+    def import_file(cls, source, operating_point=None) -> "ModelVersion":
+        """Copy a model file into MODEL_ROOT and register it as a candidate (or return the existing row).
+        With ``operating_point`` (an operating point file, classifier.operatingpoint), register the model
+        file it makes of ``source``'s weights: same weights, its own threshold, band and cascade, its own
+        version. Raises ModelFileError (OperatingPointError) for a file that is not what it says."""
+        if operating_point is not None:
+            op = operatingpoint.read(operating_point)
+            existing = cls.objects.filter(version=op["version"]).first()
+            if existing:
+                return existing
+            settings.MODEL_ROOT.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=settings.MODEL_ROOT) as tmp:
+                derived = operatingpoint.derive(source, operating_point, Path(tmp) / f"{op['version']}.safetensors")
+                return cls.import_file(derived)
         meta = read_metadata(source)  # raises ModelFileError for anything that is not a model file
         existing = cls.objects.filter(version=meta.version).first()
         if existing:
@@ -159,6 +195,18 @@ class ModelVersion(models.Model):
             threshold=meta.threshold,
             metadata=json.loads(meta.to_json()),
         )
+
+    @property
+    def operating_point_file(self) -> dict:
+        """Where this version's operating point came from when it was fitted apart from its weights
+        (classifier.operatingpoint): the weights' version and sha256, the operating point's digest and what
+        it was fitted on; {} for a model file that carries its own."""
+        return self.metadata.get("training", {}).get("operating_point_file") or {}
+
+    @property
+    def weights_sha256(self) -> str:
+        """The sha256 of the weights' own file (the shipped starter's, for a version derived from it)."""
+        return self.operating_point_file.get("weights_sha256") or self.sha256
 
     @property
     def operating_point(self) -> dict:
@@ -201,8 +249,13 @@ class ModelVersion(models.Model):
         held_out = locked.get("operating_point") or {}
         if held_out.get("sensitivity_ci") and held_out.get("specificity") is not None:
             low = held_out["sensitivity_ci"][0]
-            which = ("that took no part in training or in choosing this threshold" if locked.get("clean") else
-                     "that took no part in training (but among those its threshold was chosen on)")
+            if locked.get("clean"):
+                which = "that took no part in training or in choosing this threshold"
+            elif locked.get("operating_point_clean"):
+                which = ("that took no part in training or in choosing this threshold (they were among the "
+                         "images its training epochs and calibration were chosen on)")
+            else:
+                which = "that took no part in training (but among those its threshold was chosen on)"
             return (f"On {held_out['n_malignant']} malignant and {held_out['n_benign']} benign held-out images "
                     f"{which}, the model found at least {math.floor(100 * low)} of 100 malignant lesions at this "
                     f"threshold (the lower end of the {held_out['level']:.0%} interval; "

@@ -34,9 +34,9 @@ def request_reference(version: ModelVersion) -> bool:
 
 
 def send_reference(version_id):
-    # On the training queue: embedding the dataset takes a worker's CPU for as long as an epoch (about an
+    # On the builds queue: embedding the dataset takes a worker's CPU for as long as an epoch (about an
     # hour for the 6,588 development images on 2 cores) and must not hold up classification.
-    send_build(build_reference, "training", reference.release, "reference library", version_id)
+    send_build(build_reference, "builds", reference.release, "reference library", version_id)
 
 
 def request_fast_path(version: ModelVersion) -> bool:
@@ -49,7 +49,9 @@ def request_fast_path(version: ModelVersion) -> bool:
 
 
 def send(version_id):
-    send_build(build_fast_path, "default", fastpath.release, "fast-path build", version_id)
+    # On the builds queue, as the library: the build is 5 to 12 minutes of both cores here, and a worker
+    # that also classified would leave every upload waiting behind it.
+    send_build(build_fast_path, "builds", fastpath.release, "fast-path build", version_id)
 
 
 def ask_once(claim, send_task, version: ModelVersion) -> bool:

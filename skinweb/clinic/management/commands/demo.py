@@ -14,8 +14,18 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from classifier.modelfile import DEFAULT_MODEL_PATH
+from classifier.operatingpoint import DEFAULT_OPERATING_POINT_PATH
+from classifier.operatingpoint import read as read_operating_point
 from skinweb.accounts.models import Clinic, Role, User
-from skinweb.launcher import LaunchError, Processes, port_open, redis_command, wait_for_port, worker_command
+from skinweb.launcher import (
+    STOP_AT_ONCE,
+    LaunchError,
+    Processes,
+    port_open,
+    redis_command,
+    wait_for_port,
+    worker_command,
+)
 from skinweb.models_registry.models import ModelVersion
 
 DEMO_CLINIC = "Demo Dermatology Clinic"
@@ -50,8 +60,11 @@ class Command(BaseCommand):
                                                       beat_schedule=settings.VAR_DIR / "celerybeat-schedule"))
             # Heat maps in their own process at a lower CPU priority: results never wait for them.
             self.stack.start("explainer", worker_command("explain", "demo-explainer@%h", nice=10))
-            # Retraining gets its own process, so that classification goes on during a run.
-            self.stack.start("trainer", worker_command("training", "demo-trainer@%h"))
+            # Retraining gets its own process, so that classification goes on during a run; and so do the
+            # builds of a version's fast path and reference library (the first minutes after a fresh start:
+            # the first uploads must not wait behind them). Both at a low CPU priority, and stopped at once.
+            self.stack.start("trainer", worker_command("training", "demo-trainer@%h", nice=10), env=STOP_AT_ONCE)
+            self.stack.start("builder", worker_command("builds", "demo-builder@%h", nice=19), env=STOP_AT_ONCE)
             if port_open(addr, port):
                 raise CommandError(f"{addr}:{port} is already in use; stop what runs there or pass --port.")
             web = self.stack.start("web", [sys.executable, "manage.py", "runserver", f"{addr}:{port}", "--noreload"])
@@ -89,9 +102,20 @@ class Command(BaseCommand):
             user.save()
 
     def publish_starter_model(self):
-        if ModelVersion.objects.published() or not DEFAULT_MODEL_PATH.exists():
+        """The shipped starter with its shipped operating point; an installation still on the starter's
+        weights with their own (older) operating point moves to it, any other published version stays."""
+        if not DEFAULT_MODEL_PATH.exists():
             return
-        call_command("publish_model", str(DEFAULT_MODEL_PATH), reason="starter model shipped with skinweb")
+        published = ModelVersion.objects.published()
+        op = read_operating_point(DEFAULT_OPERATING_POINT_PATH) if DEFAULT_OPERATING_POINT_PATH.exists() else None
+        if published and not (op and published.version == op["weights"]["version"]):
+            return
+        if op:
+            call_command("publish_model", str(DEFAULT_MODEL_PATH), operating_point=str(DEFAULT_OPERATING_POINT_PATH),
+                         reason="starter model shipped with skinweb, with the operating point fitted without the "
+                                "locked test split")
+        else:
+            call_command("publish_model", str(DEFAULT_MODEL_PATH), reason="starter model shipped with skinweb")
 
     def start_redis(self):
         url = urlparse(settings.REDIS_URL)
