@@ -44,6 +44,7 @@ OWNER_GET = {
     "clinic:case_taken": 405,  # POST only
     "clinic:case_move": 405,  # POST only
     "clinic:case_remove": 405,  # POST only
+    "clinic:case_release_score": 405,  # POST only
     "clinic:case_compare": 404,  # the failed case has no result, so nothing similar to compare with
     "clinic:reference_image": 404,  # the version has no reference library built
     "two_factor_verify": 302,  # no authenticator set up: sent to the security page

@@ -84,7 +84,7 @@ def test_export_round_trip_gives_the_same_pixels_and_dates(client, alice):
     assert r.status_code == 200 and r["Content-Type"] == "application/dicom"
     exported = pydicom.dcmread(io.BytesIO(r.content))
     assert str(exported.PatientName) == "" and exported.PatientID == "ISIC-P1" and exported.Modality == "XC"
-    assert "malignant: 0.70 (threshold 0.25)" in exported.ImageComments and "v-dicom" in exported.ImageComments
+    assert "malignant: 0.70 (threshold 0.250)" in exported.ImageComments and "v-dicom" in exported.ImageComments
     assert exported.AnatomicRegionSequence[0].CodeValue == "77568009"
     # Back in, through the API, into the same lesion: the same pixels and the same date.
     token = ApiToken.objects.create(alice, name="pacs")[1]

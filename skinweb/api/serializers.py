@@ -132,7 +132,12 @@ class CaseSerializer(serializers.ModelSerializer):
     patient = serializers.IntegerField(source="lesion.patient_id", read_only=True)
     patient_identifier = serializers.CharField(source="lesion.patient.identifier", read_only=True)
     warnings = serializers.ListField(child=serializers.CharField(), read_only=True)
-    result = PredictionSerializer(source="prediction", read_only=True, allow_null=True)
+    result = PredictionSerializer(source="shown_prediction", read_only=True, allow_null=True,
+                                  help_text="null while pending or failed, and when withheld (result_withheld)")
+    result_withheld = serializers.SerializerMethodField(
+        help_text="Why no result is given ('' when one is): the image does not look like a dermoscopic lesion")
+    score_released = serializers.BooleanField(
+        read_only=True, help_text="The result is shown although withheld, because a clinician asked for it")
     feedback = FeedbackSerializer(read_only=True, allow_null=True)
     truth = TruthReadSerializer(source="*", read_only=True)
     links = serializers.SerializerMethodField()
@@ -141,8 +146,11 @@ class CaseSerializer(serializers.ModelSerializer):
         model = Case
         fields = ["id", "lesion", "patient", "patient_identifier", "status", "failure_reason", "taken_at",
                   "created_at", "finished_at", "original_name", "width", "height", "warnings", "result",
-                  "feedback", "truth", "flagged", "links"]
+                  "result_withheld", "score_released", "feedback", "truth", "flagged", "links"]
         read_only_fields = fields
+
+    def get_result_withheld(self, case) -> str:
+        return case.withheld_reason if case.result_withheld else ""
 
     def get_links(self, case) -> dict[str, str]:
         return {"self": reverse("api:case-detail", args=[case.pk]),

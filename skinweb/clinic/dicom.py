@@ -261,9 +261,17 @@ def export(case) -> bytes:
             region.AnatomicRegionModifierSequence = Sequence([code(*MODIFIER_OF[lesion.site])])
         ds.AnatomicRegionSequence = Sequence([region])
     ds.BodyPartExamined = ""
-    prediction = case.prediction
-    ds.ImageComments = (f"skinweb AI result (decision support, not a diagnosis): {prediction.summary}; model "
-                        f"{prediction.model_version.version}" if prediction else "skinweb: not classified")[:10240]
+    prediction = case.shown_prediction
+    if case.result_withheld:
+        comment = f"skinweb: no AI result, the image {case.withheld_reason}"
+    elif prediction:
+        comment = (f"skinweb AI result (decision support, not a diagnosis): {prediction.summary}; model "
+                   f"{prediction.model_version.version}"
+                   + (f"; score shown on a clinician's request: the image {case.withheld_reason}"
+                      if case.score_released else ""))
+    else:
+        comment = "skinweb: not classified"
+    ds.ImageComments = comment[:10240]
     ds.Rows, ds.Columns = pixels.shape[:2]
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

@@ -131,15 +131,21 @@ class Builder:
             "subject": subject, "effectiveDateTime": when(case.taken_at),
             "media": [{"comment": "The classified image", "link": media}],
         }
-        prediction = case.prediction if case.status == Case.Status.DONE else None
-        if prediction is None:
+        prediction = case.shown_prediction
+        if case.result_withheld:
+            # No decision on what is not a lesion image: no Observation, a conclusion that says why.
+            report.update(status="final", issued=when(case.prediction.created_at),
+                          conclusion=f"No AI result: the image {case.withheld_reason}."[:1000])
+        elif prediction is None:
             report["status"] = "cancelled" if case.status == Case.Status.FAILED else "registered"
             if case.failure_reason:
                 report["conclusion"] = f"Not classified: {case.failure_reason}"[:1000]
         else:
             observations = self.observations(case, prediction, subject, media, site)
+            requested = (f" Score shown on a clinician's request: the image {case.withheld_reason}."
+                         if case.score_released else "")
             report.update(status="final" if case.feedback_id else "preliminary", issued=when(prediction.created_at),
-                          result=observations, conclusion=f"AI, not a diagnosis: {prediction.summary}.")
+                          result=observations, conclusion=f"AI, not a diagnosis: {prediction.summary}.{requested}")
         self.add(report)
         self.add({
             "resourceType": "DocumentReference", "id": ref("DocumentReference", case.pk),

@@ -21,6 +21,14 @@ UNIFORM_STD = 5  # luminance standard deviation below this: almost uniform, no v
 BLUR_EDGE = 1.2  # mean absolute Laplacian at 256 px below this: blurred
 MEASURE_SIDE = 256  # the measures are taken on a copy this size (the development set's)
 UNLIKE_LESION = "does not look like a dermoscopic image of a skin lesion"
+UNIFORM = "almost uniform: no lesion visible"
+
+
+def withholding(warnings) -> list[str]:
+    """The warnings that mean there is no lesion to decide on (the image checks' "almost uniform", the model's
+    lesion check): the result is then withheld everywhere unless a clinician asks for the score. The others
+    (small, dark, overexposed, blurred) say how far to trust a result, which is shown with them."""
+    return [w for w in warnings if w in (UNIFORM, UNLIKE_LESION)]
 
 
 @dataclasses.dataclass
@@ -49,7 +57,7 @@ def warnings_for(m: Measures) -> list[str]:
     elif m.mean > BRIGHT_MEAN:
         out.append("overexposed")
     if m.std < UNIFORM_STD:
-        out.append("almost uniform: no lesion visible")
+        out.append(UNIFORM)
     elif m.edge < BLUR_EDGE:
         out.append("blurred")
     return out

@@ -51,7 +51,8 @@ def agreement_by_version(cases) -> list[dict]:
     ai_malignant = Q(prediction__decision="malignant")
     doctor_malignant = Q(feedback__clinical_diagnosis__in=MALIGNANT_DIAGNOSES)
     rows = (
-        cases.filter(prediction__isnull=False)
+        # Results withheld (not a lesion image, score not asked for) made no decision to count.
+        cases.filter(prediction__isnull=False).filter(Q(withheld_reason="") | Q(score_released_at__isnull=False))
         .values("prediction__model_version__version", "prediction__model_version__created_at")
         .annotate(
             n=Count("pk"),
@@ -99,8 +100,8 @@ class Visit:
     @property
     def case(self):
         """The case that summarises the visit (highest probability; else the first image)."""
-        scored = [c for c in self.cases if c.prediction]
-        return max(scored, key=lambda c: c.prediction.probability) if scored else self.cases[0]
+        scored = [c for c in self.cases if c.shown_prediction]
+        return max(scored, key=lambda c: c.shown_prediction.probability) if scored else self.cases[0]
 
 
 def visits_of(cases) -> list[Visit]:
@@ -111,8 +112,8 @@ def visits_of(cases) -> list[Visit]:
     visits = []
     for day, day_cases in by_day.items():
         v = Visit(day, day_cases)
-        if v.case.prediction:
-            v.probability, v.threshold = v.case.prediction.probability, v.case.prediction.threshold
+        if v.case.shown_prediction:
+            v.probability, v.threshold = v.case.shown_prediction.probability, v.case.shown_prediction.threshold
         visits.append(v)
     return visits
 

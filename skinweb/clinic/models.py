@@ -158,6 +158,33 @@ class CaseQuerySet(ClinicQuerySet):
     def awaiting_review(self):
         return self.filter(status=Case.Status.DONE, feedback__isnull=True)
 
+    def by_risk(self):
+        """Riskiest first, for worklists: malignant above the borderline band, then borderline, then results
+        withheld (the image needs taking again), then benign; within each, the highest probability first, then
+        the one waiting longest."""
+        from django.db.models import Case as When_
+        from django.db.models import F, IntegerField, Q, Value, When
+
+        shown = Q(withheld_reason="") | Q(score_released_at__isnull=False)
+        risk = When_(
+            When(~shown & Q(status=Case.Status.DONE), then=Value(2)),
+            When(prediction__probability__gte=F("prediction__band_high"), then=Value(0)),
+            When(prediction__probability__gte=F("prediction__band_low"), then=Value(1)),
+            When(prediction__isnull=False, then=Value(3)),
+            default=Value(4), output_field=IntegerField(),
+        )
+        return self.annotate(risk=risk).order_by("risk", F("prediction__probability").desc(nulls_last=True),
+                                                 "finished_at", "pk")
+
+    def results_withheld(self):
+        """Classified, but the image does not look like a lesion: no decision is shown (Case.result_withheld)."""
+        return self.filter(status=Case.Status.DONE, score_released_at__isnull=True).exclude(withheld_reason="")
+
+    def with_results_shown(self):
+        """Classified with a decision to show: a lesion image, or one whose score a clinician asked for."""
+        return self.filter(status=Case.Status.DONE).filter(
+            models.Q(withheld_reason="") | models.Q(score_released_at__isnull=False))
+
     def disagreements(self):
         return self.filter(feedback__agrees_with_ai=False)
 
@@ -237,6 +264,16 @@ class Case(models.Model):
     use_for_training = models.BooleanField(default=False)
     flagged = models.BooleanField(default=False, help_text="Sent to the relabel queue by a clinician or admin")
 
+    # No decision on what is not a lesion image (issue 43): why the result is withheld ("" when it is shown),
+    # set with the result from the image checks and the model's lesion check; a clinician may still ask for
+    # the score, which is recorded here and in the audit trail, and marked on every output.
+    withheld_reason = models.CharField(max_length=300, blank=True, editable=False)
+    score_released_at = models.DateTimeField(null=True, blank=True, editable=False)
+    score_released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    score_release_reason = models.CharField(max_length=500, blank=True, editable=False)
+
     # Removed by mistake: hidden everywhere, kept, restorable by the clinic's administrator.
     removed_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False)
     removed_by = models.ForeignKey(
@@ -291,8 +328,51 @@ class Case(models.Model):
 
     def mark_done(self, prediction):
         now = timezone.now()
-        Case.all_objects.filter(pk=self.pk).update(status=self.Status.DONE, prediction=prediction, finished_at=now)
+        reasons = imagechecks.withholding(
+            [*self.image_warnings, *([imagechecks.UNLIKE_LESION] if prediction.unlike_lesion else [])])
+        withheld = "; ".join(reasons)[:300]
+        Case.all_objects.filter(pk=self.pk).update(status=self.Status.DONE, prediction=prediction, finished_at=now,
+                                                   withheld_reason=withheld)
         self.status, self.prediction, self.finished_at = self.Status.DONE, prediction, now
+        self.withheld_reason = withheld
+
+    @property
+    def result_withheld(self) -> bool:
+        """Classified, but no decision is shown: the image does not look like a dermoscopic lesion and no
+        clinician has asked for its score."""
+        return self.status == self.Status.DONE and bool(self.withheld_reason) and self.score_released_at is None
+
+    @property
+    def shown_prediction(self):
+        """The prediction whose decision the pages, reports, exports and the API show; None while pending or
+        failed, and when the result is withheld."""
+        if self.status != self.Status.DONE or self.result_withheld:
+            return None
+        return self.prediction
+
+    @property
+    def score_released(self) -> bool:
+        """The score of an image that does not look like a lesion, shown because a clinician asked for it."""
+        return bool(self.withheld_reason) and self.score_released_at is not None
+
+    def release_snapshot(self) -> dict:
+        return {"withheld_reason": self.withheld_reason,
+                "score_released_at": self.score_released_at.isoformat() if self.score_released_at else None,
+                "score_release_reason": self.score_release_reason}
+
+    def release_score(self, user, reason: str) -> tuple[dict, dict]:
+        """Show the withheld score of this image, for the reason given; returns (old, new) for the audit."""
+        reason = reason.strip()
+        if not reason:
+            raise ValidationError({"reason": "Say why you need the score of an image that does not look like a "
+                                             "dermoscopic lesion."})
+        if not self.result_withheld:
+            raise ValidationError("This image's result is not withheld.")
+        old = self.release_snapshot()
+        self.score_released_at, self.score_released_by, self.score_release_reason = timezone.now(), user, reason
+        Case.all_objects.filter(pk=self.pk).update(score_released_at=self.score_released_at, score_released_by=user,
+                                                   score_release_reason=reason)
+        return old, self.release_snapshot()
 
     def mark_failed(self, reason: str):
         now = timezone.now()
@@ -463,7 +543,7 @@ class Prediction(models.Model):
     def summary(self) -> str:
         """One line for lists and exports, e.g. "borderline, leaning malignant: 0.26 (threshold 0.24)"."""
         lead = f"borderline, leaning {self.decision}" if self.borderline else self.decision
-        return f"{lead}: {self.probability:.2f} (threshold {self.threshold:.2f})"
+        return f"{lead}: {self.probability:.2f} (threshold {self.threshold:.3f})"
 
 
 class Feedback(models.Model):

@@ -54,7 +54,7 @@ def case_pdf(case, generated_by) -> bytes:
         "small", parent=styles["Normal"], fontSize=8, leading=10, textColor=colors.HexColor("#444444")
     )
     cell = ParagraphStyle("cell", parent=styles["Normal"], fontSize=9, leading=11)
-    patient, lesion, p, f = case.lesion.patient, case.lesion, case.prediction, case.feedback
+    patient, lesion, p, f = case.lesion.patient, case.lesion, case.shown_prediction, case.feedback
 
     def rows_table(rows, widths=(45 * mm, 125 * mm)):
         data = [[Paragraph(f"<b>{escape(k)}</b>", cell), Paragraph(escape(str(v)), cell)] for k, v in rows]
@@ -78,7 +78,9 @@ def case_pdf(case, generated_by) -> bytes:
             ("Birth year, sex", f"{patient.birth_year}, {patient.get_sex_display()}"),
             ("Clinic", str(patient.clinic)),
             ("Lesion site", f"{lesion.get_site_display()}{' (' + lesion.label + ')' if lesion.label else ''}"),
-            ("Image taken (uploaded)", f"{timezone.localtime(case.created_at):%Y-%m-%d %H:%M} · {case.original_name}"),
+            # Not the uploaded file's name: it can carry a patient's name.
+            ("Image taken (uploaded)", f"{timezone.localtime(case.taken_at):%Y-%m-%d %H:%M} "
+                                       f"({timezone.localtime(case.created_at):%Y-%m-%d %H:%M})"),
         ]),
         Spacer(1, 4 * mm),
     ]
@@ -92,8 +94,22 @@ def case_pdf(case, generated_by) -> bytes:
     grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
     story += [grid, Spacer(1, 4 * mm)]
 
-    if p is not None:
+    if case.result_withheld:
         story.append(Paragraph("AI result", styles["Heading3"]))
+        story.append(rows_table([
+            ("Result", "NONE: no AI result for this image"),
+            ("Why", f"The image {case.withheld_reason}. The model was made for dermoscopic images of skin lesions; "
+                    "on other pictures its probability means nothing, so no decision is given."),
+            ("What to do", "Take the image again with a dermatoscope, the lesion centred, and upload it anew."),
+        ]))
+    elif p is not None:
+        story.append(Paragraph("AI result", styles["Heading3"]))
+        if case.score_released:
+            story.append(Paragraph(
+                escape(f"SCORE SHOWN ON REQUEST by {case.score_released_by or 'a clinician'} on "
+                       f"{timezone.localtime(case.score_released_at):%Y-%m-%d %H:%M} "
+                       f"(\"{case.score_release_reason}\"): the image {case.withheld_reason}, so this score may "
+                       "mean nothing."), cell))
         story.append(rows_table([
             ("Result", f"BORDERLINE, leaning {p.decision}: the model is not sure either way" if p.borderline
              else p.decision),
@@ -146,8 +162,8 @@ def case_pdf(case, generated_by) -> bytes:
 
 
 CSV_COLUMNS = [
-    "case", "uploaded", "patient", "site", "lesion", "status", "probability", "threshold", "decision", "certainty",
-    "band_low", "band_high", "model_version", "differential", "image_warnings",
+    "case", "taken", "patient", "site", "lesion", "status", "probability", "threshold", "decision", "certainty",
+    "band_low", "band_high", "model_version", "differential", "image_warnings", "result_withheld",
     "agrees_with_ai", "clinical_diagnosis", "management", "histopathology", "ground_truth",
 ]
 
@@ -172,14 +188,15 @@ def _safe(value) -> str:
 def case_rows(cases):
     yield CSV_COLUMNS
     for c in cases.iterator(chunk_size=500):
-        p, f = c.prediction, c.feedback
+        p, f = c.shown_prediction, c.feedback
+        certainty = p.certainty + (" (score on request)" if c.score_released else "") if p else ""
         yield [_safe(v) for v in (
-            c.pk, timezone.localtime(c.created_at).strftime("%Y-%m-%d %H:%M"), c.lesion.patient.identifier,
+            c.pk, timezone.localtime(c.taken_at).strftime("%Y-%m-%d %H:%M"), c.lesion.patient.identifier,
             c.lesion.get_site_display(), c.lesion.label, c.status,
             f"{p.probability:.4f}" if p else "", f"{p.threshold:.4f}" if p else "", p.decision if p else "",
-            p.certainty if p else "", f"{p.band[0]:.4f}" if p else "", f"{p.band[1]:.4f}" if p else "",
+            certainty, f"{p.band[0]:.4f}" if p else "", f"{p.band[1]:.4f}" if p else "",
             p.model_version.version if p else "", differential_words(p, percent=False) if p else "",
-            "; ".join(c.warnings),
+            "; ".join(c.warnings), c.withheld_reason if c.result_withheld else "",
             ("yes" if f.agrees_with_ai else "no") if f else "", f.clinical_diagnosis if f else "",
             f.management if f else "", f.histopathology_result if f else "", c.truth_label,
         )]

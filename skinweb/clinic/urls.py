@@ -23,6 +23,7 @@ urlpatterns = [
     path("cases/<int:pk>/taken/", views.case_taken, name="case_taken"),
     path("cases/<int:pk>/move/", views.case_move, name="case_move"),
     path("cases/<int:pk>/remove/", views.case_remove, name="case_remove"),
+    path("cases/<int:pk>/release-score/", views.case_release_score, name="case_release_score"),
     path("cases/<int:pk>/image/", views.case_image, name="case_image"),
     path("cases/<int:pk>/heatmap/", views.case_heatmap, name="case_heatmap"),
     path("cases/<int:pk>/compare/<str:ref>/", views.case_compare, name="case_compare"),

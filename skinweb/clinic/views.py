@@ -53,7 +53,7 @@ def dashboard(request):
     clinicians compare with histopathology on this clinic's own confirmed cases, per model version."""
     _no_model_warning(request)
     cases = Case.objects.visible_to(request.user)
-    waiting = cases.awaiting_review().with_related().order_by("finished_at", "pk")
+    waiting = cases.awaiting_review().with_related().by_risk()
     context = {
         "waiting": waiting[:10],
         "n_waiting": waiting.count(),
@@ -354,14 +354,14 @@ def case_detail(request, case):
             "predictions": case.predictions.select_related("model_version"),
             "lesions": lesions,
             "similar": _similar(case),
-            "differential": similar.differential_of(case.prediction),
+            "differential": similar.differential_of(case.shown_prediction),
         },
     )
 
 
 def _similar(case):
-    """Similar confirmed lesions for the case's current result (None while there is none)."""
-    return similar.similar_to(case.prediction) if case.status == Case.Status.DONE else None
+    """Similar confirmed lesions for the case's current result (None while there is none, or it is withheld)."""
+    return similar.similar_to(case.shown_prediction) if case.shown_prediction is not None else None
 
 
 @never_cache
@@ -378,7 +378,7 @@ def case_status(request, case):
     return render(
         request, "clinic/partials/case_status.html",
         {"case": case, "form": FeedbackForm(instance=case.feedback), "similar": _similar(case),
-         "differential": similar.differential_of(case.prediction)},
+         "differential": similar.differential_of(case.shown_prediction)},
     )
 
 
@@ -387,7 +387,7 @@ def case_compare(request, case, ref):
     """The case's image beside one of its similar confirmed lesions: ``d<n>`` the n-th image of the
     reference library of the case's model version, ``c<id>`` a confirmed case of the same clinic (404 for
     any other clinic's, as everywhere)."""
-    prediction = case.prediction
+    prediction = case.shown_prediction
     if prediction is None:
         raise Http404("This case has no result to compare")
     kind, number = ref[:1], ref[1:]
@@ -456,6 +456,24 @@ def case_flag(request, case):
         Case.objects.filter(pk=case.pk).update(flagged=value)
         record(request, "flag" if value else "unflag", case)
         messages.success(request, "Sent to the relabel queue." if value else "Removed from the relabel queue.")
+    return redirect("clinic:case_detail", pk=case.pk)
+
+
+@object_view(Case, methods=("POST",))
+def case_release_score(request, case):
+    """Show the score of an image that does not look like a dermoscopic lesion, because the clinician asks
+    for it with a reason: recorded on the case and in the audit trail, and marked on every output."""
+    form = RemovalForm(request.POST)
+    if not case.result_withheld:
+        messages.info(request, "This image's result is not withheld.")
+    elif not form.is_valid():
+        messages.error(request, "Say why you need the score (at most 500 characters); nothing was changed.")
+    else:
+        with transaction.atomic():
+            old, new = case.release_score(request.user, form.cleaned_data["reason"])
+            record(request, "release_score", case, old=old, new=new)
+        messages.warning(request, "The score is shown on your request, marked as such on the page, the report and "
+                                  "the exports: the image does not look like a dermoscopic lesion.")
     return redirect("clinic:case_detail", pk=case.pk)
 
 
