@@ -136,8 +136,8 @@ MIDDLEWARE = [
 ]
 
 # Login throttling (django-axes): AXES_FAILURE_LIMIT failed logins for one username from one IP
-# lock that pair out for AXES_COOLOFF_MINUTES, and AXES_ADDRESS_FAILURE_LIMIT failures from one IP
-# over all usernames (password spraying) lock the address; attempts are kept in the database.
+# pause that pair for AXES_COOLOFF_MINUTES, and past AXES_ADDRESS_FAILURE_LIMIT failures from one IP
+# over all usernames (password spraying) the address is slowed; attempts are kept in the database.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend",
                            "skinweb.accounts.sso.Backend"]
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
@@ -146,7 +146,13 @@ AXES_ADDRESS_FAILURE_LIMIT = env_int("AXES_ADDRESS_FAILURE_LIMIT", 20)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_HANDLER = "skinweb.accounts.throttle.SprayAwareHandler"
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The refused page says which pause applies and for how long (skinweb/accounts/throttle.py); attempts refused
+# during a pause are not counted and do not restart it.
+AXES_LOCKOUT_CALLABLE = "skinweb.accounts.throttle.lockout_response"
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Past AXES_ADDRESS_FAILURE_LIMIT failures from one address (all usernames), one attempt from it every this many
+# seconds: slowed, not locked, since a clinic's staff often share one address.
+AXES_ADDRESS_INTERVAL_SECONDS = env_int("AXES_ADDRESS_INTERVAL_SECONDS", 30)
 # Two-factor login (skinweb/accounts/twofactor.py, django-otp): TOTP with recovery codes. Required of
 # everyone of a clinic whose administrator asks for it, and of platform administrators whenever DEBUG
 # is off (not an environment setting: only the tests turn it off); wrong codes count as failed logins.

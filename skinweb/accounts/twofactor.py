@@ -27,6 +27,7 @@ from django_otp import match_token
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from skinweb.accounts.throttle import lockout_response
 from skinweb.audit.models import record
 from skinweb.redirects import redirect_to_next
 
@@ -99,7 +100,7 @@ def verify(request):
     if request.method == "POST":
         if _locked(request, credentials):
             logout(request)
-            return render(request, "registration/locked_out.html", status=429)
+            return lockout_response(request, None, credentials)
         code = request.POST.get("code", "").strip().replace(" ", "")
         device = match_token(user, code) if code else None
         if device is not None:
@@ -115,7 +116,7 @@ def verify(request):
         record(request, "login_second_factor_failed", user)
         if _locked(request, credentials):
             logout(request)
-            return render(request, "registration/locked_out.html", status=429)
+            return lockout_response(request, None, credentials)
         error = "That code is not right (or was used already). Try the current one."
     return render(request, "registration/two_factor_verify.html", {"error": error}, status=400 if error else 200)
 
