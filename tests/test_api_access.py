@@ -33,6 +33,7 @@ OWNER_GET = {
     "api:case-truth": 403,  # administrators only (a clinic administrator's GET: 405)
     "api:case-report": 200,
     "api:case-image": 200,
+    "api:case-heatmap": 404,  # the world's case has no heat map (tests/test_withheld.py opens one, owner and outsider)
     "api:case-fhir": 200,
     "api:dicom-list": 405,  # POST only (an import)
     "api:case-dicom": 200,

@@ -145,6 +145,7 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     page.get_by_role("button", name="Upload and classify").click()
     page.get_by_text("Not uploaded:").wait_for()
     assert "referral-letter.jpg" in page.locator("[data-upload-list]").inner_text()
+    assert page.locator("[data-upload-list] progress").count() == 0  # no full bar beside a refusal
     assert Case.objects.count() == 0
 
     # Two images at once: previews and progress per file, then both results without a reload.

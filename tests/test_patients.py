@@ -93,17 +93,28 @@ def test_an_image_moves_to_another_lesion_of_the_clinic_with_its_results_and_nev
     classification.classify_case(case.pk)
     case.record_feedback(alice, agrees_with_ai=True, clinical_diagnosis="nevus", management="monitor")
     page = client.get(reverse("clinic:case_detail", args=[case.pk])).content.decode()
-    assert "DERM-2 · " in page and "S-1" not in page  # only the clinic's lesions are offered
+    assert "DERM-2" not in page and "S-1" not in page  # no list of the clinic's lesions: found by identifier
     url = reverse("clinic:case_move", args=[case.pk])
-    client.post(url, {"lesion": south.pk})  # another clinic's lesion: refused
-    client.post(url, {"lesion": "x"})
+    client.post(url, {"lesion": south.pk, "reason": "wrong patient", "confirm": "1"})  # another clinic's: refused
+    client.post(url, {"patient": "S-1", "reason": "wrong patient"})  # another clinic's patient: not found
+    client.post(url, {"lesion": "x", "reason": "wrong patient"})
+    r = client.post(url, {"lesion": right.pk, "confirm": "1"}, follow=True)  # no reason: refused
+    assert "Say why the image is moved" in r.content.decode()
+    case.refresh_from_db()
+    assert case.lesion == wrong and not AuditEvent.objects.filter(action="move").exists()
+    # Found by the patient's identifier, the lesion chosen, then confirmed: only then moved.
+    choose = client.post(url, {"patient": "DERM-2", "reason": "uploaded under the wrong patient"})
+    assert choose.status_code == 200 and 'data-testid="move-choose"' in choose.content.decode()
+    confirm = client.post(url, {"lesion": right.pk, "reason": "uploaded under the wrong patient"})
+    assert confirm.status_code == 200 and "DERM-2" in confirm.content.decode()
     case.refresh_from_db()
     assert case.lesion == wrong
-    r = client.post(url, {"lesion": right.pk})
+    r = client.post(url, {"lesion": right.pk, "reason": "uploaded under the wrong patient", "confirm": "1"})
     assert r.status_code == 302
     case = Case.objects.get(pk=case.pk)
     assert case.lesion == right and case.prediction and case.feedback  # its results and feedback came along
     event = AuditEvent.objects.get(action="move")
     assert event.detail["old"]["patient"] == "DERM-1" and event.detail["new"]["patient"] == "DERM-2"
+    assert event.detail["reason"] == "uploaded under the wrong patient"
     timeline = client.get(reverse("clinic:lesion_detail", args=[right.pk])).content.decode()
     assert f"Open case {case.pk}" in timeline

@@ -310,3 +310,22 @@ def test_a_share_outside_0_to_1_stops_the_start(monkeypatch, value):
         env_share("RETRAIN_JPEG_P", "0.5")
     monkeypatch.setenv("RETRAIN_JPEG_P", "0.25")
     assert env_share("RETRAIN_JPEG_P", "0.5") == 0.25
+
+
+def test_one_click_labels_keep_the_training_switch_as_it_is(client, queue):
+    """issue 43: labelling a case in one click turned "use for training" on without saying so. The one-click
+    form sends the case's current switch, and the bulk form's box starts unticked."""
+    page = client.get(reverse("clinic:relabel_queue") + "?show=all").content.decode()
+    assert 'id="bulk-train" checked' not in page
+    q = queue
+    q["labelled"].set_training(None, True)
+    page = client.get(reverse("clinic:relabel_queue") + "?show=all").content.decode()
+    for case, on in ((q["histo"], False), (q["labelled"], True)):
+        start = page.index(f'name="case" value="{case.pk}"')
+        form = page[start:page.index("</form>", start)]
+        assert ('name="use_for_training" value="on"' in form) is on
+        data = {"case": case.pk, "label": "malignant", "source": "consensus",
+                **({"use_for_training": "on"} if on else {})}
+        client.post(reverse("clinic:relabel"), data)
+        case.refresh_from_db()
+        assert case.truth_label == "malignant" and case.use_for_training is on

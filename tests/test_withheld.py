@@ -141,3 +141,19 @@ def test_the_platform_administrator_is_told_why_the_home_page_shows_no_patients(
     client.force_login(root)
     page = client.get(reverse("clinic:dashboard")).content.decode()
     assert 'data-testid="no-clinic"' in page and "All clinics" not in page
+
+
+def test_a_token_client_opens_the_heat_map_link_the_api_gives(client, alice, bob, version):
+    """issue 43: the API gave a heat-map link to the pages, which a token client cannot open."""
+    from django.core.files.base import ContentFile
+
+    from tests.builders import image_bytes
+
+    case = classified(make_lesion(make_patient(alice.clinic, "N-4")), version, 0.5)
+    case.prediction.heatmap.save("h.png", ContentFile(image_bytes("PNG")))
+    token = make_token(client, alice)
+    link = api(client, token, "get", reverse("api:case-detail", args=[case.pk])).json()["result"]["heatmap"]
+    assert link == reverse("api:case-heatmap", args=[case.pk])
+    r = api(client, token, "get", link)
+    assert r.status_code == 200 and r["Content-Type"] == "image/png"
+    assert api(client, make_token(client, bob), "get", link).status_code == 404

@@ -92,7 +92,7 @@ class PredictionSerializer(serializers.Serializer):
         return differential_probabilities(prediction)
 
     def get_heatmap(self, prediction) -> str | None:
-        return reverse("clinic:case_heatmap", args=[prediction.case_id]) if prediction.heatmap else None
+        return reverse("api:case-heatmap", args=[prediction.case_id]) if prediction.heatmap else None
 
 
 class FeedbackSerializer(serializers.ModelSerializer):

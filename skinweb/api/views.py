@@ -325,6 +325,17 @@ class CaseViewSet(ClinicRecords, mixins.ListModelMixin, mixins.RetrieveModelMixi
             raise exceptions.NotFound(str(exc)) from None
 
 
+    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @action(detail=True, content_negotiation_class=JSONErrors)
+    def heatmap(self, request, pk=None):
+        """The Grad-CAM overlay of the case's result (a transparent PNG the size of the image), once made."""
+        case = self.get_object()
+        try:
+            return pages.heatmap_response(case)
+        except pages.Http404 as exc:
+            raise exceptions.NotFound(str(exc)) from None
+
+
 class DicomViewSet(Guarded, viewsets.ViewSet):
     """DICOM import: each file becomes a case, its patient matched by Patient ID or created."""
 

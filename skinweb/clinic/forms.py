@@ -146,7 +146,7 @@ class TruthForm(forms.Form):
 
     label = forms.ChoiceField(choices=Label.choices)
     source = forms.ChoiceField(choices=Case.TruthSource.choices)
-    use_for_training = forms.BooleanField(required=False, initial=True, label="Use for training")
+    use_for_training = forms.BooleanField(required=False, initial=False, label="Use for training")
 
 
 class TakenForm(forms.Form):

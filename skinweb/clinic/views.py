@@ -343,7 +343,8 @@ def case_detail(request, case):
     record(request, "view", case)
     form = FeedbackForm(instance=case.feedback)
     history = case.feedback_history.select_related("created_by")
-    lesions = Lesion.objects.visible_to(request.user).select_related("patient").order_by("patient__identifier", "pk")
+    # Moving an image offers this patient's other lesions; another patient is found by identifier.
+    lesions = case.lesion.patient.lesions.exclude(pk=case.lesion_id).order_by("pk")
     return render(
         request,
         "clinic/case_detail.html",
@@ -480,16 +481,36 @@ def case_release_score(request, case):
 @object_view(Case, methods=("POST",))
 def case_move(request, case):
     """File an image (with its predictions, heat maps and feedback) under another lesion of the same
-    clinic, when it was uploaded to the wrong one; audited with the old and new lesion."""
-    target = Lesion.objects.visible_to(request.user).filter(pk=request.POST.get("lesion") or 0).first() \
-        if (request.POST.get("lesion") or "").isdigit() else None
+    clinic, when it was uploaded to the wrong one: with a reason, after a confirmation page that names both
+    lesions; audited with the old and new lesion and the reason. Another patient is found by identifier (the
+    page never lists every lesion of the clinic)."""
+    reason = (request.POST.get("reason") or "").strip()[:500]
+    lesion_id = request.POST.get("lesion") or ""
+    target = Lesion.objects.visible_to(request.user).select_related("patient").filter(pk=lesion_id).first() \
+        if lesion_id.isdigit() else None
+    identifier = (request.POST.get("patient") or "").strip()
+    if not reason:
+        messages.error(request, "Say why the image is moved; nothing was changed.")
+        return redirect("clinic:case_detail", pk=case.pk)
+    if target is None and identifier:
+        patient = Patient.objects.visible_to(request.user).filter(identifier=identifier).first()
+        if patient is None:
+            messages.error(request, f"Your clinic has no patient {identifier}; nothing was changed.")
+            return redirect("clinic:case_detail", pk=case.pk)
+        return render(request, "clinic/case_move.html", {"case": case, "reason": reason, "patient": patient,
+                                                         "choices": patient.lesions.exclude(pk=case.lesion_id)})
     if target is None:
         messages.error(request, "Choose a lesion of your clinic to move the image to.")
-    elif target.pk != case.lesion_id:
+    elif target.pk == case.lesion_id:
+        messages.info(request, "The image is already filed under that lesion.")
+    elif request.POST.get("confirm") != "1":
+        return render(request, "clinic/case_move.html", {"case": case, "reason": reason, "target": target})
+    else:
         old = case.lesion
-        Case.objects.filter(pk=case.pk).update(lesion=target)
-        record(request, "move", case, old={"lesion": old.pk, "patient": old.patient.identifier},
-               new={"lesion": target.pk, "patient": target.patient.identifier})
+        with transaction.atomic():
+            Case.objects.filter(pk=case.pk).update(lesion=target)
+            record(request, "move", case, old={"lesion": old.pk, "patient": old.patient.identifier},
+                   new={"lesion": target.pk, "patient": target.patient.identifier}, reason=reason)
         messages.success(request, f"Image moved to {target} of patient {target.patient.identifier}.")
     return redirect("clinic:case_detail", pk=case.pk)
 
@@ -566,7 +587,12 @@ def image_response(request, case):
 @object_view(Case)
 def case_heatmap(request, case):
     """The Grad-CAM overlay of the case's current prediction (a transparent PNG), to its clinic only."""
-    prediction = case.prediction
+    return heatmap_response(case)
+
+
+def heatmap_response(case):
+    """The heat map of the case's shown result (none while its result is withheld)."""
+    prediction = case.shown_prediction
     if prediction is None or not prediction.heatmap:
         raise Http404("This case has no heat map")
     try:

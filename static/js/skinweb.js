@@ -68,8 +68,8 @@ function uploadOne(form, file, row) {
       let answer = null;
       try { answer = JSON.parse(xhr.responseText); } catch (err) { answer = null; }
       const result = answer && answer.files ? answer.files[0] : null;
-      row.progress.value = 100;
       if (result && result.ok) {
+        row.progress.value = 100;
         row.status.textContent = "";
         const link = document.createElement("a");
         link.href = result.url;
@@ -88,10 +88,12 @@ function uploadOne(form, file, row) {
         const reason = result ? result.error : (answer && answer.errors ? answer.errors.join(" ") : `The server answered ${xhr.status}.`);
         row.status.textContent = `Not uploaded: ${reason}`;
         row.status.classList.add("text-danger");
+        row.progress.remove();  // a full bar beside a refusal reads as a success
         resolve(false);
       }
     });
     xhr.addEventListener("error", () => {
+      row.progress.remove();
       row.status.textContent = "Not uploaded: the connection failed. Check the network and upload this file again.";
       row.status.classList.add("text-danger");
       resolve(false);
