@@ -39,17 +39,30 @@ class Differential:
     classes: tuple[str, ...]
     meta: dict
 
-    def probabilities(self, embeddings) -> np.ndarray:
-        """(n, classes) probabilities, each row summing to 1."""
+    def logits(self, embeddings) -> np.ndarray:
         x = (np.atleast_2d(np.asarray(embeddings, np.float64)) - self.mean) / self.scale
-        z = x @ self.weight.T.astype(np.float64) + self.bias
-        z -= z.max(1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(1, keepdims=True)
+        return x @ self.weight.T.astype(np.float64) + self.bias
+
+    def probabilities(self, embeddings) -> np.ndarray:
+        """(n, classes) probabilities, each row summing to 1; calibrated where the head's file carries a
+        calibration fitted on held-out images (softmax(logits / temperature + class offsets))."""
+        return calibrated(self.logits(embeddings), self.meta.get("calibration"))
 
     def as_dicts(self, embeddings) -> list[dict[str, float]]:
         """Each image's differential, {class: probability} in class order, rounded for storage."""
         return [{c: round(float(p), 4) for c, p in zip(self.classes, row)} for row in self.probabilities(embeddings)]
+
+
+def calibrated(logits, calibration: dict | None) -> np.ndarray:
+    """softmax(logits / T + offsets): the class-weighted fit's logits are too far apart (a 100% beside a
+    malignancy probability of 0.85) and lean towards the rare classes; one temperature and one offset per class,
+    fitted on held-out images, bring them to what those images show (classifier.training.differential)."""
+    z = np.atleast_2d(np.asarray(logits, np.float64))
+    if calibration:
+        z = z / float(calibration["temperature"]) + np.asarray(calibration.get("offsets") or 0.0, np.float64)
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
 
 
 def save(path, weight, bias, mean, scale, meta: dict) -> None:
@@ -83,6 +96,11 @@ def load(model_path, model_version: str) -> Differential | None:
         w, b, mean, scale = (tensors[k].astype(np.float32) for k in ("weight", "bias", "mean", "scale"))
     except KeyError as exc:
         raise DifferentialError(f"{path.name} lacks the tensor {exc}") from None
+    cal = meta.get("calibration")
+    if cal is not None and not (isinstance(cal, dict) and isinstance(cal.get("temperature"), (int, float))
+                                and cal["temperature"] > 0 and len(cal.get("offsets") or [0] * len(CLASSES))
+                                == len(CLASSES)):
+        raise DifferentialError(f"{path.name} has a malformed calibration")
     if w.shape[0] != len(CLASSES) or b.shape != (len(CLASSES),) or not mean.shape == scale.shape == (w.shape[1],) \
             or not all(np.isfinite(t).all() for t in (w, b, mean, scale)) or (scale <= 0).any():
         raise DifferentialError(f"{path.name} has tensors of the wrong shape or values")

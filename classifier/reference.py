@@ -42,6 +42,8 @@ DIFFERENTIAL = {
     "vascular_lesion": ("Vascular lesion", ("vascular_lesion",)),
 }
 CLASSES = tuple(DIFFERENTIAL)
+# The differential's classes that the benign/malignant head calls malignant.
+MALIGNANT_CLASSES = frozenset({"melanoma", "basal_cell_carcinoma", "squamous_cell_carcinoma"})
 _CLASS_OF = {d: c for c, (_, members) in DIFFERENTIAL.items() for d in members}
 
 

@@ -48,6 +48,8 @@ def _flowable(img: Image.Image, width_mm: float) -> PdfImage:
 
 
 def case_pdf(case, generated_by) -> bytes:
+    from skinweb.clinic.similar import differential_disagreement
+
     """One A4 page: who and where, the image and its heat map, the result and the clinician's feedback."""
     styles = getSampleStyleSheet()
     small = ParagraphStyle(
@@ -119,6 +121,8 @@ def case_pdf(case, generated_by) -> bytes:
             ("What the threshold means", p.model_version.threshold_in_words),
             *([("Differential (AI, evidence beside the result)", differential_words(p))]
               if differential_words(p) else []),
+            *([("Differential and decision disagree", differential_disagreement(p))]
+              if differential_disagreement(p) else []),
             ("Model version", f"{p.model_version.version} (model file sha256 {p.model_version.sha256[:16]}…)"
              if p.model_version.sha256 else p.model_version.version),
             ("Classified", f"{timezone.localtime(p.created_at):%Y-%m-%d %H:%M}"),
@@ -174,7 +178,7 @@ def differential_words(prediction, percent: bool = True) -> str:
     from skinweb.clinic.similar import differential_of, differential_probabilities
 
     if percent:
-        return ", ".join(f"{label} {round(100 * p)}%" for label, p in differential_of(prediction) or [])
+        return ", ".join(f"{label} {shown}" for label, _, shown in differential_of(prediction) or [])
     found = differential_probabilities(prediction) or {}
     return "; ".join(f"{k}={v:.4f}" for k, v in sorted(found.items(), key=lambda kv: -kv[1]))
 

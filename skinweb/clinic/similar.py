@@ -182,7 +182,8 @@ def differential_probabilities(prediction: Prediction | None) -> dict[str, float
         mtime = path.stat().st_mtime
         with _lock:
             if path not in _heads or _heads[path][0] != mtime:
-                _heads[path] = (mtime, differential.load(version.path, version.version))
+                weights = version.operating_point_file.get("weights_version") or version.version
+                _heads[path] = (mtime, differential.load(version.path, weights))
             head = _heads[path][1]
     except (OSError, differential.DifferentialError) as exc:
         log.warning("differential of prediction %s: %s", prediction.pk, exc)
@@ -192,10 +193,36 @@ def differential_probabilities(prediction: Prediction | None) -> dict[str, float
     return head.as_dicts(query)[0]
 
 
-def differential_of(prediction: Prediction | None) -> list[tuple[str, float]] | None:
-    """``differential_probabilities`` as (class words, probability), most likely first."""
+def shown_percent(p: float) -> str:
+    """A differential probability as the pages and the report show it: never 0% or 100% (the head is a
+    model of 7 classes fitted on a few thousand images, not a certainty), "<1%" and ">99%" at the ends."""
+    if p < 0.01:
+        return "<1%"
+    if p > 0.99:
+        return ">99%"
+    return f"{round(100 * p)}%"
+
+
+def differential_of(prediction: Prediction | None) -> list[tuple[str, float, str]] | None:
+    """``differential_probabilities`` as (class words, probability, shown percent), most likely first."""
     found = differential_probabilities(prediction) or {}
-    return sorted(((reference.class_label(k), p) for k, p in found.items()), key=lambda r: -r[1]) or None
+    return sorted(((reference.class_label(k), p, shown_percent(p)) for k, p in found.items()),
+                  key=lambda r: -r[1]) or None
+
+
+def differential_disagreement(prediction: Prediction | None) -> str:
+    """A sentence when the differential's most likely class and the malignancy decision point different ways
+    (a malignant class beside a benign decision, or the reverse); "" when they agree or there is none."""
+    found = differential_probabilities(prediction) or {}
+    if not found or prediction is None:
+        return ""
+    top = max(found, key=found.get)
+    malignant = top in reference.MALIGNANT_CLASSES
+    if malignant == (prediction.decision == "malignant"):
+        return ""
+    return (f"The differential's most likely class, {reference.class_label(top).lower()}, is "
+            f"{'malignant' if malignant else 'benign'}, while the decision at the threshold is {prediction.decision}: "
+            "the two come from different parts of the network and disagree here; weigh both.")
 
 
 def reference_image_path(version, position: int) -> Path:

@@ -356,6 +356,7 @@ def case_detail(request, case):
             "lesions": lesions,
             "similar": _similar(case),
             "differential": similar.differential_of(case.shown_prediction),
+            "differential_disagrees": similar.differential_disagreement(case.shown_prediction),
         },
     )
 
@@ -379,7 +380,8 @@ def case_status(request, case):
     return render(
         request, "clinic/partials/case_status.html",
         {"case": case, "form": FeedbackForm(instance=case.feedback), "similar": _similar(case),
-         "differential": similar.differential_of(case.shown_prediction)},
+         "differential": similar.differential_of(case.shown_prediction),
+         "differential_disagrees": similar.differential_disagreement(case.shown_prediction)},
     )
 
 
