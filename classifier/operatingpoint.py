@@ -73,6 +73,7 @@ def derive(weights_path, op_path, dest) -> Path:
     """Write the model file that ``op_path`` makes of ``weights_path`` to ``dest`` (a differential head
     beside the weights comes along); return ``dest``. Raises OperatingPointError (or ModelFileError)."""
     from classifier.differential import head_path
+    from classifier.lesiongate import gate_path
 
     op = read(op_path)
     if file_sha256(weights_path) != op["weights"]["sha256"]:
@@ -88,8 +89,9 @@ def derive(weights_path, op_path, dest) -> Path:
         raise OperatingPointError(f"{Path(op_path).name}: the derived model file does not hash to the recorded "
                                   f"{op['model_sha256'][:12]}… (another safetensors release?); not used")
     tmp.replace(dest)
-    if head_path(weights_path).is_file():
-        shutil.copyfile(head_path(weights_path), head_path(dest))
+    for companion in (head_path, gate_path):  # fitted on the weights' features: they apply to the derived file
+        if companion(weights_path).is_file():
+            shutil.copyfile(companion(weights_path), companion(dest))
     return dest
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from PIL import Image
 
-from classifier import artefacts, differential, lesioncheck
+from classifier import artefacts, differential, lesioncheck, lesiongate
 from classifier import runtime as runtimes
 from classifier.cascade import Cascade, probability_to_logit
 from classifier.model import load_classifier
@@ -241,7 +241,15 @@ class Predictor:
             else math.inf
 
     def with_check(self, path) -> "Predictor":
-        self.lesion_check = lesioncheck.load(path, self.metadata)
+        # The gate trained against other pictures (classifier.lesiongate) where the weights have one, else the
+        # distance check in the model file: same interface (distances, cutoff), stored the same way.
+        try:
+            self.lesion_check = lesiongate.load(path, self.metadata.weights_version)
+        except lesiongate.GateError as exc:
+            log.warning("no lesion gate: %s", exc)
+            self.lesion_check = None
+        if self.lesion_check is None:
+            self.lesion_check = lesioncheck.load(path, self.metadata)
         try:
             self.differential = differential.load(path, self.metadata.weights_version)
         except differential.DifferentialError as exc:

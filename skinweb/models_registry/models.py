@@ -182,9 +182,11 @@ class ModelVersion(models.Model):
             state = {"built": report["created"]}
         # So does a differential head fitted for this version (classifier.differential checks its version).
         from classifier.differential import head_path
+        from classifier.lesiongate import gate_path
 
-        if head_path(source).is_file():
-            shutil.copyfile(head_path(source), head_path(settings.MODEL_ROOT / filename))
+        for companion in (head_path, gate_path):  # so do the differential head and the lesion gate
+            if companion(source).is_file():
+                shutil.copyfile(companion(source), companion(settings.MODEL_ROOT / filename))
         return cls.objects.create(
             fast_path=state,
             version=meta.version,
@@ -202,6 +204,19 @@ class ModelVersion(models.Model):
         (classifier.operatingpoint): the weights' version and sha256, the operating point's digest and what
         it was fitted on; {} for a model file that carries its own."""
         return self.metadata.get("training", {}).get("operating_point_file") or {}
+
+    @cached_property
+    def lesion_gate(self) -> dict | None:
+        """The lesion gate beside the model file (classifier.lesiongate): its threshold and figures, or None."""
+        from classifier import lesiongate
+
+        if not self.filename:
+            return None
+        try:
+            gate = lesiongate.load(self.path, self.operating_point_file.get("weights_version") or self.version)
+        except lesiongate.GateError:
+            return None
+        return None if gate is None else {"threshold": gate.cutoff, **gate.meta}
 
     @property
     def weights_sha256(self) -> str:

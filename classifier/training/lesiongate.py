@@ -1,0 +1,252 @@
+"""Fit the lesion gate of a model's weights (classifier.lesiongate): dermoscopic lesions against pictures that
+are not, in the model's own pooled features.
+
+    python -m classifier.training.lesiongate --model FILE --data DIR [--out GATE.json]
+
+Lesions: the model's training images (validation images are kept for measuring). Other pictures: those that
+ship inside scikit-image and matplotlib (photographs, faces, textures, documents, microscopy, figures) and
+synthetic ones made here (solid colours, gradients, noise, a text page, a screenshot, skin-coloured fields with
+and without a spot, as a rough stand-in for clinical close-ups taken without a dermatoscope), each seen in many
+random crops, turns and colour changes. Nothing is downloaded.
+
+The threshold lets through all but ``--lesion-percentile`` of the training lesions' scores. Printed, and kept in
+the gate file: the share of other pictures withheld when their base picture was left out of the fit (5 folds by
+base picture, per category), and the share of validation lesions withheld per source.
+"""
+
+import argparse
+import logging
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+
+log = logging.getLogger("classifier.training.lesiongate")
+
+
+# Pictures that are not dermoscopic lesions ------------------------------------------------------------------
+
+def package_pictures() -> dict[str, tuple[str, Image.Image]]:
+    """{name: (category, image)} of the pictures that ship inside scikit-image and matplotlib."""
+    import matplotlib
+    import skimage
+
+    out = {}
+    categories = {
+        "photograph": ["astronaut", "chelsea", "coffee", "motorcycle_left", "rocket", "hubble_deep_field", "camera"],
+        "texture": ["brick", "grass", "gravel"],
+        "document": ["page", "text"],
+        "microscopy or medical": ["cell", "ihc", "microaneurysms", "retina", "phantom", "moon", "coins"],
+        "figure": ["chessboard_RGB", "color", "logo", "horse", "clock_motion"],
+    }
+    folder = Path(skimage.__file__).parent / "data"
+    for category, names in categories.items():
+        for name in names:
+            path = next((p for p in folder.glob(f"{name}.*") if p.suffix in (".png", ".jpg")), None)
+            if path is not None:
+                out[f"skimage {name}"] = (category, Image.open(path).convert("RGB"))
+    faces = np.load(folder / "lfw_subset.npy")[:40]  # 25 x 25 grey face crops
+    for i, face in enumerate(faces):
+        out[f"lfw face {i}"] = ("face", Image.fromarray((face * 255).astype(np.uint8)).convert("RGB")
+                                .resize((224, 224), Image.Resampling.BICUBIC))
+    samples = Path(matplotlib.get_data_path()) / "sample_data"
+    for name, category in (("grace_hopper.jpg", "face"), ("Minduka_Present_Blue_Pack.png", "photograph"),
+                           ("logo2.png", "figure")):
+        if (samples / name).is_file():
+            out[f"matplotlib {name}"] = (category, Image.open(samples / name).convert("RGB"))
+    return out
+
+
+def skin_field(rng, size=512, spot=True) -> Image.Image:
+    """A skin-coloured field with smooth texture and a lighting gradient, with a small brown spot or without."""
+    tone = np.array([rng.uniform(150, 240), rng.uniform(110, 200), rng.uniform(80, 170)])
+    texture = np.asarray(Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8))
+                         .resize((size, size), Image.Resampling.BICUBIC), np.float64)[..., None] / 255 - 0.5
+    light = np.linspace(rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.2), size)[None, :, None]
+    img = Image.fromarray(np.clip((tone + 25 * texture) * light, 0, 255).astype(np.uint8))
+    if spot:
+        r = rng.uniform(0.02, 0.12) * size
+        cx, cy = rng.uniform(0.3, 0.7, 2) * size
+        colour = tuple(int(v) for v in rng.uniform([50, 30, 20], [140, 90, 70]))
+        ImageDraw.Draw(img).ellipse((cx - r, cy - r * rng.uniform(0.7, 1.3), cx + r, cy + r), fill=colour)
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 3)))
+    return img
+
+
+def synthetic_pictures(seed: int = 0) -> dict[str, tuple[str, Image.Image]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for colour in ((0, 0, 255), (255, 255, 255), (0, 0, 0), (222, 200, 170), (200, 60, 60), (40, 160, 60)):
+        out[f"solid {colour}"] = ("solid or gradient", Image.new("RGB", (512, 512), colour))
+    ramp = np.linspace(0, 255, 512, dtype=np.uint8)
+    out["grey gradient"] = ("solid or gradient", Image.fromarray(np.tile(ramp, (512, 1))).convert("RGB"))
+    out["colour gradient"] = ("solid or gradient", Image.fromarray(np.stack(
+        [np.tile(ramp, (512, 1)), np.tile(ramp[:, None], (1, 512)), np.full((512, 512), 128, np.uint8)], -1)))
+    out["noise"] = ("noise", Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)))
+    out["smooth noise"] = ("noise", Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+                           .resize((512, 512), Image.Resampling.BICUBIC))
+    font = ImageFont.load_default()
+    page = Image.new("RGB", (600, 800), "white")
+    draw = ImageDraw.Draw(page)
+    for line in range(40):
+        draw.text((40, 30 + 18 * line), "Referral letter: patient seen today, lesion on the back, " * 2, fill="black",
+                  font=font)
+    out["text page"] = ("document", page)
+    screen = Image.new("RGB", (1280, 800), (245, 245, 245))
+    draw = ImageDraw.Draw(screen)
+    draw.rectangle((0, 0, 1280, 56), fill=(33, 37, 41))
+    for i in range(8):
+        draw.rectangle((40, 100 + 80 * i, 1240, 160 + 80 * i), outline=(200, 200, 200), fill="white")
+        draw.text((60, 120 + 80 * i), f"Case {100 + i}  benign  p 0.0{i}", fill="black", font=font)
+    out["application screenshot"] = ("screenshot", screen)
+    for i in range(12):
+        out[f"skin field {i}"] = ("skin without a dermatoscope (synthetic)", skin_field(rng, spot=i % 3 != 0))
+    return out
+
+
+def variants(img: Image.Image, k: int, rng, size: int = 256) -> list[Image.Image]:
+    """``k`` random views of a picture: a crop of 25-100% of its area, a quarter turn or mirror, a colour change."""
+    out = []
+    w, h = img.size
+    for _ in range(k):
+        area = rng.uniform(0.25, 1.0) * w * h
+        aspect = rng.uniform(0.75, 1.33)
+        cw, ch = min(w, int(round((area * aspect) ** 0.5))), min(h, int(round((area / aspect) ** 0.5)))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        view = img.crop((x, y, x + cw, y + ch)).resize((size, size), Image.Resampling.BILINEAR)
+        view = view.rotate(90 * int(rng.integers(4)))
+        if rng.random() < 0.5:
+            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+            view = enhance(view).enhance(rng.uniform(0.7, 1.3))
+        out.append(view)
+    return out
+
+
+# Fitting ------------------------------------------------------------------------------------------------------
+
+def features(predictor, images: list[Image.Image], batch_size: int = 16) -> np.ndarray:
+    """Pooled features of the image as given (the first view), as the worker's checks see them."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([predictor.prepare(img) for img in images[start:start + batch_size]])
+        with torch.inference_mode():
+            out.append(predictor.runner.both(batch)[1].float().cpu().numpy())
+        if (start // batch_size) % 25 == 0:
+            log.info("features: %d/%d", min(start + batch_size, len(images)), len(images))
+    return np.concatenate(out)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int = 200):
+    """(mean, scale, weight, bias) of a class-balanced L2 logistic regression of y (1: not a lesion) on x."""
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    xs = torch.tensor((x - mean) / scale, dtype=torch.float64)
+    yt = torch.tensor(y, dtype=torch.float64)
+    w_pos = 0.5 / max(yt.mean().item(), 1e-9)
+    sample_w = torch.where(yt > 0, w_pos, 0.5 / max(1 - yt.mean().item(), 1e-9))
+    weight = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        z = xs @ weight + bias
+        loss = (sample_w * torch.nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="none")).mean()
+        loss = loss + l2 * (weight ** 2).sum() / 2
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return mean, scale, weight.detach().numpy(), float(bias.detach())
+
+
+def fit(lesions: np.ndarray, others: np.ndarray, lesion_percentile: float, l2: float):
+    """A gate and its threshold: the score that ``lesion_percentile`` of the training lesions stay below."""
+    from classifier.lesiongate import LesionGate
+
+    x = np.concatenate([lesions, others])
+    y = np.concatenate([np.zeros(len(lesions)), np.ones(len(others))])
+    mean, scale, weight, bias = fit_logistic(x, y, l2)
+    gate = LesionGate(mean, scale, weight, bias, 0.0, {})
+    gate.cutoff = float(np.percentile(gate.scores(lesions), lesion_percentile))
+    return gate
+
+
+def run(args) -> dict:
+    from classifier import lesiongate
+    from classifier.modelfile import read_metadata
+    from classifier.predictor import Predictor
+    from classifier.training.data import load_samples, locked_test_split, split_as_recorded
+
+    rng = np.random.default_rng(args.seed)
+    meta = read_metadata(args.model)
+    predictor = Predictor.from_file(args.model, device="cpu", runtime="torch")
+    samples = load_samples(args.data)
+    train, val = split_as_recorded(samples, meta.training.get("recipe", {}))
+    locked = {s.path for s in locked_test_split(samples)}
+    chosen = [train[i] for i in rng.permutation(len(train))[:args.train_images]]
+    lesions = features(predictor, [Image.open(s.path).convert("RGB") for s in chosen])
+    pictures = {**package_pictures(), **synthetic_pictures(args.seed)}
+    views, groups, categories = [], [], []
+    for name, (category, img) in pictures.items():
+        for view in variants(img, args.views, rng):
+            views.append(view)
+            groups.append(name)
+            categories.append(category)
+    others = features(predictor, views)
+    groups, categories = np.array(groups), np.array(categories)
+    # Other pictures withheld when their base picture took no part in the fit (5 folds by base picture).
+    fold = np.array([zlib.crc32(g.encode()) % 5 for g in groups])
+    held_flags = np.zeros(len(others), bool)
+    for f in range(5):
+        gate = fit(lesions, others[fold != f], args.lesion_percentile, args.l2)
+        held_flags[fold == f] = gate.scores(others[fold == f]) > gate.cutoff
+    gate = fit(lesions, others, args.lesion_percentile, args.l2)
+    val_lesions = features(predictor, [Image.open(s.path).convert("RGB") for s in val])
+    val_flags = gate.scores(val_lesions) > gate.cutoff
+    sources = np.array([s.source for s in val])
+    figures = {
+        "other_pictures_held_out": {
+            "views": int(len(others)), "pictures": int(len(pictures)), "share_withheld": round(held_flags.mean(), 4),
+            "per_category": {c: round(float(held_flags[categories == c].mean()), 4) for c in sorted(set(categories))}},
+        "validation_lesions": {"n": int(len(val)), "share_withheld": round(float(val_flags.mean()), 4),
+                               "locked_images_among_them": int(sum(s.path in locked for s in val)),
+                               "per_source": {src: {"n": int((sources == src).sum()),
+                                                    "share_withheld": round(float(val_flags[sources == src].mean()), 4)}
+                                              for src in sorted(set(sources))}},
+    }
+    gate.meta = {"weights_version": meta.weights_version, "fitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "train_lesions": int(len(lesions)), "other_views": int(len(others)),
+                 "lesion_percentile": args.lesion_percentile, "l2": args.l2, "figures": figures}
+    out = Path(args.out) if args.out else lesiongate.gate_path(args.model)
+    lesiongate.save(out, gate)
+    return {"gate": str(out), "threshold": gate.cutoff, **figures}
+
+
+def get_args_parser(add_help=True):
+    p = argparse.ArgumentParser(description="Fit the lesion gate of a model's weights.", add_help=add_help)
+    p.add_argument("--model", required=True, help="model file (.safetensors); the gate is written beside it")
+    p.add_argument("--data", required=True, help="the dataset the model was trained on (its split is remade)")
+    p.add_argument("--out", help="the gate file (default: <model>.lesion-gate.json)")
+    p.add_argument("--train-images", type=int, default=1500, help="training lesions to fit on")
+    p.add_argument("--views", type=int, default=20, help="random views of each other picture")
+    p.add_argument("--lesion-percentile", type=float, default=99.5,
+                   help="the threshold lets this percentile of the training lesions' scores through")
+    p.add_argument("--l2", type=float, default=1e-2)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    from classifier.training.cli import run_and_print
+
+    return run_and_print(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,75 @@
+"""The lesion gate (issue 43): trained against pictures that are not dermoscopic lesions, beside the weights,
+used by the worker in the distance check's place, carried with the weights to a derived model file."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from classifier import lesiongate
+from classifier.predictor import Predictor
+from tests.conftest import FIXTURES, ROOT
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory, model_file):
+    """The test model with a gate fitted by the command (few views: the mechanics, not the figures)."""
+    path = tmp_path_factory.mktemp("gate") / "m.safetensors"
+    shutil.copyfile(model_file, path)
+    r = subprocess.run([sys.executable, "-m", "classifier.training.lesiongate", "--model", str(path), "--data",
+                        str(FIXTURES), "--views", "2", "--train-images", "8"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return path, json.loads(r.stdout)
+
+
+def test_the_command_writes_a_gate_with_its_held_out_figures(gated):
+    path, printed = gated
+    body = json.loads(lesiongate.gate_path(path).read_text())
+    assert body["format"] == lesiongate.FORMAT and body["weights_version"] == "test-vgg16-64px"
+    figures = body["figures"]
+    assert figures == {k: printed[k] for k in ("other_pictures_held_out", "validation_lesions")}
+    held = figures["other_pictures_held_out"]
+    assert held["pictures"] > 80 and held["views"] == 2 * held["pictures"]
+    assert {"face", "document", "photograph", "skin without a dermatoscope (synthetic)"} <= set(held["per_category"])
+    lesions = figures["validation_lesions"]
+    assert set(lesions["per_source"]) and 0 <= lesions["share_withheld"] <= 1
+
+
+def test_the_worker_decides_with_the_gate_where_the_weights_have_one(gated):
+    path, _ = gated
+    predictor = Predictor.from_file(path, device="cpu", runtime="torch")
+    gate = predictor.lesion_check
+    assert isinstance(gate, lesiongate.LesionGate)
+    batch = predictor.preprocess(sorted((FIXTURES / "images").iterdir())[:3])
+    _, distances, _, _ = predictor.assess(batch)
+    features = predictor.runner.both(batch)[1].float().numpy()
+    np.testing.assert_allclose(distances, gate.scores(features), rtol=1e-5)
+    assert torch.is_tensor(gate.distances(torch.from_numpy(features)))
+
+
+def test_a_gate_for_other_weights_or_a_broken_one_is_not_used(gated, tmp_path):
+    path, _ = gated
+    copy = tmp_path / "m.safetensors"
+    shutil.copyfile(path, copy)
+    body = json.loads(lesiongate.gate_path(path).read_text())
+    for bad in ({**body, "weights_version": "other"}, {**body, "scale": [0.0] * len(body["scale"])}, {"format": "x"}):
+        lesiongate.gate_path(copy).write_text(json.dumps(bad))
+        with pytest.raises(lesiongate.GateError):
+            lesiongate.load(copy, "test-vgg16-64px")
+        assert not isinstance(Predictor.from_file(copy, device="cpu", runtime="torch").lesion_check,
+                              lesiongate.LesionGate)
+
+
+@pytest.mark.django_db
+def test_the_gate_travels_with_the_weights_into_the_registry(gated, settings):
+    from skinweb.models_registry.models import ModelVersion
+
+    path, _ = gated
+    version = ModelVersion.import_file(path)
+    assert lesiongate.gate_path(version.path).read_text() == lesiongate.gate_path(path).read_text()
+    assert version.lesion_gate["threshold"] == lesiongate.load(path, "test-vgg16-64px").cutoff
