@@ -5,6 +5,8 @@
 Everything runs on loopback in a temporary folder (its own SQLite database, media, Redis), so
 your data is never touched. It measures, over HTTP as a browser would:
 
+0. with ``--during-build N``: N single uploads right after the model is published, while a low-priority
+   worker builds its fast path (the first minutes of a fresh ``make run``; the first one also loads the model);
 1. single uploads with an idle worker: upload → result visible on the case's status panel;
 2. a burst of N uploads from several concurrent clients: time from upload to result per case
    (p50/p95/max) and throughput;
@@ -29,7 +31,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from skinweb.launcher import Processes, free_port, redis_command, worker_command
+from skinweb.launcher import STOP_AT_ONCE, Processes, free_port, redis_command, worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "isic" / "images"
@@ -82,7 +84,7 @@ class Browser:
 class Stack:
     """The stack as production runs it (gunicorn, Redis, two Celery workers), started by skinweb.launcher."""
 
-    def __init__(self, workdir: Path, model: Path | None, database_url: str = ""):
+    def __init__(self, workdir: Path, model: Path | None, database_url: str = "", operating_point: str = ""):
         self.workdir = workdir
         self.redis_port, self.web_port = free_port(), free_port()
         self.env = {
@@ -98,7 +100,7 @@ class Stack:
             "INFERENCE_DEVICE": "cpu",
             "LOG_LEVEL": "WARNING",
         }
-        self.model = model
+        self.model, self.operating_point = model, operating_point
         self.processes = Processes(self.env, log_dir=workdir)
 
     def run(self, *args):
@@ -109,9 +111,12 @@ class Stack:
         self.run("migrate", "--noinput")
         self.run("collectstatic", "--noinput")
         self.processes.start("redis", redis_command(self.redis_port, self.workdir), ready_port=self.redis_port)
-        if self.model:
-            self.run("publish_model", str(self.model))
         self.processes.start("worker", worker_command("inference,default", "bench-worker@%h"))
+        # The builds of the fast path and the reference library: their own low-priority worker, as `make run` has.
+        self.processes.start("builder", worker_command("builds", "bench-builder@%h", nice=19), env=STOP_AT_ONCE)
+        if self.model:
+            self.run("publish_model", str(self.model),
+                     *(["--operating-point", self.operating_point] if self.operating_point else []))
         # Heat maps in their own process at a lower CPU priority, as `make run` does.
         self.processes.start("explainer", worker_command("explain", "bench-explainer@%h", nice=10))
         self.processes.start("web", [sys.executable, "-m", "gunicorn", "skinweb.wsgi:application", "--bind",
@@ -150,6 +155,12 @@ def newest_case_id():
     from skinweb.clinic.models import Case
 
     return Case.objects.order_by("-pk").values_list("pk", flat=True).first()
+
+
+def browser_for(base):
+    browser = Browser(base)
+    browser.login("bench", "bench-password")
+    return browser
 
 
 def measure_single(browser, lesion_id, images, n):
@@ -324,6 +335,10 @@ def get_args_parser():
     p.add_argument("--history-cases", type=int, default=10_000)
     p.add_argument("--history-requests", type=int, default=50)
     p.add_argument("--model", default=str(ROOT / "classifier" / "models" / "starter.safetensors"))
+    p.add_argument("--operating-point", default=None,
+                   help="an operating point file for --model (default: the shipped one with the shipped starter)")
+    p.add_argument("--during-build", type=int, default=0, metavar="N",
+                   help="first, N single uploads while the fast path is being built (a fresh make run's first minutes)")
     p.add_argument("--images", default=str(FIXTURES), help="folder of JPEG images to upload")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
@@ -341,8 +356,12 @@ def main(args) -> int:
     if not model.is_file():
         print(f"error: no model file {model}", file=sys.stderr)
         return 2
+    op = args.operating_point
+    if op is None:
+        shipped = ROOT / "classifier" / "models" / "starter.safetensors"
+        op = str(shipped.with_suffix(".operating-point.json")) if model.resolve() == shipped.resolve() else ""
     workdir = Path(tempfile.mkdtemp(prefix="skinweb-bench-"))
-    stack = Stack(workdir, model, args.database_url)
+    stack = Stack(workdir, model, args.database_url, op)
     result = {}
     try:
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -356,13 +375,23 @@ def main(args) -> int:
         user = User.objects.create_user("bench", password="bench-password", clinic=clinic)
         patient = Patient.objects.create(clinic=clinic, identifier="BENCH-1", birth_year=1970, sex="female")
         lesion = Lesion.objects.create(patient=patient, site="posterior torso")
-        log("waiting for the worker to build the model's fast path …")
+        if args.during_build:
+            from skinweb.models_registry.models import ModelVersion
+
+            log(f"{args.during_build} single uploads while the fast path is being built …")
+            started = time.perf_counter()
+            during = measure_single(browser_for(base), lesion.pk, images, args.during_build)
+            state = ModelVersion.objects.published().fast_path
+            result["during_build"] = {"n": len(during), "first_s": during[0], "p50_s": pct(during, 50),
+                                      "p95_s": pct(during, 95), "max_s": max(during),
+                                      "seconds": round(time.perf_counter() - started, 1),
+                                      "build_still_running_at_end": "building_since" in state}
+        log("waiting for the builder to build the model's fast path …")
         version = wait_fast_path()
         result["database"] = "postgresql" if args.database_url else "sqlite"
         result["model_version"] = version.version
         result["runtime"] = version.runtime
-        browser = Browser(base)
-        browser.login("bench", "bench-password")
+        browser = browser_for(base)
 
         log(f"{args.single} single uploads …")
         measure_single(browser, lesion.pk, images, 2)  # the worker loads the model
@@ -388,6 +417,11 @@ def main(args) -> int:
         return 0
     s, b, h = result["single_upload"], result["burst"], result["history"]
     print(f"model {result['model_version']} on the worker's runtime {result['runtime']}")
+    if "during_build" in result:
+        d = result["during_build"]
+        print(f"single uploads while the fast path was being built ({d['n']}, the first loads the model; build still "
+              f"running at the end: {d['build_still_running_at_end']}): first {d['first_s']:.2f} s, p50 "
+              f"{d['p50_s']:.2f} s, p95 {d['p95_s']:.2f} s, max {d['max_s']:.2f} s")
     print(f"single upload → visible result ({s['n']}, idle worker): p50 {s['p50_s']:.2f} s, p95 {s['p95_s']:.2f} s, "
           f"max {s['max_s']:.2f} s")
     print(f"burst of {b['uploads']} uploads from {b['clients']} clients: {b['done']} done, {b['failed']} failed, "

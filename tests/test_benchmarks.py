@@ -16,7 +16,7 @@ def test_stack_benchmark_runs_through_the_real_stack(model_file):
     env = {**os.environ, "TRAINING_DATASETS": str(ROOT / "tests" / "fixtures" / "isic")}
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.stack", "--model", str(model_file), "--uploads", "6", "--clients", "2",
-         "--single", "2", "--history-cases", "60", "--history-requests", "3", "--json"],
+         "--single", "2", "--during-build", "2", "--history-cases", "60", "--history-requests", "3", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -24,6 +24,7 @@ def test_stack_benchmark_runs_through_the_real_stack(model_file):
     burst = out["burst"]
     assert burst["done"] == burst["uploads"] == 6 and burst["http_errors"] == 0 and burst["failed"] == 0
     assert out["single_upload"]["n"] == 2 and out["history"]["cases"] == 60
+    assert out["during_build"]["n"] == 2 and out["during_build"]["first_s"] > 0  # while the builder built
     # One query plan for the history page, whatever the page: no N+1.
     assert len(set(out["history"]["queries"].values())) == 1
     assert out["dashboard"]["p50_ms"] > 0 and out["heatmaps"]["done"] + out["heatmaps"]["failed"] >= 6

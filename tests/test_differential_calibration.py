@@ -66,3 +66,11 @@ def test_a_note_when_the_differential_and_the_decision_disagree():
         prediction("benign", "melanoma"))
     assert "is benign, while the decision at the threshold is malignant" in differential_disagreement(
         prediction("malignant", "nevus"))
+
+
+def test_a_temperature_alone_keeps_every_images_ranking_of_the_classes():
+    logits, y = overconfident(seed=1)
+    alone = fitting.calibrate(logits, y, groups=range(len(y)), offsets=False)
+    assert alone["method"] == "temperature" and alone["offsets"] == [0.0] * len(CLASSES)
+    assert alone["temperature"] > 2 and alone["balanced_accuracy_after"] == alone["balanced_accuracy_before"]
+    assert alone["ece_after_cross_fitted"] < alone["ece_before"]

@@ -276,7 +276,7 @@ def test_the_model_page_says_how_many_check_images_the_int8_recheck_reran_in_fp3
         "runtimes": {"onnx-fp32": fp32, "onnx-int8-recheck": {**fp32, "img_s": 14.9, "rechecked": 26}},
     }))
     page = client.get(reverse("manage:model_detail", args=[starter.pk])).content.decode()
-    assert "CPU workers use <strong>onnx-int8-recheck</strong>" in page
+    assert "the fastest accepted runtime was <strong>onnx-int8-recheck</strong>" in page
     assert page.count("rerun in fp32") == 1 and "26 of 256 borderline images rerun in fp32" in page
 
 
@@ -329,3 +329,28 @@ def test_one_click_labels_keep_the_training_switch_as_it_is(client, queue):
         client.post(reverse("clinic:relabel"), data)
         case.refresh_from_db()
         assert case.truth_label == "malignant" and case.use_for_training is on
+
+
+def test_a_run_that_stopped_part_way_resumes_from_its_checkpoint_with_manage_py_retrain(platform_admin, parent,
+                                                                                         monkeypatch, capsys):
+    """issue 44: the product's retraining uses the resumable trainer; a run that stopped (here: its machine
+    failed while writing the candidate, after its epochs' checkpoints) continues with `retrain --resume`."""
+    from django.core.management import CommandError, call_command
+
+    run = training.start_run(platform_admin, epochs=1)
+    real_finish = training.finish
+    monkeypatch.setattr(training, "finish", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    run = training.run_training(run.pk)
+    assert run.status == "failed" and "disk full" in run.error
+    assert training.resumable_runs() == [run]
+    monkeypatch.setattr(training, "finish", real_finish)
+    with pytest.raises(CommandError, match="is called"):
+        call_command("retrain", "--resume", "no-such-run", "--here")
+    call_command("retrain", "--resume", "--here")
+    run.refresh_from_db()
+    assert run.status == "candidate" and run.error == ""
+    assert "candidate" in capsys.readouterr().out
+    # A cancelled run is not offered again.
+    other = training.start_run(platform_admin, epochs=1)
+    ModelVersion.objects.filter(pk=other.pk).update(status="failed", error=training.CANCELLED)
+    assert training.resumable_runs() == []

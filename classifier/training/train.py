@@ -504,8 +504,9 @@ class Progress:
     """``progress.json`` beside the checkpoint: where the run stands, its speed and when it will end
     (the rate measured since this sitting started, over the steps left in the whole schedule)."""
 
-    def __init__(self, path: Path, steps_per_epoch: int, batch_size: int):
+    def __init__(self, path: Path, steps_per_epoch: int, batch_size: int, listener=None):
         self.path, self.steps_per_epoch, self.batch_size = path, steps_per_epoch, batch_size
+        self.listener = listener
         self.t0, self.step0, self.last = time.perf_counter(), None, 0.0
 
     def update(self, epoch, epochs, step_in_epoch, loss, force=False, **extra):
@@ -526,14 +527,17 @@ class Progress:
                                                                    time.gmtime(time.time() + eta)),
                   "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
         write_json(self.path, record)
+        if self.listener is not None:
+            self.listener(record)
         log.info("progress: epoch %d/%d, step %d/%d, %.2f images/s%s", epoch + 1, epochs, step_in_epoch,
                  self.steps_per_epoch, record["images_per_s"],
                  f", ETA {record['eta_at']}" if record["eta_at"] else "")
 
 
-def main(args, on_epoch=None) -> int:
+def main(args, on_epoch=None, on_progress=None) -> int:
     """Train; ``on_epoch(record)`` (optional) is called after each epoch's checkpoint with the
-    epoch's metrics plus ``epochs`` and ``eta_s``, and stops the run when it returns False."""
+    epoch's metrics plus ``epochs`` and ``eta_s``, and stops the run when it returns False;
+    ``on_progress(record)`` with progress.json's record about once a minute inside an epoch (a heartbeat)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     out = Path(args.out)
     args = resume_arguments(args)
@@ -716,7 +720,7 @@ def main(args, on_epoch=None) -> int:
     if export_pending and best_path.is_file():  # stopped between the best epoch's checkpoint and its export
         export_best()
         save_checkpoint(start_epoch - 1, export_pending=False)
-    progress = Progress(out / "progress.json", steps_per_epoch, args.batch_size)
+    progress = Progress(out / "progress.json", steps_per_epoch, args.batch_size, on_progress)
     started = time.perf_counter()
     wanted_epochs, resumed_budget = args.epochs, start_epoch > 0  # a resumed run keeps its length
     for epoch in range(start_epoch, args.epochs):

@@ -211,8 +211,12 @@ def run_training(version_id: int) -> ModelVersion:
                                                               heartbeat_at=timezone.now())
             return not ModelVersion.objects.filter(pk=version.pk, cancel_requested=True).exists()
 
+        def on_progress(record):  # inside an epoch, about once a minute: the run is alive, and where it stands
+            ModelVersion.objects.filter(pk=version.pk).update(
+                progress=jsonable({**record, "worker": me, "within_epoch": True}), heartbeat_at=timezone.now())
+
         ModelVersion.objects.filter(pk=version.pk).update(heartbeat_at=timezone.now())
-        status = train.main(args, on_epoch=on_epoch)
+        status = train.main(args, on_epoch=on_epoch, on_progress=on_progress)
         if status == train.STOPPED:
             raise RunCancelled()
         if status != 0 or not (folder / "out" / "model.safetensors").is_file():
@@ -221,8 +225,7 @@ def run_training(version_id: int) -> ModelVersion:
         lesioncheck.fit_model_file(folder / "out" / "model.safetensors", folder / "data")
         finish(version, folder / "out" / "model.safetensors")
     except RunCancelled:
-        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED,
-                                                          error="Cancelled by an administrator.")
+        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED, error=CANCELLED)
     except (DatasetError, ModelFileError, OSError, RuntimeError, ValueError, KeyError) as exc:
         log.exception("training run %s failed", version.version)
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED,
@@ -269,6 +272,29 @@ def evaluate_against_parent(version: ModelVersion) -> dict:
             labels = [s.label for s in items]
             out[name][set_name] = metrics.binary_metrics(labels, probs, predictor.threshold, n_boot=200)
     return out
+
+
+CANCELLED = "Cancelled by an administrator."
+
+
+def resumable_runs():
+    """Runs that stopped without finishing (their worker died or the stack was stopped, then the sweep failed
+    them) and left a checkpoint: each can continue where it stopped (``resume_run``)."""
+    stopped = ModelVersion.objects.filter(status=ModelVersion.Status.FAILED).exclude(error=CANCELLED)
+    return [v for v in stopped.order_by("-created_at") if (run_dir(v) / "out" / "checkpoint.pt").is_file()]
+
+
+def resume_run(version: ModelVersion) -> ModelVersion:
+    """Put a stopped run back in training; the caller queues ``tasks.train_model`` (on commit). The trainer
+    resumes from the run's last checkpoint (at most ten minutes of work lost: train's --checkpoint-minutes)."""
+    if version not in resumable_runs():
+        raise ValueError(f"{version.version} cannot be resumed: it did not stop part-way with a checkpoint.")
+    if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).exists():
+        raise ValueError("A training run is already in progress; wait for it or cancel it.")
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.TRAINING, error="",
+                                                      heartbeat_at=timezone.now())
+    version.refresh_from_db()
+    return version
 
 
 def mark_stale_runs() -> list[str]:
