@@ -127,8 +127,8 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
     out += ["## Metrics", "",
             "- AUC with a 95% bootstrap interval, per source and per diagnosis; the headline: melanoma against "
             "nevus + seborrheic keratosis, ISIC 2017 part.",
-            "- At the threshold: sensitivity and specificity with exact (Clopper-Pearson) 95% intervals; the share "
-            "of melanomas below the band (shown as confidently benign) and of images in the band.",
+            "- At the threshold: sensitivity and specificity with exact 95% intervals; the shares of melanomas below "
+            "the band and of images in the band.",
             f"- Calibration error (ECE, 10 bins) {f3(cal.get('ece_before'))} before and {f3(cal.get('ece_after'))} "
             f"after calibration on validation; decisions changed by rotating or mirroring: "
             f"{f3(v.get('dihedral_flip_rate'))} (one view alone: {f3(v.get('single_view_flip_rate'))}).", ""]
@@ -187,13 +187,13 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
                  f"threshold sensitivity {f3(op.get('sensitivity'))}, specificity {f3(op.get('specificity'))}, "
                  f"{pct(op.get('band_share'))} of images in the band.")
     else:
-        chose = (f"{v.get('n')} images, {v.get('n_malignant')} malignant; these images chose the weights' epoch and "
+        chose = (f"{v.get('n')} images, {v.get('n_malignant')} malignant, which chose the weights' epoch and "
                  f"calibration. Headline AUC {f3(head.get('auc'))} ({ci(head.get('auc_ci95'))}); all images "
-                 f"{f3(v.get('auc'))} ({ci(v.get('auc_ci95'))}); the rates per source below are at the weights' own "
-                 f"threshold {f3(v.get('threshold'))}. This version's threshold was fitted on the "
-                 f"{op.get('n_malignant', 0) + op.get('n_benign', 0)} of them outside the locked test split: there "
-                 f"sensitivity {f3(op.get('sensitivity'))} ({ci(op.get('sensitivity_ci'))}), specificity "
-                 f"{f3(op.get('specificity'))}, {pct(op.get('band_share'))} of images in the band.")
+                 f"{f3(v.get('auc'))} ({ci(v.get('auc_ci95'))}); rates below at the weights' own threshold "
+                 f"{f3(v.get('threshold'))}. This version's threshold, fitted on the "
+                 f"{op.get('n_malignant', 0) + op.get('n_benign', 0)} outside the locked split: sensitivity "
+                 f"{f3(op.get('sensitivity'))} ({ci(op.get('sensitivity_ci'))}), specificity "
+                 f"{f3(op.get('specificity'))}, {pct(op.get('band_share'))} in the band.")
     out += ["## Quantitative analyses (validation split)", "", chose, "",
             "| source | images | malignant | AUC (95% CI) | sensitivity | specificity |",
             "| --- | --- | --- | --- | --- | --- |", *source_rows(v.get("per_source", {})), "",
@@ -202,7 +202,19 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
     out += [f"| {name} ({d['label']}) | {d['n']} | {f3(d.get('auc'))} ({ci(d.get('auc_ci95'))}) | "
             f"{f3(d.get('called_malignant'))} |" for name, d in v.get("per_diagnosis", {}).items()]
     out += [""]
-    if lc:
+    from classifier import lesiongate
+
+    gate = lesiongate.load(model_path, meta.weights_version)
+    if gate is not None:
+        g = gate.meta.get("figures", {})
+        held, lesions = g.get("other_pictures_held_out", {}), g.get("validation_lesions", {})
+        out += [f"Lesion gate (`{Path(model_path).stem}.lesion-gate.json`, trained against other pictures): above "
+                f"its threshold the result is withheld. Other pictures withheld when left out of its fit: "
+                f"{pct(held.get('share_withheld'))} of {held.get('views')} views; validation lesions withheld: "
+                f"{pct(lesions.get('share_withheld'))} ("
+                + ", ".join(f"{src} {pct(d['share_withheld'])}" for src, d in lesions.get("per_source", {}).items())
+                + "). Not measured on clinical close-ups.", ""]
+    elif lc:
         out += [f"Lesion check: an image farther than {lc.get('cutoff')} from the training images in the model's "
                 f"features warns \"does not look like a dermoscopic image of a skin lesion\" "
                 f"({pct(lc.get('validation_warning_rate'))} of validation images warn; fitted on "
@@ -212,9 +224,8 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
 
     out += ["## Ethical considerations", "",
             "- Patient data: the model file holds none; images and results stay in the clinic's installation.",
-            "- A confidently benign result can falsely reassure (automation bias): results near the threshold are "
-            "marked borderline, the page states what the threshold found on held-out images, and the "
-            "dermatologist's own decision is recorded beside the model's.",
+            "- A confidently benign result can falsely reassure: results near the threshold are marked borderline, "
+            "and the dermatologist's own decision is recorded beside the model's.",
             "- The training images under-represent darker skin; the licence of its data forbids commercial use.", ""]
 
     out += ["## Caveats and recommendations", "",
@@ -254,11 +265,17 @@ def differential_section(model_path, version: str) -> list[str]:
            f"{f3(v.get('balanced_accuracy'))}, HAM10000 parts {f3(v.get('balanced_accuracy_ham'))}; benign "
            f"keratosis vs rest AUC on the ISIC 2017 part {f3(v.get('benign_keratosis_auc_isic2017'))}; melanoma vs "
            f"rest there {f3(v.get('melanoma_auc_isic2017'))}. {chosen} Retrieval precision@8 (same class among the "
-           f"8 nearest training images) {f3(r.get('retrieval_precision_at_8'))}. One vs rest AUC: "
-           + ", ".join(f"{name.replace('_', ' ')} {f3(auc)}" for name, auc in v.get("auc", {}).items())
-           + ". Per source (images: balanced accuracy, precision@8): "
+           f"8 nearest training images) {f3(r.get('retrieval_precision_at_8'))}. Per source (images: balanced "
+           "accuracy, precision@8): "
            + "; ".join(f"{src} ({d['n']}: {f3(d['balanced_accuracy'])}, {f3(d['retrieval_precision_at_8'])})"
                        for src, d in r.get("per_source", {}).items()) + "."]
+    cal = r.get("calibration")
+    if cal:
+        out += ["", f"Shown calibrated ({cal['method']}, fitted on {cal['n']} validation images outside the locked "
+                f"split): top-class calibration error {f3(cal['ece_before'])} before, "
+                f"{f3(cal['ece_after_cross_fitted'])} after (cross-fitted); the most likely class shown then has "
+                f"balanced accuracy {f3(cal['balanced_accuracy_after'])} (above: uncalibrated); never shown below 1% "
+                "or above 99%."]
     return out + [""]
 
 
