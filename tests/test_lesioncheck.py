@@ -159,9 +159,9 @@ def test_the_shipped_model_warns_on_pictures_that_are_not_dermoscopic_lesions(st
                      _warnings(starter, [lesion, blank, cat, coffee, blurred])))
     assert found["lesion"] == []
     assert found["cat"] == found["coffee"] == [imagechecks.UNLIKE_LESION]  # sharp, well exposed: only this check
-    # A uniform skin-coloured picture is close to the average lesion in the model's features (distance
-    # about 5 against a cut-off of 33): the upload's own check is the one that catches it.
-    assert found["blank"] == ["almost uniform: no lesion visible"]
+    # A uniform skin-coloured picture: the upload's own check catches it (the distance check alone did not: it is
+    # close to the average lesion in the model's features), and the lesion gate now too.
+    assert found["blank"] == [imagechecks.UNIFORM, imagechecks.UNLIKE_LESION]
     assert "blurred" in found["blurred"]
 
 

@@ -218,7 +218,6 @@ def calibrate_head(model_path, data, batch_size: int = 32, cache=None) -> dict:
     from safetensors import safe_open
 
     from classifier.predictor import Predictor
-    from classifier.training.evaluate import predict_all
 
     metadata = read_metadata(model_path)
     head = differential.load(model_path, metadata.weights_version)
@@ -232,7 +231,9 @@ def calibrate_head(model_path, data, batch_size: int = 32, cache=None) -> dict:
     if cache and Path(cache).is_file() and list(np.load(cache)["paths"]) == [str(s.path) for s in chosen]:
         embeddings = np.load(cache)["embeddings"]
     else:
-        _, _, embeddings = predict_all(predictor, chosen, batch_size)
+        embeddings = np.concatenate([  # the worker's embeddings: features over the views its decision used
+            predictor.assess(predictor.preprocess([s.path for s in chosen[i:i + batch_size]])).embeddings.numpy()
+            for i in range(0, len(chosen), batch_size)])
         if cache:
             np.savez(cache, embeddings=embeddings, paths=np.array([str(s.path) for s in chosen]))
     y = np.array([reference.CLASSES.index(reference.differential_class(s.diagnosis)) for s in chosen])
