@@ -357,7 +357,7 @@ class Consistency:
     def __init__(self, weight: float, share: float = 0.25):
         self.weight, self.share = weight, share
 
-    def extra(self, images):
+    def turned_views(self, images):
         m = max(1, int(len(images) * self.share))
         k = int(torch.randint(1, DIHEDRAL_VIEWS, (1,)))
         return dihedral(images[:m], k).contiguous(memory_format=torch.channels_last), m
@@ -381,7 +381,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, ema=
         labels = labels.to(device, non_blocking=True)
         batch, m = images, 0
         if consistency is not None:
-            turned, m = consistency.extra(images)
+            turned, m = consistency.turned_views(images)
             batch = torch.cat([images, turned])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if aux is None:
