@@ -166,3 +166,20 @@ def test_the_demo_publishes_the_starter_with_its_operating_point_and_moves_an_ol
     assert "at least" in published.threshold_in_words and "choosing this threshold" in published.threshold_in_words
     DemoCommand().publish_starter_model()
     assert ModelVersion.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_the_model_page_states_the_figures_of_the_versions_own_threshold(client, settings):
+    """The page's "at the threshold" row is this version's operating point (fitted on the selection images), not
+    the weights' validation figures at their own threshold."""
+    from django.urls import reverse
+
+    from skinweb.models_registry.models import ModelVersion
+    from tests.builders import make_user
+
+    version = ModelVersion.import_file(DEFAULT_MODEL_PATH, operating_point=operatingpoint.DEFAULT_OPERATING_POINT_PATH)
+    client.force_login(make_user("root", None, superuser=True))
+    page = " ".join(client.get(reverse("manage:model_detail", args=[version.pk])).content.decode().split())
+    op = version.operating_point
+    assert f"sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f}" in page
+    assert "at the weights' own threshold 0.184, not this version's" in page
