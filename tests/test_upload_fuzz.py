@@ -76,3 +76,11 @@ def check_dicom(data: bytes):
 def test_mutated_dicom(seed, data):
     """DICOM files (uncompressed and JPEG) with bytes flipped, cut or inserted: a case or a message."""
     check_dicom(mutate(bytearray(seed), data))
+
+
+def test_a_dicom_element_with_an_unknown_value_representation_is_refused():
+    """Found by test_mutated_dicom: one byte of the uncompressed seed's acquisition time VR zeroed ("T\\0"); pydicom
+    raised NotImplementedError when the element was first read, after the checks (a 500)."""
+    buf = bytearray(DICOM_SEEDS[0])
+    buf[485] = 0
+    check_dicom(bytes(buf))

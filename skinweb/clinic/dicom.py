@@ -163,6 +163,10 @@ def read(upload, max_bytes: int | None = None, max_pixels: int | None = None) ->
         refuse("The file's preamble holds another format (such as a program): refused.")
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
+        # pydicom decodes elements when first read: decode every one now, so that a damaged element (an unknown
+        # value representation, found by the upload fuzz test in the acquisition time) refuses the file here.
+        for _ in ds.iterall():
+            pass
         sop = UID(str(ds.file_meta.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", "")))
         syntax = UID(str(ds.file_meta.TransferSyntaxUID))
         rows, columns = int(ds.Rows), int(ds.Columns)
