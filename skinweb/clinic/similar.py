@@ -182,8 +182,7 @@ def differential_probabilities(prediction: Prediction | None) -> dict[str, float
         mtime = path.stat().st_mtime
         with _lock:
             if path not in _heads or _heads[path][0] != mtime:
-                weights = version.operating_point_file.get("weights_version") or version.version
-                _heads[path] = (mtime, differential.load(version.path, weights))
+                _heads[path] = (mtime, differential.load(version.path, version.weights_version))
             head = _heads[path][1]
     except (OSError, differential.DifferentialError) as exc:
         log.warning("differential of prediction %s: %s", prediction.pk, exc)

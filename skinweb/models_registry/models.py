@@ -205,6 +205,12 @@ class ModelVersion(models.Model):
         it was fitted on; {} for a model file that carries its own."""
         return self.metadata.get("training", {}).get("operating_point_file") or {}
 
+    @property
+    def weights_version(self) -> str:
+        """The version of the weights this version runs (its own, unless it is weights with an operating point
+        fitted apart, classifier.operatingpoint): what the differential head and the lesion gate are tied to."""
+        return self.operating_point_file.get("weights_version") or self.version
+
     @cached_property
     def lesion_gate(self) -> dict | None:
         """The lesion gate beside the model file (classifier.lesiongate): its threshold and figures, or None."""
@@ -213,7 +219,7 @@ class ModelVersion(models.Model):
         if not self.filename:
             return None
         try:
-            gate = lesiongate.load(self.path, self.operating_point_file.get("weights_version") or self.version)
+            gate = lesiongate.load(self.path, self.weights_version)
         except lesiongate.GateError:
             return None
         return None if gate is None else {"threshold": gate.cutoff, **gate.meta}
