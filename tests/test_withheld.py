@@ -116,6 +116,31 @@ def test_a_clinician_may_ask_for_the_score_with_a_reason_recorded_and_marked_eve
     assert body["result"]["decision"] == "benign" and body["score_released"] is True and body["result_withheld"] == ""
 
 
+def test_feedback_on_a_withheld_result_does_not_ask_whether_the_clinician_agrees_with_it(client, alice, landscape):
+    client.force_login(alice)
+    page = client.get(reverse("clinic:case_detail", args=[landscape.pk])).content.decode()
+    assert 'data-testid="probability"' not in page and "agree with the AI" not in page
+    r = client.post(reverse("clinic:case_feedback", args=[landscape.pk]),
+                    {"clinical_diagnosis": "nevus", "management": "monitor"})
+    assert r.status_code == 302
+    feedback = Case.objects.get(pk=landscape.pk).feedback
+    assert feedback.agrees_with_ai is None and feedback.clinical_diagnosis == "nevus"
+    page = client.get(reverse("clinic:case_detail", args=[landscape.pk])).content.decode()
+    assert "no AI decision shown" in page
+    assert csv_row(client, landscape)["agrees_with_ai"] == "no AI decision shown"
+    token = make_token(client, alice)
+    url = reverse("api:case-feedback", args=[landscape.pk])
+    assert api(client, token, "post", url, data={"clinical_diagnosis": "nevus", "management": "reassure"},
+               content_type="application/json").status_code == 201
+    # Where a decision is shown, the question is asked and must be answered.
+    shown = classified(landscape.lesion, landscape.prediction.model_version, 0.3)
+    client.force_login(alice)
+    assert "agree with the AI" in client.get(reverse("clinic:case_detail", args=[shown.pk])).content.decode()
+    r = api(client, token, "post", reverse("api:case-feedback", args=[shown.pk]),
+            data={"clinical_diagnosis": "nevus", "management": "reassure"}, content_type="application/json")
+    assert r.status_code == 400 and "agrees_with_ai" in r.json()
+
+
 def test_an_outsider_cannot_release_a_score(client, alice, bob, landscape):
     client.force_login(bob)
     assert client.post(reverse("clinic:case_release_score", args=[landscape.pk]), {"reason": "x"}).status_code == 404

@@ -18,7 +18,7 @@ def form_checked(form, fields):
     """``form``'s cleaned data for ``fields``, or the form's messages as the API's 400 answer."""
     if not form.is_valid():
         raise serializers.ValidationError({k: [str(m) for m in v] for k, v in form.errors.items()})
-    return {name: form.cleaned_data[name] for name in fields}
+    return {name: form.cleaned_data.get(name) for name in fields}
 
 
 class PatientSerializer(serializers.ModelSerializer):
@@ -107,8 +107,11 @@ class FeedbackSerializer(serializers.ModelSerializer):
         read_only_fields = ["revision", "created_at"]
 
     def validate(self, attrs):
-        data = {**attrs, "agrees_with_ai": "yes" if attrs.get("agrees_with_ai") else "no"}
-        return form_checked(FeedbackForm(data), FeedbackForm.Meta.fields)
+        case = self.context.get("case")
+        data = dict(attrs)
+        if attrs.get("agrees_with_ai") is not None:
+            data["agrees_with_ai"] = "yes" if attrs["agrees_with_ai"] else "no"
+        return form_checked(FeedbackForm(data, case=case), FeedbackForm.Meta.fields)
 
 
 class TruthSerializer(serializers.Serializer):

@@ -259,7 +259,7 @@ class CaseViewSet(ClinicRecords, mixins.ListModelMixin, mixins.RetrieveModelMixi
         case = self.get_object()
         if request.method == "GET":
             return Response(s.FeedbackSerializer(case.feedback_history.select_related("created_by"), many=True).data)
-        form = s.FeedbackSerializer(data=request.data)
+        form = s.FeedbackSerializer(data=request.data, context={"case": case})
         form.is_valid(raise_exception=True)
         feedback = case.record_feedback(request.user, **form.validated_data)
         record(request, "feedback", case, revision=feedback.revision)

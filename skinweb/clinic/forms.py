@@ -93,9 +93,12 @@ class FeedbackForm(forms.ModelForm):
             "notes": forms.Textarea(attrs={"rows": 3}),
         }
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, case=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
+        if case is not None and case.shown_prediction is None:
+            # No AI decision on the page (withheld, pending, failed): nothing to agree with.
+            del self.fields["agrees_with_ai"]
+        elif self.instance.pk and self.instance.agrees_with_ai is not None:
             self.initial["agrees_with_ai"] = "yes" if self.instance.agrees_with_ai else "no"
 
     def clean(self):

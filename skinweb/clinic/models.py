@@ -556,7 +556,8 @@ class Feedback(models.Model):
 
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="feedback_history")
     revision = models.PositiveIntegerField()
-    agrees_with_ai = models.BooleanField("agrees with the AI")
+    # None: no AI decision was shown to agree with (the result was withheld: not a lesion image).
+    agrees_with_ai = models.BooleanField("agrees with the AI", null=True, blank=True)
     clinical_diagnosis = models.CharField(max_length=30, choices=DIAGNOSES)
     management = models.CharField(max_length=10, choices=Management.choices)
     histopathology_result = models.CharField(max_length=30, choices=DIAGNOSES, blank=True)

@@ -134,7 +134,7 @@ def case_pdf(case, generated_by) -> bytes:
     story.append(Paragraph("Clinician feedback", styles["Heading3"]))
     if f is not None:
         rows = [
-            ("Agrees with the AI", "yes" if f.agrees_with_ai else "no"),
+            ("Agrees with the AI", agreement(f)),
             ("Clinical diagnosis", f.get_clinical_diagnosis_display()),
             ("Management", f.get_management_display()),
             (
@@ -172,6 +172,13 @@ CSV_COLUMNS = [
 ]
 
 
+def agreement(feedback) -> str:
+    """Whether the clinician agreed with the AI's decision: yes, no, or that none was shown to agree with."""
+    if feedback.agrees_with_ai is None:
+        return "no AI decision shown"
+    return "yes" if feedback.agrees_with_ai else "no"
+
+
 def differential_words(prediction, percent: bool = True) -> str:
     """The prediction's differential on one line, most likely first ("" without one): "Melanoma 41%, Nevus
     33%, ..." for the report, "melanoma=0.4100; nevus=0.3300; ..." (class keys) for the CSV."""
@@ -201,7 +208,7 @@ def case_rows(cases):
             certainty, f"{p.band[0]:.4f}" if p else "", f"{p.band[1]:.4f}" if p else "",
             p.model_version.version if p else "", differential_words(p, percent=False) if p else "",
             "; ".join(c.warnings), c.withheld_reason if c.result_withheld else "",
-            ("yes" if f.agrees_with_ai else "no") if f else "", f.clinical_diagnosis if f else "",
+            agreement(f) if f else "", f.clinical_diagnosis if f else "",
             f.management if f else "", f.histopathology_result if f else "", c.truth_label,
         )]
 

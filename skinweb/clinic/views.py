@@ -341,7 +341,7 @@ def _upload_json(request, lesion, form):
 @object_view(Case)
 def case_detail(request, case):
     record(request, "view", case)
-    form = FeedbackForm(instance=case.feedback)
+    form = FeedbackForm(instance=case.feedback, case=case)
     history = case.feedback_history.select_related("created_by")
     # Moving an image offers this patient's other lesions; another patient is found by identifier.
     lesions = case.lesion.patient.lesions.exclude(pk=case.lesion_id).order_by("pk")
@@ -379,7 +379,7 @@ def case_status(request, case):
         return render(request, "clinic/partials/case_badge_live.html", {"case": case})
     return render(
         request, "clinic/partials/case_status.html",
-        {"case": case, "form": FeedbackForm(instance=case.feedback), "similar": _similar(case),
+        {"case": case, "form": FeedbackForm(instance=case.feedback, case=case), "similar": _similar(case),
          "differential": similar.differential_of(case.shown_prediction),
          "differential_disagrees": similar.differential_disagreement(case.shown_prediction)},
     )
@@ -428,9 +428,9 @@ def reference_image(request, version, position):
 
 @object_view(Case, methods=("GET", "POST"))
 def case_feedback(request, case):
-    form = FeedbackForm(request.POST if request.method == "POST" else None, instance=case.feedback)
+    form = FeedbackForm(request.POST if request.method == "POST" else None, instance=case.feedback, case=case)
     if request.method == "POST" and form.is_valid():
-        fields = {name: form.cleaned_data[name] for name in FeedbackForm.Meta.fields}
+        fields = {name: form.cleaned_data.get(name) for name in FeedbackForm.Meta.fields}
         feedback = case.record_feedback(request.user, **fields)
         record(request, "feedback", case, revision=feedback.revision)
         messages.success(request, f"Feedback saved (revision {feedback.revision}).")
