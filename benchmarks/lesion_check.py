@@ -43,7 +43,7 @@ def withheld_by(predictor, images: list[Image.Image], batch_size: int = 16) -> t
         batch = torch.stack([predictor.prepare(img) for img in images[start:start + batch_size]])
         with torch.inference_mode():
             features = predictor.runner.both(batch)[1]
-        distances += predictor.lesion_check.distances(features).tolist()
+        distances += predictor.lesion_check.distances(features, batch).tolist()
     cutoff = predictor.lesion_check.cutoff
     return [u or d > cutoff for u, d in zip(uniform, distances)], distances
 

@@ -28,7 +28,7 @@ class LesionCheck:
     precision: torch.Tensor  # (d, d), the inverse of the shrunk covariance
     cutoff: float
 
-    def distances(self, features: torch.Tensor) -> torch.Tensor:
+    def distances(self, features: torch.Tensor, batch=None) -> torch.Tensor:
         """Mahalanobis distance of each row of ``features`` (n, d) from the training images."""
         d = features.float() - self.mean
         return ((d @ self.precision) * d).sum(1).clamp_min(0).sqrt()

@@ -327,7 +327,7 @@ class Predictor:
         logits, features, views, embeddings = self._forward(batch)
         distances = None
         if self.lesion_check is not None and features is not None:
-            distances = self.lesion_check.distances(features).tolist()
+            distances = self.lesion_check.distances(features, batch).tolist()
         return Assessment(self.calibrate(logits).tolist(), distances, views.tolist(), embeddings)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

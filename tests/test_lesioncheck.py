@@ -133,7 +133,8 @@ def test_the_worker_stores_the_check_and_the_pages_show_its_warning(client, alic
 # The shipped model on real and unreal pictures: each image's features as the worker measures them.
 def _warnings(predictor, images: list[Image.Image]) -> list[list[str]]:
     batch = predictor.preprocess(images)
-    distances = predictor.lesion_check.distances(torch.cat([predictor.runner.both(b)[1] for b in batch.split(16)]))
+    distances = predictor.lesion_check.distances(torch.cat([predictor.runner.both(b)[1] for b in batch.split(16)]),
+                                                 batch)
     return [imagechecks.check(img) + ([imagechecks.UNLIKE_LESION] if d > predictor.lesion_check.cutoff else [])
             for img, d in zip(images, distances.tolist())]
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from classifier import lesiongate
 from classifier.predictor import Predictor
@@ -48,8 +49,40 @@ def test_the_worker_decides_with_the_gate_where_the_weights_have_one(gated):
     batch = predictor.preprocess(sorted((FIXTURES / "images").iterdir())[:3])
     _, distances, _, _ = predictor.assess(batch)
     features = predictor.runner.both(batch)[1].float().numpy()
-    np.testing.assert_allclose(distances, gate.scores(features), rtol=1e-5)
-    assert torch.is_tensor(gate.distances(torch.from_numpy(features)))
+    statistics = lesiongate.picture_statistics(batch, predictor.metadata.mean, predictor.metadata.std)
+    np.testing.assert_allclose(distances, gate.scores(features, statistics), rtol=1e-5)
+    assert torch.is_tensor(gate.distances(torch.from_numpy(features), batch))
+    with pytest.raises(ValueError, match="statistics"):
+        gate.scores(features)
+
+
+def test_a_picture_outside_the_lesions_envelope_is_withheld_whatever_the_regression_says(gated):
+    """A solid colour and noise lie outside the range every training lesion takes on the picture statistics."""
+    path, _ = gated
+    predictor = Predictor.from_file(path, device="cpu", runtime="torch")
+    gate = predictor.lesion_check
+    rng = np.random.default_rng(0)
+    pictures = [Image.new("RGB", (300, 300), (0, 0, 255)), Image.fromarray(rng.integers(0, 256, (300, 300, 3),
+                                                                                        dtype=np.uint8))]
+    batch = predictor.preprocess(pictures)
+    statistics = gate.statistics(batch)
+    assert (gate.outside(statistics) > 0).all()
+    assert (gate.distances(predictor.runner.both(batch)[1], batch).numpy() > gate.cutoff).all()
+    lesions = predictor.preprocess(sorted((FIXTURES / "images").iterdir())[:8])
+    assert (gate.outside(gate.statistics(lesions)) < 0).mean() >= 0.75  # the fixtures: a few of the training lesions
+
+
+def test_a_gate_of_the_first_format_still_reads_features_alone(gated, tmp_path):
+    path, _ = gated
+    copy = tmp_path / "m.safetensors"
+    shutil.copyfile(path, copy)
+    body = json.loads(lesiongate.gate_path(path).read_text())
+    k = len(lesiongate.STATISTICS)
+    old = {**{key: v for key, v in body.items() if key != "statistics"}, "format": "skinweb-lesion-gate/1",
+           **{key: body[key][:-k] for key in ("mean", "scale", "weight")}}
+    lesiongate.gate_path(copy).write_text(json.dumps(old))
+    gate = lesiongate.load(copy, "test-vgg16-64px")
+    assert not gate.uses_statistics and gate.scores(np.zeros((2, len(old["mean"])))).shape == (2,)
 
 
 def test_a_gate_for_other_weights_or_a_broken_one_is_not_used(gated, tmp_path):
@@ -57,7 +90,11 @@ def test_a_gate_for_other_weights_or_a_broken_one_is_not_used(gated, tmp_path):
     copy = tmp_path / "m.safetensors"
     shutil.copyfile(path, copy)
     body = json.loads(lesiongate.gate_path(path).read_text())
-    for bad in ({**body, "weights_version": "other"}, {**body, "scale": [0.0] * len(body["scale"])}, {"format": "x"}):
+    statistics = body["statistics"]
+    broken_envelope = {**body, "statistics": {**statistics, "envelope_high": statistics["envelope_low"]}}
+    other_statistics = {**body, "statistics": {**body["statistics"], "names": ["hue"]}}
+    for bad in ({**body, "weights_version": "other"}, {**body, "scale": [0.0] * len(body["scale"])}, {"format": "x"},
+                broken_envelope, other_statistics):
         lesiongate.gate_path(copy).write_text(json.dumps(bad))
         with pytest.raises(lesiongate.GateError):
             lesiongate.load(copy, "test-vgg16-64px")

@@ -208,10 +208,12 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
     if gate is not None:
         g = gate.meta.get("figures", {})
         held, lesions = g.get("other_pictures_held_out", {}), g.get("validation_lesions", {})
-        out += [f"Lesion gate (`{Path(model_path).stem}.lesion-gate.json`, trained against other pictures): above "
-                f"its threshold the result is withheld. Other pictures withheld when left out of its fit: "
-                f"{pct(held.get('share_withheld'))} of {held.get('views')} views; validation lesions withheld: "
-                f"{pct(lesions.get('share_withheld'))} ("
+        envelope = " and the range of the training lesions' colour and texture figures" if gate.uses_statistics else ""
+        kinds = ", ".join(f"{k} {pct(v)}" for k, v in held.get("per_category", {}).items())
+        out += [f"Lesion gate (`{Path(model_path).stem}.lesion-gate.json`, trained against other pictures{envelope}): "
+                f"above its threshold the result is withheld. Other pictures withheld when left out of its fit: "
+                f"{pct(held.get('share_withheld'))} of {held.get('views')} views ({kinds}); validation lesions "
+                f"withheld: {pct(lesions.get('share_withheld'))} ("
                 + ", ".join(f"{src} {pct(d['share_withheld'])}" for src, d in lesions.get("per_source", {}).items())
                 + "). Not measured on clinical close-ups.", ""]
     elif lc:

@@ -9,10 +9,13 @@ synthetic ones made here (solid colours, gradients, noise, a text page, a screen
 and without a spot, as a rough stand-in for clinical close-ups taken without a dermatoscope), each seen in many
 random crops, turns and colour changes. Nothing is downloaded.
 
-The threshold lets through all but ``--lesion-percentile`` of the training lesions' scores, and all but
-``--max-withheld`` of the validation lesions outside the locked split (whichever is higher). Printed, and kept in
-the gate file: the share of other pictures withheld when their base picture was left out of the fit (5 folds by
-base picture, per category), and the share of validation lesions withheld per source.
+The regression reads the model's pooled features and the picture statistics (classifier.lesiongate); the
+envelope is the range of those statistics over every training image, widened by ``--envelope-margin`` of it on
+each side. The threshold lets through all but ``--lesion-percentile`` of the training lesions' scores, and all
+but ``--max-withheld`` of the validation lesions outside the locked split (whichever is higher). Printed, and kept
+in the gate file: the share of other pictures withheld when their base picture was left out of the fit (5 folds
+by base picture, per category; the envelope never sees them), and the share of validation lesions withheld per
+source.
 """
 
 import argparse
@@ -130,16 +133,38 @@ def variants(img: Image.Image, k: int, rng, size: int = 256) -> list[Image.Image
 
 # Fitting ------------------------------------------------------------------------------------------------------
 
-def features(predictor, images: list[Image.Image], batch_size: int = 16) -> np.ndarray:
-    """Pooled features of the image as given (the first view), as the worker's checks see them."""
+def features(predictor, images: list, batch_size: int = 16) -> np.ndarray:
+    """(n, d + k): the pooled features of each image as given (the first view), as the worker's checks see them,
+    and its picture statistics. ``images``: PIL images or paths."""
+    from classifier.lesiongate import picture_statistics
+
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack([predictor.prepare(img) for img in images[start:start + batch_size]])
         with torch.inference_mode():
-            out.append(predictor.runner.both(batch)[1].float().cpu().numpy())
+            pooled = predictor.runner.both(batch)[1].float().cpu().numpy()
+        out.append(np.hstack([pooled, picture_statistics(batch, predictor.metadata.mean, predictor.metadata.std)]))
         if (start // batch_size) % 25 == 0:
             log.info("features: %d/%d", min(start + batch_size, len(images)), len(images))
     return np.concatenate(out)
+
+
+def statistics_only(predictor, paths: list, batch_size: int = 64) -> np.ndarray:
+    """The picture statistics of many images (no network pass: the envelope's lesions)."""
+    from classifier.lesiongate import picture_statistics
+
+    out = []
+    for start in range(0, len(paths), batch_size):
+        batch = torch.stack([predictor.prepare(p) for p in paths[start:start + batch_size]])
+        out.append(picture_statistics(batch, predictor.metadata.mean, predictor.metadata.std))
+    return np.concatenate(out)
+
+
+def envelope(statistics: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The range of each statistic over the lesions, widened by ``margin`` of it on each side."""
+    low, high = statistics.min(0), statistics.max(0)
+    span = np.maximum(high - low, 1e-6)
+    return low - margin * span, high + margin * span
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int = 200):
@@ -165,16 +190,25 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int
     return mean, scale, weight.detach().numpy(), float(bias.detach())
 
 
-def fit(lesions: np.ndarray, others: np.ndarray, lesion_percentile: float, l2: float):
-    """A gate and its threshold: the score that ``lesion_percentile`` of the training lesions stay below."""
-    from classifier.lesiongate import LesionGate
+def fit(lesions: np.ndarray, others: np.ndarray, lesion_percentile: float, l2: float, envelope_range, mean_std):
+    """A gate and its threshold: the regression's score that ``lesion_percentile`` of the training lesions stay
+    below. Rows: pooled features then picture statistics (``features``)."""
+    from classifier.lesiongate import STATISTICS, LesionGate
 
     x = np.concatenate([lesions, others])
     y = np.concatenate([np.zeros(len(lesions)), np.ones(len(others))])
     mean, scale, weight, bias = fit_logistic(x, y, l2)
-    gate = LesionGate(mean, scale, weight, bias, 0.0, {})
-    gate.cutoff = float(np.percentile(gate.scores(lesions), lesion_percentile))
+    gate = LesionGate(mean, scale, weight, bias, 0.0, {}, envelope_range[0], envelope_range[1], *mean_std)
+    k = len(STATISTICS)
+    gate.cutoff = float(np.percentile(gate.regression_scores(lesions[:, :-k], lesions[:, -k:]), lesion_percentile))
     return gate
+
+
+def split_columns(x: np.ndarray):
+    from classifier.lesiongate import STATISTICS
+
+    k = len(STATISTICS)
+    return x[:, :-k], x[:, -k:]
 
 
 def run(args) -> dict:
@@ -190,7 +224,10 @@ def run(args) -> dict:
     train, val = split_as_recorded(samples, meta.training.get("recipe", {}))
     locked = {s.path for s in locked_test_split(samples)}
     chosen = [train[i] for i in rng.permutation(len(train))[:args.train_images]]
-    lesions = features(predictor, [Image.open(s.path).convert("RGB") for s in chosen])
+    lesions = features(predictor, [s.path for s in chosen])
+    log.info("picture statistics of the %d training images (the envelope) …", len(train))
+    env = envelope(statistics_only(predictor, [s.path for s in train]), args.envelope_margin)
+    mean_std = (tuple(predictor.metadata.mean), tuple(predictor.metadata.std))
     pictures = {**package_pictures(), **synthetic_pictures(args.seed)}
     views, groups, categories = [], [], []
     for name, (category, img) in pictures.items():
@@ -200,16 +237,16 @@ def run(args) -> dict:
             categories.append(category)
     others = features(predictor, views)
     groups, categories = np.array(groups), np.array(categories)
-    val_lesions = features(predictor, [Image.open(s.path).convert("RGB") for s in val])
+    val_lesions = features(predictor, [s.path for s in val])
     # The threshold also lets through all but ``max_withheld`` of the validation lesions outside the locked
     # split (training lesions score lower than new ones); the locked ones and the shipped check set measure it.
     selection = np.array([s.path not in locked for s in val])
 
     def fitted(others_part):
-        gate = fit(lesions, others_part, args.lesion_percentile, args.l2)
+        gate = fit(lesions, others_part, args.lesion_percentile, args.l2, env, mean_std)
         if selection.any():
-            gate.cutoff = max(gate.cutoff, float(np.quantile(gate.scores(val_lesions[selection]),
-                                                              1 - args.max_withheld, method="higher")))
+            z = gate.regression_scores(*split_columns(val_lesions[selection]))
+            gate.cutoff = max(gate.cutoff, float(np.quantile(z, 1 - args.max_withheld, method="higher")))
         return gate
 
     # Other pictures withheld when their base picture took no part in the fit (5 folds by base picture).
@@ -217,9 +254,9 @@ def run(args) -> dict:
     held_flags = np.zeros(len(others), bool)
     for f in range(5):
         gate = fitted(others[fold != f])
-        held_flags[fold == f] = gate.scores(others[fold == f]) > gate.cutoff
+        held_flags[fold == f] = gate.scores(*split_columns(others[fold == f])) > gate.cutoff
     gate = fitted(others)
-    val_scores = gate.scores(val_lesions)
+    val_scores = gate.scores(*split_columns(val_lesions))
     val_flags = val_scores > gate.cutoff
     sources = np.array([s.source for s in val])
     figures = {
@@ -237,6 +274,7 @@ def run(args) -> dict:
     gate.meta = {"weights_version": meta.weights_version, "fitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "train_lesions": int(len(lesions)), "other_views": int(len(others)),
                  "lesion_percentile": args.lesion_percentile, "max_withheld": args.max_withheld, "l2": args.l2,
+                 "envelope_images": len(train), "envelope_margin": args.envelope_margin,
                  "figures": figures}
     out = Path(args.out) if args.out else lesiongate.gate_path(args.model)
     lesiongate.save(out, gate)
@@ -256,6 +294,9 @@ def get_args_parser(add_help=True):
                    help="the threshold also withholds at most this share of the validation lesions outside the "
                         "locked split")
     p.add_argument("--l2", type=float, default=1e-2)
+    p.add_argument("--envelope-margin", type=float, default=0.05,
+                   help="the envelope: the training images' range of each picture statistic, widened by this share "
+                        "of it on each side")
     p.add_argument("--seed", type=int, default=0)
     return p
 
