@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "skinweb.accounts",
     "skinweb.models_registry",
     "skinweb.clinic",
+    "skinweb.referrals",
     "skinweb.audit",
     "skinweb.api",
 ]
@@ -132,6 +133,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "skinweb.accounts.middleware.SessionTimeoutMiddleware",
+    "skinweb.referrals.access.ReferrerScopeMiddleware",
     "axes.middleware.AxesMiddleware",
 ]
 
@@ -322,7 +324,7 @@ REST_KNOX = {"TOKEN_TTL": timedelta(days=API_TOKEN_DAYS), "TOKEN_PREFIX": "skw_"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["skinweb.api.auth.TokenAuthentication",
                                        "skinweb.api.auth.BrowserSessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "skinweb.api.permissions.NoReferrers"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser", "rest_framework.parsers.MultiPartParser"],
     # Per user; callers that do not authenticate are counted per address first (skinweb.api.views.Guarded).
@@ -359,6 +361,21 @@ if CACHE_REDIS_URL:
 # Authorization header, retried FHIR_PUSH_RETRIES times with growing waits while the server is
 # unreachable or failing. SITE_URL: this site's address as the record will link to its images and reports.
 SITE_URL = env("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+
+# E-mail (referrals: a clinic is told when one arrives, a practice when it is answered; links only, no patient
+# details). EMAIL_HOST set: sent through that SMTP server; unset: written to files under var/mail (the demo).
+EMAIL_HOST = env("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS")
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "skinweb <skinweb@localhost>")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = str(VAR_DIR / "mail")
 FHIR_ENDPOINT = env("FHIR_ENDPOINT", "")
 FHIR_AUTHORIZATION = env("FHIR_AUTHORIZATION", "")
 FHIR_PUSH_RETRIES = env_int("FHIR_PUSH_RETRIES", 6)

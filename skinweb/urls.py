@@ -19,7 +19,7 @@ def favicon(request):
 
 
 urlpatterns = [
-    path("favicon.ico", favicon),
+    path("favicon.ico", favicon, name="favicon"),
     path("accounts/login/", sso.LoginPage.as_view(), name="login"),
     path("accounts/sso/callback/", login_not_required(sso.SSOCallback.as_view()), name="sso_callback"),
     path("accounts/sso/refused/", login_not_required(sso.refused), name="sso_refused"),
@@ -32,6 +32,7 @@ urlpatterns = [
     path("manage/", include("skinweb.models_registry.urls")),
     path("api/", include("skinweb.api.urls")),
     path("api/docs/", api_pages.api_docs, name="api_docs"),
+    path("referrals/", include("skinweb.referrals.urls")),
     path("account/tokens/", api_pages.token_page, name="api_tokens"),
     path("account/tokens/<str:key>/revoke/", api_pages.token_revoke, name="api_token_revoke"),
     path("", include("skinweb.clinic.urls")),

@@ -2,7 +2,8 @@
 
 Roles (README, "Roles"): anonymous; alice, a clinician of the North clinic which owns the records;
 bob, a clinician of the South clinic; carol, North's clinic administrator; dave, South's clinic
-administrator; root, the platform administrator (a superuser of no clinic).
+administrator; root, the platform administrator (a superuser of no clinic); dana, a referrer of the practice
+that sent North the world's referral; erin, a referrer of another practice (referring to South).
 """
 
 import pytest
@@ -13,6 +14,7 @@ from skinweb.accounts.models import User
 from skinweb.audit.models import AuditEvent, clinic_id_of, record
 from skinweb.clinic.models import Case, Feedback, Lesion, Patient
 from skinweb.models_registry.models import ModelVersion
+from skinweb.referrals.models import Answer, Practice, Referral
 from tests.builders import make_case, make_lesion, make_patient, make_user
 
 pytestmark = pytest.mark.django_db
@@ -55,10 +57,25 @@ OWNER_GET = {
     "api_token_revoke": 405,  # POST only
     "login": 302,  # already logged in: sent on
     "logout": 405,  # POST only
+    "referrals:mine": 302,  # a clinic's member: sent to the triage list
+    "referrals:create": 403,  # referring practices only
+    "referrals:triage": 200,
+    "referrals:detail": 200,
+    "referrals:answer": 405,  # POST only
+    "referrals:more_images": 405,  # POST only
+    "referrals:image": 200,
+    "referrals:overview": 404,  # the world's referral has no overview photograph
 }
+# What a referrer gets on their own practice's pages (the world's referral is dana's); every other page but the
+# account's answers 404 (skinweb.referrals.access), the home page sends them to their referrals.
+REFERRER_GET = {"referrals:mine": 200, "referrals:create": 200, "referrals:triage": 403, "referrals:detail": 200,
+                "referrals:answer": 405, "referrals:more_images": 405, "referrals:image": 200,
+                "referrals:overview": 404, "clinic:dashboard": 302, "login": 302, "logout": 405,
+                "two_factor_verify": 302, "two_factor_setup": 200, "account_security": 200}
 PUBLIC = {"login", "logout"}
 # Single sign-on's pages answer everyone alike (no provider is configured here: tests/test_sso.py has one).
-SSO_GET = {"sso_login": 404, "sso_callback": 302, "sso_refused": 403}
+SSO_GET = {"sso_login": 404, "sso_callback": 302, "sso_refused": 403,
+           "favicon": 302}  # and /favicon.ico, sent to the static copy
 # The administrators' pages: 403 for clinicians, this for an administrator allowed there (the relabel
 # queue: clinic administrators and the platform administrator; the registry: the platform administrator).
 STAFF_GET = {
@@ -89,7 +106,8 @@ def project_urls(patterns=None, prefix="", namespace=""):
             yield f"{namespace}{p.name}", prefix + str(p.pattern)
 
 
-ROLES = ["anonymous", "alice", "bob", "carol", "dave", "root"]
+ROLES = ["anonymous", "alice", "bob", "carol", "dave", "root", "dana", "erin"]
+REFERRERS = {"dana", "erin"}
 OWNERS = {"alice", "carol"}  # members of North, which owns the world's records
 
 
@@ -108,9 +126,20 @@ def world(client, north, south, alice, bob, carol, root):
     record(None, "view", south_case)
     version = ModelVersion.objects.create(version="v-access", filename="v.safetensors", arch="vgg16", input_size=64,
                                           threshold=0.5, status=ModelVersion.Status.CANDIDATE)
+    riverside = Practice.objects.create(name="Riverside", code="RIV")
+    riverside.clinics.add(north)
+    hillside = Practice.objects.create(name="Hillside", code="HIL")
+    hillside.clinics.add(south)
+    dana = User.objects.create_user("dana", practice=riverside)
+    erin = User.objects.create_user("erin", practice=hillside)
+    referred = make_lesion(make_patient(north, "RIV-1"))
+    referral = Referral.objects.create(practice=riverside, clinic=north, created_by=dana, patient_identifier="1",
+                                       birth_year=1970, sex="male", site="head/neck", duration_months=2,
+                                       urgency="routine", lesion=referred)
+    referred_case = make_case(referred, dana)
     return {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "root": root, "north": north, "south": south,
             "patient": patient, "lesion": lesion, "case": case, "south_case": south_case, "version": version,
-            "removed": removed}
+            "removed": removed, "dana": dana, "erin": erin, "referral": referral, "referred_case": referred_case}
 
 
 def url_for(name, route, world):
@@ -122,10 +151,12 @@ def url_for(name, route, world):
         return reverse(name, kwargs={"key": "skw_0123456789a"})
     if name == "clinic:case_compare":
         return reverse(name, kwargs={"pk": world["case"].pk, "ref": "d0"})
+    if name == "referrals:image":
+        return reverse(name, kwargs={"pk": world["referral"].pk, "case_pk": world["referred_case"].pk})
     if "<int:pk>" not in route:
         return reverse(name)
     owner = {"patients/": "patient", "lesions/": "lesion", "cases/": "case", "manage/relabel/": "case",
-             "manage/removed/": "removed", "manage/models/": "version"}
+             "manage/removed/": "removed", "manage/models/": "version", "referrals/": "referral"}
     kind = next(v for k, v in owner.items() if route.startswith(k))
     return reverse(name, kwargs={"pk": world[kind].pk})
 
@@ -133,6 +164,8 @@ def url_for(name, route, world):
 def expected(name, route, role):
     if name in SSO_GET:
         return SSO_GET[name]
+    if name in STAFF_GET and role in REFERRERS:
+        return 404
     if name in STAFF_GET:
         allowed = {"root", "carol", "dave"} if name.startswith("clinic:") else {"root"}
         if role == "dave" and name == "clinic:removed_image":
@@ -144,6 +177,12 @@ def expected(name, route, role):
     if role == "anonymous":
         return 302
     has_object = "<int:pk>" in route
+    if role in REFERRERS:
+        if role == "erin" and has_object:
+            return 404  # another practice's referral
+        return REFERRER_GET.get(name, 404)
+    if role == "root" and name in ("referrals:mine", "referrals:triage"):
+        return 403  # neither a referring practice's nor a clinic's
     if role not in OWNERS and has_object:
         return 404
     if role == "root" and name in ("clinic:patient_create", "clinic:dicom_import"):
@@ -173,19 +212,20 @@ def test_get_matrix(client, world, role):
     assert got == {name: expected(name, route, role) for name, route in project_urls()}
 
 
-@pytest.mark.parametrize("role", ["anonymous", "bob", "dave", "root"])
+@pytest.mark.parametrize("role", ["anonymous", "bob", "dave", "root", "erin"])
 def test_outsiders_cannot_post_to_anything(client, world, role):
     login(client, world, role)
-    before = [m.objects.count() for m in (Patient, Lesion, Case, Feedback)]
+    before = [m.objects.count() for m in (Patient, Lesion, Case, Feedback, Answer)]
     for name, route in project_urls():
         if "<int:pk>" not in route or name in STAFF_GET:
             continue
         url = url_for(name, route, world)
         data = {"agrees_with_ai": "yes", "clinical_diagnosis": "nevus", "management": "monitor",
-                "site": "head/neck", "identifier": "X", "birth_year": 1980, "sex": "male"}
+                "site": "head/neck", "identifier": "X", "birth_year": 1980, "sex": "male", "action": "return",
+                "message": "x"}
         r = client.post(url, data)
         assert r.status_code == (302 if role == "anonymous" else 404), (url, r.status_code)
-    assert [m.objects.count() for m in (Patient, Lesion, Case, Feedback)] == before
+    assert [m.objects.count() for m in (Patient, Lesion, Case, Feedback, Answer)] == before
     world["case"].refresh_from_db()
     assert world["case"].status == Case.Status.FAILED  # retry did not run
 
@@ -219,7 +259,7 @@ def test_media_files_have_no_public_url(client, world):
 # The Django admin, per role. Models a clinic administrator may see, scoped to their clinic; every
 # other registered model (the shared model registry, the lockout records, groups) is the platform's.
 CLINIC_SCOPED = {"accounts.clinic", "accounts.user", "clinic.patient", "clinic.lesion", "clinic.case",
-                 "clinic.prediction", "audit.auditevent"}
+                 "clinic.prediction", "audit.auditevent", "referrals.referral"}
 
 
 def admin_pages(world):
@@ -239,6 +279,8 @@ def expected_admin(role, label, row, owner, world):
         return 200
     if role in ("alice", "bob"):
         return "login"  # clinicians are not staff: the admin sends them to its login
+    if role in REFERRERS:
+        return 404  # not a page of the referral service
     clinic = world["carol" if role == "carol" else "dave"].clinic_id
     if label is None:
         return 200  # the index, listing only what the role may see
@@ -388,7 +430,8 @@ def north_state(world):
     return (Patient.objects.filter(clinic=north).count(), Lesion.objects.filter(patient__clinic=north).count(),
             cases.count(), Feedback.objects.filter(case__clinic=north).count(),
             sorted(cases.values_list("status", "truth_label", "use_for_training", "flagged")),
-            sorted(ModelVersion.objects.values_list("version", "status")))
+            sorted(ModelVersion.objects.values_list("version", "status")),
+            sorted(Referral.objects.values_list("pk", "status")), Answer.objects.count())
 
 
 def may_post(name, route, role) -> bool:
@@ -396,6 +439,14 @@ def may_post(name, route, role) -> bool:
         return True
     if role == "anonymous":
         return False
+    if name.startswith("referrals:"):
+        if role in REFERRERS:  # their form; the images the clinic asked of their own referral (none here)
+            return name == "referrals:create" or (role == "dana" and name == "referrals:more_images")
+        if name == "referrals:create":
+            return False
+        return role in OWNERS if "<int:pk>" in route else role != "root"
+    if role in REFERRERS:
+        return name in ("account_security", "two_factor_verify", "two_factor_setup")
     if name.startswith("manage:"):
         return role == "root"
     if name in STAFF_GET:  # the relabel queue: North's cases for North's administrator, any for root

@@ -24,10 +24,12 @@ class ClinicUserAdmin(ClinicScopedAdmin, UserAdmin):
     or permissions beyond those two roles."""
 
     clinic_admin_can_add = True
-    list_display = ["username", "first_name", "last_name", "clinic", "role_name", "is_active"]
+    list_display = ["username", "first_name", "last_name", "clinic", "practice", "role_name", "is_active"]
     list_filter = ["clinic", "is_staff", "is_superuser", "is_active"]
-    fieldsets = UserAdmin.fieldsets + (("Clinic", {"fields": ["clinic"]}),)
-    add_fieldsets = UserAdmin.add_fieldsets + (("Clinic", {"fields": ["clinic"]}),)
+    fieldsets = UserAdmin.fieldsets + (("Clinic, or referring practice", {
+        "fields": ["clinic", "practice"],
+        "description": "A member of a clinic, or (no clinic) a referrer of a practice."}),)
+    add_fieldsets = UserAdmin.add_fieldsets + (("Clinic, or referring practice", {"fields": ["clinic", "practice"]}),)
     clinic_admin_fieldsets = (
         (None, {"fields": ("username", "password")}),
         ("Personal info", {"fields": ("first_name", "last_name", "email")}),

@@ -15,3 +15,4 @@ class AccountsConfig(AppConfig):
         AnonymousUser.role = Role.NONE
         AnonymousUser.is_platform_admin = False
         AnonymousUser.is_clinic_admin = False
+        AnonymousUser.is_referrer = False

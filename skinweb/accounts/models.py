@@ -7,6 +7,10 @@ class Clinic(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     require_two_factor = models.BooleanField(
         default=False, help_text="Everyone of the clinic logs in with a second factor (set by its administrator)")
+    referral_target_urgent_days = models.PositiveSmallIntegerField(
+        default=14, help_text="An urgent referral waiting longer is marked in the triage list")
+    referral_target_routine_days = models.PositiveSmallIntegerField(
+        default=90, help_text="A routine referral waiting longer is marked in the triage list")
 
     def __str__(self):
         return self.name
@@ -18,6 +22,7 @@ class Role(models.TextChoices):
     PLATFORM_ADMIN = "platform_admin", "Platform administrator"
     CLINIC_ADMIN = "clinic_admin", "Clinic administrator"
     CLINICIAN = "clinician", "Clinician"
+    REFERRER = "referrer", "Referrer (a referring practice)"
     NONE = "none", "No role"
 
 
@@ -27,10 +32,13 @@ class User(AbstractUser):
     Roles: a superuser is the platform administrator (the shared model registry, every clinic, in
     the Django admin; clinical pages only for a clinic they belong to); staff of a clinic is that
     clinic's administrator (its users, its cases' ground truth, its audit trail); any other member
-    of a clinic is a clinician. Staff without a clinic who is not a superuser has no role.
+    of a clinic is a clinician. A member of a referring practice (and of no clinic) is a referrer: they send
+    referrals and read the answers, nothing else. Staff without a clinic who is not a superuser has no role.
     """
 
     clinic = models.ForeignKey(Clinic, null=True, blank=True, on_delete=models.PROTECT, related_name="users")
+    practice = models.ForeignKey("referrals.Practice", null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="users", help_text="A referrer's practice (and no clinic)")
 
     def __str__(self):
         return self.get_full_name() or self.username
@@ -42,7 +50,7 @@ class User(AbstractUser):
         if self.is_superuser:
             return Role.PLATFORM_ADMIN
         if self.clinic_id is None:
-            return Role.NONE
+            return Role.REFERRER if self.practice_id is not None and not self.is_staff else Role.NONE
         return Role.CLINIC_ADMIN if self.is_staff else Role.CLINICIAN
 
     @property
@@ -52,6 +60,10 @@ class User(AbstractUser):
     @property
     def is_clinic_admin(self) -> bool:
         return self.role == Role.CLINIC_ADMIN
+
+    @property
+    def is_referrer(self) -> bool:
+        return self.role == Role.REFERRER
 
 
 class ExternalIdentity(models.Model):

@@ -26,6 +26,7 @@ from skinweb.accounts.ip import client_ip
 from skinweb.api import serializers as s
 from skinweb.api.models import ApiToken
 from skinweb.api.pages import tokens_for
+from skinweb.api.permissions import NoReferrers
 from skinweb.audit.models import AuditEvent, record
 from skinweb.clinic import fhir, insights, reports
 from skinweb.clinic import views as pages
@@ -53,12 +54,14 @@ class JSONErrors(DefaultContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-class InClinic(BasePermission):
+class InClinic(NoReferrers):
     """Creating clinical records needs a clinic to put them in (the platform administrator has none)."""
 
-    message = "Your account belongs to no clinic: there is nothing to create records in."
-
     def has_permission(self, request, view):
+        if not request.user.is_authenticated or not super().has_permission(request, view):
+            self.message = NoReferrers.message
+            return False
+        self.message = "Your account belongs to no clinic: there is nothing to create records in."
         return view.action != "create" or getattr(request.user, "clinic_id", None) is not None
 
 

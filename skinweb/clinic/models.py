@@ -335,6 +335,15 @@ class Case(models.Model):
                                                    withheld_reason=withheld)
         self.status, self.prediction, self.finished_at = self.Status.DONE, prediction, now
         self.withheld_reason = withheld
+        self.refresh_referral()
+
+    def refresh_referral(self):
+        """The triage order of the referral this image came with, if any (skinweb.referrals)."""
+        from skinweb.referrals.models import Referral
+
+        referral = Referral.objects.filter(lesion_id=self.lesion_id).first()
+        if referral is not None:
+            referral.refresh_triage()
 
     @property
     def result_withheld(self) -> bool:
@@ -372,12 +381,14 @@ class Case(models.Model):
         self.score_released_at, self.score_released_by, self.score_release_reason = timezone.now(), user, reason
         Case.all_objects.filter(pk=self.pk).update(score_released_at=self.score_released_at, score_released_by=user,
                                                    score_release_reason=reason)
+        self.refresh_referral()
         return old, self.release_snapshot()
 
     def mark_failed(self, reason: str):
         now = timezone.now()
         Case.all_objects.filter(pk=self.pk).update(status=self.Status.FAILED, failure_reason=reason, finished_at=now)
         self.status, self.failure_reason, self.finished_at = self.Status.FAILED, reason, now
+        self.refresh_referral()
 
     def requeue(self):
         Case.all_objects.filter(pk=self.pk).update(

@@ -1,0 +1,229 @@
+"""The referral pages: a referrer's list, form and answers; the clinic's triage worklist, each referral's review
+and the dermatologist's answer. Access: ``Referral.objects.visible_to`` (the clinic it was sent to, the practice
+that sent it), 404 for everyone else."""
+
+import datetime
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.http import FileResponse, Http404
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods
+
+from skinweb.audit.models import record
+from skinweb.clinic import tasks
+from skinweb.clinic.access import object_view
+from skinweb.clinic.models import Case, Lesion, Patient
+from skinweb.clinic.uploads import normalise_image
+from skinweb.clinic.views import image_response
+from skinweb.referrals import notify
+from skinweb.referrals.forms import AnswerForm, MoreImagesForm, ReferralForm
+from skinweb.referrals.models import Answer, Referral
+
+PAGE_SIZE = 25
+
+
+def _referrer(request):
+    if not request.user.is_referrer:
+        raise PermissionDenied("Referring practices only.")
+    return request.user.practice
+
+
+def _clinic_member(request):
+    if request.user.clinic_id is None:
+        raise PermissionDenied("Members of the receiving clinic only.")
+
+
+def _normalised(uploads, form, field="images"):
+    """Each upload checked as the clinic's uploads are; the messages go to the form. None when any failed."""
+    images, failed = [], False
+    for upload in uploads:
+        try:
+            images.append((upload.name, normalise_image(upload)))
+        except ValidationError as exc:
+            form.add_error(field, f"{upload.name}: {exc.messages[0]}")
+            failed = True
+    return None if failed else images
+
+
+def _store_images(request, lesion, images) -> list[Case]:
+    """Cases for the checked images, queued for classification once the transaction commits; a failure removes
+    the files already written (the transaction removes the rows)."""
+    made = []
+    try:
+        for name, image in images:
+            case = lesion.add_image(request.user, name, image)
+            record(request, "upload", case, lesion=lesion.pk, sha256=case.sha256, referral=lesion.referral.pk)
+            tasks.enqueue(case.pk)
+            made.append(case)
+    except BaseException:
+        for case in made:
+            case.image.delete(save=False)
+            case.thumbnail.delete(save=False)
+        raise
+    return made
+
+
+@require_GET
+def mine(request):
+    """A referrer's home: their practice's referrals, newest first, with each one's state."""
+    if request.user.clinic_id is not None:
+        return redirect("referrals:triage")
+    practice = _referrer(request)
+    referrals = Referral.objects.filter(practice=practice).select_related("clinic").prefetch_related("answers")
+    page = Paginator(referrals, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "referrals/mine.html", {"practice": practice, "page": page,
+                                                   "no_clinic": not practice.clinics.exists()})
+
+
+@require_http_methods(["GET", "POST"])
+def create(request):
+    practice = _referrer(request)
+    form = ReferralForm(request.POST or None, request.FILES or None, practice=practice)
+    if request.method == "POST" and form.is_valid():
+        images = _normalised(form.cleaned_data["images"], form)
+        overview = None
+        if form.cleaned_data.get("overview"):
+            overview = _normalised([form.cleaned_data["overview"]], form, "overview")
+        if images is not None and (overview is not None or not form.cleaned_data.get("overview")):
+            referral = submit(request, form, practice, images, overview[0][1] if overview else None)
+            messages.success(request, f"Referral {referral.pk} sent to {referral.clinic.name} with "
+                                      f"{len(images)} image(s).")
+            return redirect("referrals:detail", pk=referral.pk)
+    return render(request, "referrals/form.html", {"form": form, "practice": practice})
+
+
+def submit(request, form, practice, images, overview) -> Referral:
+    """The referral and its records in the receiving clinic: the patient (found by the practice's code and
+    identifier, else made), a new lesion, one case per image."""
+    data = form.cleaned_data
+    clinic = data["clinic"]
+    with transaction.atomic():
+        identifier = f"{practice.code}-{data['patient_identifier']}"[:64]
+        patient = Patient.objects.filter(clinic=clinic, identifier__iexact=identifier).first()
+        if patient is None:
+            patient = Patient.objects.create(clinic=clinic, identifier=identifier, birth_year=data["birth_year"],
+                                             sex=data["sex"], created_by=request.user)
+        lesion = Lesion.objects.create(patient=patient, site=data["site"], created_by=request.user,
+                                       label=f"referred by {practice.name}"[:100])
+        referral = form.save(commit=False)
+        referral.practice, referral.clinic, referral.lesion = practice, clinic, lesion
+        referral.created_by = request.user
+        if overview is not None:
+            referral.overview.save(f"overview.{overview.extension}", overview.content, save=False)
+        try:
+            referral.save()
+            _store_images(request, lesion, images)
+        except BaseException:
+            if referral.overview:
+                referral.overview.delete(save=False)
+            raise
+        record(request, "refer", referral, practice=practice.pk, images=len(images),
+               checklist_score=referral.checklist_score, urgency=referral.urgency)
+        notify.referral_arrived(referral)
+    return referral
+
+
+@object_view(Referral)
+def detail(request, referral):
+    cases = list(referral.lesion.cases.select_related("prediction__model_version").order_by("created_at", "pk"))
+    clinic_view = request.user.clinic_id is not None
+    if clinic_view:
+        record(request, "view", referral)
+    return render(request, "referrals/detail.html", {
+        "referral": referral, "cases": cases, "clinic_view": clinic_view, "answers": referral.answers.all(),
+        "answer_form": AnswerForm() if clinic_view and referral.is_open else None,
+        "more_form": MoreImagesForm() if not clinic_view and referral.status == Referral.Status.MORE_IMAGES else None,
+    })
+
+
+@object_view(Referral, methods=("POST",))
+def answer(request, referral):
+    _clinic_member(request)
+    form = AnswerForm(request.POST)
+    if not referral.is_open:
+        messages.info(request, "This referral has been answered already.")
+        return redirect("referrals:detail", pk=referral.pk)
+    if not form.is_valid():
+        cases = list(referral.lesion.cases.select_related("prediction__model_version").order_by("created_at", "pk"))
+        return render(request, "referrals/detail.html", {
+            "referral": referral, "cases": cases, "clinic_view": True, "answers": referral.answers.all(),
+            "answer_form": form}, status=400)
+    with transaction.atomic():
+        locked = Referral.objects.select_for_update().get(pk=referral.pk)
+        if not locked.is_open:
+            messages.info(request, "This referral has been answered already.")
+            return redirect("referrals:detail", pk=referral.pk)
+        given = Answer.objects.create(referral=locked, created_by=request.user, **form.cleaned_data)
+        old = locked.status
+        locked.status = Answer.STATUS_AFTER[given.action]
+        locked.answered_at = timezone.now()
+        locked.save(update_fields=["status", "answered_at"])
+        record(request, "answer_referral", locked, answer=given.action, old={"status": old},
+               new={"status": locked.status})
+        notify.referral_answered(locked, given)
+    messages.success(request, f"Answered: {given.get_action_display().lower()}. The practice has been told.")
+    return redirect("referrals:triage")
+
+
+@object_view(Referral, methods=("POST",))
+def more_images(request, referral):
+    _referrer(request)
+    form = MoreImagesForm(request.POST, request.FILES)
+    if referral.status != Referral.Status.MORE_IMAGES:
+        messages.info(request, "The clinic has not asked for more images of this referral.")
+        return redirect("referrals:detail", pk=referral.pk)
+    images = _normalised(form.cleaned_data["images"], form) if form.is_valid() else None
+    if images is None:
+        cases = list(referral.lesion.cases.order_by("created_at", "pk"))
+        return render(request, "referrals/detail.html", {
+            "referral": referral, "cases": cases, "clinic_view": False, "answers": referral.answers.all(),
+            "more_form": form}, status=400)
+    with transaction.atomic():
+        _store_images(request, referral.lesion, images)
+        Referral.objects.filter(pk=referral.pk).update(status=Referral.Status.OPEN)
+        referral.status = Referral.Status.OPEN
+        referral.refresh_triage()
+        record(request, "more_images", referral, images=len(images), note=form.cleaned_data["note"],
+               old={"status": Referral.Status.MORE_IMAGES}, new={"status": Referral.Status.OPEN})
+        notify.referral_arrived(referral)
+    messages.success(request, f"{len(images)} image(s) added; the referral is back in the clinic's list.")
+    return redirect("referrals:detail", pk=referral.pk)
+
+
+@object_view(Referral)
+def image(request, referral, case_pk):
+    """An image of the referral, to the practice that sent it and the clinic it was sent to."""
+    case = referral.lesion.cases.filter(pk=case_pk).first()
+    if case is None:
+        raise Http404("No such image in this referral")
+    return image_response(request, case)
+
+
+@object_view(Referral)
+def overview(request, referral):
+    if not referral.overview:
+        raise Http404("No overview photograph")
+    response = FileResponse(referral.overview.open("rb"),
+                            content_type="image/png" if referral.overview.name.endswith(".png") else "image/jpeg")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_GET
+def triage(request):
+    """The clinic's open referrals, riskiest first (Referral.objects.triage_order), with how long each has waited
+    and a warning past the clinic's target."""
+    _clinic_member(request)
+    clinic = request.user.clinic
+    referrals = Referral.objects.filter(clinic=clinic).open().select_related("practice").triage_order()
+    page = Paginator(referrals, PAGE_SIZE).get_page(request.GET.get("page"))
+    now = timezone.now()
+    targets = {Referral.Urgency.URGENT: datetime.timedelta(days=clinic.referral_target_urgent_days),
+               Referral.Urgency.ROUTINE: datetime.timedelta(days=clinic.referral_target_routine_days)}
+    rows = [(r, r.waited(now), r.waited(now) > targets[r.urgency]) for r in page]
+    return render(request, "referrals/triage.html", {"page": page, "rows": rows, "clinic": clinic,
+                                                     "n_open": page.paginator.count})
