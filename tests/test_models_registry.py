@@ -45,3 +45,6 @@ def test_demo_seed_is_idempotent():
     assert (demo.role, clinic_admin.role, admin.role) == ("clinician", "clinic_admin", "platform_admin")
     assert demo.clinic == clinic_admin.clinic and demo.clinic is not None and admin.clinic is None
     assert demo.check_password("demo-skinweb") and clinic_admin.check_password("clinicadmin-skinweb")
+    referrer = User.objects.get(username="referrer")
+    assert referrer.role == "referrer" and referrer.clinic is None
+    assert list(referrer.practice.clinics.all()) == [demo.clinic]

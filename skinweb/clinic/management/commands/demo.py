@@ -34,7 +34,9 @@ DEMO_USERS = [
     ("demo", "demo-skinweb", Role.CLINICIAN),
     ("clinicadmin", "clinicadmin-skinweb", Role.CLINIC_ADMIN),
     ("admin", "admin-skinweb", Role.PLATFORM_ADMIN),
+    ("referrer", "referrer-skinweb", Role.REFERRER),
 ]
+DEMO_PRACTICE = ("Demo Family Practice", "DEMO-GP")
 
 
 class Command(BaseCommand):
@@ -91,11 +93,17 @@ class Command(BaseCommand):
             call_command("collectstatic", interactive=False, verbosity=0)
 
     def seed(self):
+        from skinweb.referrals.models import Practice
+
         clinic, _ = Clinic.objects.get_or_create(name=DEMO_CLINIC)
+        practice, _ = Practice.objects.get_or_create(name=DEMO_PRACTICE[0], defaults={"code": DEMO_PRACTICE[1]})
+        practice.clinics.add(clinic)
         for username, password, role in DEMO_USERS:
             user, _ = User.objects.get_or_create(username=username)
-            # The platform administrator belongs to no clinic: it runs the installation, not a practice.
-            user.clinic = None if role == Role.PLATFORM_ADMIN else clinic
+            # The platform administrator belongs to no clinic: it runs the installation, not a practice. The
+            # referrer belongs to a practice that refers to the demo clinic.
+            user.clinic = None if role in (Role.PLATFORM_ADMIN, Role.REFERRER) else clinic
+            user.practice = practice if role == Role.REFERRER else None
             user.is_staff = role in (Role.CLINIC_ADMIN, Role.PLATFORM_ADMIN)
             user.is_superuser = role == Role.PLATFORM_ADMIN
             user.set_password(password)
