@@ -65,6 +65,8 @@ OWNER_GET = {
     "referrals:more_images": 405,  # POST only
     "referrals:image": 200,
     "referrals:overview": 404,  # the world's referral has no overview photograph
+    "referrals:practices": 200,  # clinic administrators (expected_practices)
+    "referrals:practice_unlink": 405,  # POST only
 }
 # What a referrer gets on their own practice's pages (the world's referral is dana's); every other page but the
 # account's answers 404 (skinweb.referrals.access), the home page sends them to their referrals.
@@ -153,12 +155,24 @@ def url_for(name, route, world):
         return reverse(name, kwargs={"pk": world["case"].pk, "ref": "d0"})
     if name == "referrals:image":
         return reverse(name, kwargs={"pk": world["referral"].pk, "case_pk": world["referred_case"].pk})
+    if name == "referrals:practice_unlink":
+        return reverse(name, kwargs={"pk": world["referral"].practice_id})
     if "<int:pk>" not in route:
         return reverse(name)
     owner = {"patients/": "patient", "lesions/": "lesion", "cases/": "case", "manage/relabel/": "case",
              "manage/removed/": "removed", "manage/models/": "version", "referrals/": "referral"}
     kind = next(v for k, v in owner.items() if route.startswith(k))
     return reverse(name, kwargs={"pk": world[kind].pk})
+
+
+def expected_practices(name, role):
+    """A clinic administrator's referring practices: their own clinic's (Riverside is North's, not South's);
+    403 for everyone else, referrers included."""
+    if role not in ("carol", "dave"):
+        return 403
+    if name == "referrals:practices":
+        return 200
+    return 405 if role == "carol" else 404
 
 
 def expected(name, route, role):
@@ -176,6 +190,8 @@ def expected(name, route, role):
         return {"anonymous": 200 if name == "login" else 302}.get(role, OWNER_GET[name])
     if role == "anonymous":
         return 302
+    if name.startswith("referrals:practice"):
+        return expected_practices(name, role)
     has_object = "<int:pk>" in route
     if role in REFERRERS:
         if role == "erin" and has_object:
@@ -217,8 +233,8 @@ def test_outsiders_cannot_post_to_anything(client, world, role):
     login(client, world, role)
     before = [m.objects.count() for m in (Patient, Lesion, Case, Feedback, Answer)]
     for name, route in project_urls():
-        if "<int:pk>" not in route or name in STAFF_GET:
-            continue
+        if "<int:pk>" not in route or name in STAFF_GET or name.startswith("referrals:practice"):
+            continue  # administrators' pages: 403 (the matrices above)
         url = url_for(name, route, world)
         data = {"agrees_with_ai": "yes", "clinical_diagnosis": "nevus", "management": "monitor",
                 "site": "head/neck", "identifier": "X", "birth_year": 1980, "sex": "male", "action": "return",
@@ -439,6 +455,8 @@ def may_post(name, route, role) -> bool:
         return True
     if role == "anonymous":
         return False
+    if name.startswith("referrals:practice"):
+        return role in ("carol", "dave") if name == "referrals:practices" else role == "carol"
     if name.startswith("referrals:"):
         if role in REFERRERS:  # their form; the images the clinic asked of their own referral (none here)
             return name == "referrals:create" or (role == "dana" and name == "referrals:more_images")

@@ -18,7 +18,7 @@ from skinweb.clinic.models import Case, Lesion, Patient, Prediction
 from skinweb.launcher import free_port, wait_for_port
 from skinweb.models_registry.models import ModelVersion
 from skinweb.referrals.models import Answer, Practice, Referral
-from tests.builders import PASSWORD, image_bytes, make_clinic, upload
+from tests.builders import PASSWORD, image_bytes, make_clinic, make_user, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -269,3 +269,37 @@ def test_the_mail_reaches_a_real_smtp_server(client, dana, north, alice, setting
 def test_another_clinic_cannot_see_a_practice_it_is_not_linked_to(practice, south):
     assert not Practice.objects.filter(clinics=south).exists()
     assert make_clinic("West").practices.count() == 0
+
+
+def test_a_clinic_administrator_links_practices_and_makes_referrer_accounts(client, carol, north, south, alice):
+    client.force_login(carol)
+    url = reverse("referrals:practices")
+    r = client.post(url, {"form": "link", "code": "OAK"})
+    assert r.status_code == 200 and "give the new practice" in r.content.decode() and not Practice.objects.exists()
+    client.post(url, {"form": "link", "code": "OAK", "name": "Oak Lane surgery", "email": "desk@oak.example"})
+    oak = Practice.objects.get(code="OAK")
+    assert list(oak.clinics.all()) == [north]
+    assert AuditEvent.objects.filter(action="link_practice", object_id=str(oak.pk), clinic=north).exists()
+    # Another clinic links the same practice by its code: one practice, two clinics.
+    dave = make_user("dave", south, staff=True)
+    client.force_login(dave)
+    client.post(url, {"form": "link", "code": "oak"})
+    assert Practice.objects.count() == 1 and set(oak.clinics.all()) == {north, south}
+    client.force_login(carol)
+    r = client.post(url, {"form": "account", "practice": oak.pk, "username": "owen", "email": "owen@oak.example",
+                          "password": "short"})
+    assert r.status_code == 200 and not User.objects.filter(username="owen").exists()
+    client.post(url, {"form": "account", "practice": oak.pk, "username": "owen", "email": "owen@oak.example",
+                      "password": "a long enough passphrase 7"})
+    owen = User.objects.get(username="owen")
+    assert owen.role == Role.REFERRER and owen.practice == oak and owen.check_password("a long enough passphrase 7")
+    assert AuditEvent.objects.filter(action="create_referrer", object_id=str(owen.pk)).exists()
+    page = client.get(url).content.decode()
+    assert "Oak Lane surgery" in page and "desk@oak.example" in page
+    # Unlinking stops new referrals to North; South's link stays.
+    client.post(reverse("referrals:practice_unlink", args=[oak.pk]))
+    assert list(oak.clinics.all()) == [south]
+    client.force_login(dave)
+    assert client.post(reverse("referrals:practice_unlink", args=[999])).status_code == 404
+    client.force_login(alice)
+    assert client.get(url).status_code == 403

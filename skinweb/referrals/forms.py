@@ -76,3 +76,61 @@ class AnswerForm(forms.ModelForm):
         if not message:
             raise forms.ValidationError("Write the message the practice will read.")
         return message
+
+
+class LinkPracticeForm(forms.Form):
+    """Link a practice to the administrator's clinic: an existing one by its code, or a new one (name too)."""
+
+    code = forms.SlugField(max_length=20, label="Practice code", help_text="The practice's short code (letters, "
+                           "digits, hyphens). An existing practice is linked; a new code makes a new practice.")
+    name = forms.CharField(max_length=200, required=False, label="Practice name (a new practice)")
+    email = forms.EmailField(required=False, label="Address for answers (a new practice)")
+
+    def clean(self):
+        data = super().clean()
+        from skinweb.referrals.models import Practice
+
+        code = data.get("code")
+        if code and not Practice.objects.filter(code__iexact=code).exists():
+            name = (data.get("name") or "").strip()
+            if not name:
+                self.add_error("name", "No practice has this code: give the new practice's name.")
+            elif Practice.objects.filter(name__iexact=name).exists():
+                self.add_error("name", "A practice of this name exists with another code: link it by its code.")
+        return data
+
+
+class ReferrerAccountForm(forms.Form):
+    """A referrer's account for one of the practices linked to the clinic."""
+
+    practice = forms.ModelChoiceField(queryset=None, empty_label=None)
+    username = forms.CharField(max_length=150)
+    email = forms.EmailField(help_text="Told when the practice's referrals are answered")
+    password = forms.CharField(widget=forms.PasswordInput, help_text="Their password, handed to them as your "
+                               "clinic hands out its own")
+
+    def __init__(self, *args, clinic, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["practice"].queryset = clinic.practices.order_by("name")
+
+    def clean_username(self):
+        from skinweb.accounts.models import User
+
+        username = self.cleaned_data["username"].strip()
+        if User.objects.filter(username__iexact=username).exists():
+            raise forms.ValidationError("This username is taken.")
+        return username
+
+    def clean(self):
+        data = super().clean()
+        from django.contrib.auth import password_validation
+
+        from skinweb.accounts.models import User
+
+        if data.get("password") and data.get("username"):
+            try:
+                password_validation.validate_password(data["password"], User(username=data["username"],
+                                                                              email=data.get("email", "")))
+            except forms.ValidationError as exc:
+                self.add_error("password", exc)
+        return data

@@ -8,11 +8,13 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import FileResponse, Http404
+from django.db.models import Count, Q
+from django.http import FileResponse, Http404, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
+from skinweb.accounts.models import User
 from skinweb.audit.models import record
 from skinweb.clinic import tasks
 from skinweb.clinic.access import object_view
@@ -20,8 +22,8 @@ from skinweb.clinic.models import Case, Lesion, Patient
 from skinweb.clinic.uploads import normalise_image
 from skinweb.clinic.views import image_response
 from skinweb.referrals import notify
-from skinweb.referrals.forms import AnswerForm, MoreImagesForm, ReferralForm
-from skinweb.referrals.models import Answer, Referral
+from skinweb.referrals.forms import AnswerForm, LinkPracticeForm, MoreImagesForm, ReferralForm, ReferrerAccountForm
+from skinweb.referrals.models import Answer, Practice, Referral
 
 PAGE_SIZE = 25
 
@@ -227,3 +229,61 @@ def triage(request):
     rows = [(r, r.waited(now), r.waited(now) > targets[r.urgency]) for r in page]
     return render(request, "referrals/triage.html", {"page": page, "rows": rows, "clinic": clinic,
                                                      "n_open": page.paginator.count})
+
+
+def _clinic_admin(request):
+    if not request.user.is_clinic_admin:
+        raise PermissionDenied("Your clinic's administrators only.")
+    return request.user.clinic
+
+
+@require_http_methods(["GET", "POST"])
+def practices(request):
+    """A clinic administrator's referring practices: link one (by its code, or a new one), add a referrer's
+    account to one of them."""
+    clinic = _clinic_admin(request)
+    link_form, account_form = LinkPracticeForm(), ReferrerAccountForm(clinic=clinic)
+    if request.method == "POST" and request.POST.get("form") == "link":
+        link_form = LinkPracticeForm(request.POST)
+        if link_form.is_valid():
+            data = link_form.cleaned_data
+            with transaction.atomic():
+                practice = Practice.objects.filter(code__iexact=data["code"]).first()
+                created = practice is None
+                if created:
+                    practice = Practice.objects.create(code=data["code"], name=data["name"].strip(),
+                                                       email=data["email"])
+                practice.clinics.add(clinic)
+                record(request, "link_practice", practice, clinic=clinic.pk, created=created)
+            messages.success(request, f"{practice.name} ({practice.code}) can now send referrals to {clinic.name}.")
+            return redirect("referrals:practices")
+    elif request.method == "POST" and request.POST.get("form") == "account":
+        account_form = ReferrerAccountForm(request.POST, clinic=clinic)
+        if account_form.is_valid():
+            data = account_form.cleaned_data
+            with transaction.atomic():
+                user = User.objects.create_user(data["username"], email=data["email"], password=data["password"],
+                                                practice=data["practice"])
+                record(request, "create_referrer", user, practice=data["practice"].pk)
+            messages.success(request, f"Account {user.username} made for {data['practice'].name}.")
+            return redirect("referrals:practices")
+    linked = clinic.practices.annotate(referrers=Count("users", distinct=True),
+                                       sent=Count("referrals", filter=Q(referrals__clinic=clinic), distinct=True))
+    return render(request, "referrals/practices.html", {"clinic": clinic, "linked": linked.order_by("name"),
+                                                        "link_form": link_form, "account_form": account_form})
+
+
+def practice_unlink(request, pk):
+    """POST: the practice can no longer refer to the administrator's clinic (access checked before the method)."""
+    clinic = _clinic_admin(request)
+    practice = clinic.practices.filter(pk=pk).first()
+    if practice is None:
+        raise Http404("No such practice linked to your clinic")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    with transaction.atomic():
+        practice.clinics.remove(clinic)
+        record(request, "unlink_practice", practice, clinic=clinic.pk)
+    messages.success(request, f"{practice.name} can no longer send referrals to {clinic.name}; its referrals "
+                              f"already sent stay in your list.")
+    return redirect("referrals:practices")
