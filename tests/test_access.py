@@ -73,7 +73,8 @@ OWNER_GET = {
 REFERRER_GET = {"referrals:mine": 200, "referrals:create": 200, "referrals:triage": 403, "referrals:detail": 200,
                 "referrals:answer": 405, "referrals:more_images": 405, "referrals:image": 200,
                 "referrals:overview": 404, "clinic:dashboard": 302, "login": 302, "logout": 405,
-                "two_factor_verify": 302, "two_factor_setup": 200, "account_security": 200}
+                "two_factor_verify": 302, "two_factor_setup": 200, "account_security": 200, "api_tokens": 200,
+                "api_token_revoke": 405, "api_docs": 200}
 PUBLIC = {"login", "logout"}
 # Single sign-on's pages answer everyone alike (no provider is configured here: tests/test_sso.py has one).
 SSO_GET = {"sso_login": 404, "sso_callback": 302, "sso_refused": 403,
@@ -464,7 +465,8 @@ def may_post(name, route, role) -> bool:
             return False
         return role in OWNERS if "<int:pk>" in route else role != "root"
     if role in REFERRERS:
-        return name in ("account_security", "two_factor_verify", "two_factor_setup")
+        return name in ("account_security", "two_factor_verify", "two_factor_setup", "api_tokens",
+                        "api_token_revoke", "api_docs")
     if name.startswith("manage:"):
         return role == "root"
     if name in STAFF_GET:  # the relabel queue: North's cases for North's administrator, any for root

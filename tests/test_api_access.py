@@ -8,13 +8,16 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.throttling import SimpleRateThrottle
 
+from skinweb.accounts.models import User
 from skinweb.api.models import ApiToken
 from skinweb.clinic.models import Case, Feedback, Lesion, Patient
+from skinweb.referrals.models import Answer, Practice, Referral
 from tests.builders import make_case, make_lesion, make_patient, make_user, upload
 
 pytestmark = pytest.mark.django_db
 
-ROLES = ["anonymous", "alice", "bob", "carol", "dave", "root"]
+ROLES = ["anonymous", "alice", "bob", "carol", "dave", "root", "dana", "erin"]
+REFERRERS = {"dana", "erin"}  # dana's practice sent North the world's referral; erin's refers to South
 OWNERS = {"alice", "carol"}  # North, which owns the world's records
 
 # A GET by North's clinician (alice) of North's records. Every API route must be listed.
@@ -39,6 +42,10 @@ OWNER_GET = {
     "api:case-dicom": 200,
     "api:token-list": 200,
     "api:token-detail": 405,  # DELETE only
+    "api:referral-list": 200,
+    "api:referral-detail": 200,
+    "api:referral-answer": 405,  # POST only
+    "api:referral-fhir": 200,
 }
 
 
@@ -62,10 +69,22 @@ def world(client, north, south, alice, bob, carol, root, monkeypatch):
     lesion = make_lesion(patient)
     case = make_case(lesion, alice, status=Case.Status.FAILED, failure_reason="test")
     make_case(make_lesion(make_patient(south, "S-001")), bob)
-    users = {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "root": root}
+    riverside = Practice.objects.create(name="Riverside", code="RIV")
+    riverside.clinics.add(north)
+    hillside = Practice.objects.create(name="Hillside", code="HIL")
+    hillside.clinics.add(south)
+    dana = User.objects.create_user("dana", practice=riverside)
+    erin = User.objects.create_user("erin", practice=hillside)
+    referred = make_lesion(make_patient(north, "RIV-1"))
+    referral = Referral.objects.create(practice=riverside, clinic=north, created_by=dana, patient_identifier="1",
+                                       birth_year=1970, sex="male", site="head/neck", duration_months=2,
+                                       urgency="routine", lesion=referred)
+    make_case(referred, dana)
+    users = {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "root": root, "dana": dana, "erin": erin}
     tokens = {name: ApiToken.objects.create(user, name=f"{name}'s")[1] for name, user in users.items()}
     alices = ApiToken.objects.get(user=alice)
-    return {**users, "tokens": tokens, "patient": patient, "lesion": lesion, "case": case, "alices": alices}
+    return {**users, "tokens": tokens, "patient": patient, "lesion": lesion, "case": case, "alices": alices,
+            "referral": referral}
 
 
 def url_for(name, world):
@@ -88,9 +107,17 @@ def call(client, world, role, method, url, **kwargs):
 def expected_get(name, role):
     if role == "anonymous":
         return 401
+    if role in REFERRERS:  # the referral routes only (skinweb.api.permissions.NoReferrers), and the schema
+        if name == "api:schema":
+            return 200
+        if not name.startswith("api:referral-"):
+            return 403
+        if name in ("api:referral-list", "api:referral-answer"):
+            return OWNER_GET[name]
+        return 200 if role == "dana" else 404
     if name == "api:case-truth":
         return 405 if role in ("carol", "dave", "root") else 403  # the method is refused before the record
-    if name in ("api:lesion-images", "api:token-detail"):
+    if name in ("api:lesion-images", "api:token-detail", "api:referral-answer"):
         return 405  # refused before the record is looked up: nothing learnt
     if "-list" in name or name == "api:schema" or role in OWNERS:
         return OWNER_GET[name]
@@ -110,7 +137,10 @@ def test_api_get_matrix(client, world, role):
         if name.endswith("-list") and r.status_code == 200:
             lists[name] = r.content.decode()
     assert got == {name: expected_get(name, role) for name, _ in api_urls()}
-    if role != "anonymous":  # North's records in the lists of North's members only; tokens: theirs
+    if role in REFERRERS:
+        assert ('"id":' in lists["api:referral-list"]) == (role == "dana")
+    elif role != "anonymous":  # North's records in the lists of North's members only; tokens: theirs
+        assert ('"id":' in lists["api:referral-list"]) == (role in OWNERS)
         for name in ("api:patient-list", "api:case-list"):
             assert ("N-001" in lists[name]) == (role in OWNERS), (role, name)
         assert ("alice's" in lists["api:token-list"]) == (role in ("alice", "carol", "root"))
@@ -123,7 +153,8 @@ def north_state(world):
             sorted(Lesion.objects.filter(patient__clinic=north).values_list("site", "label")),
             cases.count(), Feedback.objects.filter(case__clinic=north).count(),
             sorted(cases.values_list("status", "truth_label", "use_for_training")),
-            ApiToken.objects.filter(user=world["alice"]).count())
+            ApiToken.objects.filter(user=world["alice"]).count(),
+            sorted(Referral.objects.values_list("pk", "status")), Answer.objects.count())
 
 
 def may_write(name, role):

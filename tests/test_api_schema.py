@@ -14,6 +14,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from skinweb.api.models import ApiToken
 from skinweb.clinic.models import Case, Prediction
 from skinweb.models_registry.models import ModelVersion
+from skinweb.referrals.models import Practice, Referral
 from tests.builders import make_case, make_lesion, make_patient
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +42,14 @@ def records(alice, north):
     make_case(lesion, alice)
     make_case(lesion, alice, status=Case.Status.FAILED, failure_reason="test")
     spare = ApiToken.objects.create(alice, name="to revoke")[0]
-    return {"patients": lesion.patient_id, "lesions": lesion.pk, "cases": case.pk, "tokens": spare.token_key}
+    practice = Practice.objects.create(name="Riverside", code="RIV")
+    practice.clinics.add(north)
+    referral = Referral.objects.create(practice=practice, clinic=north, patient_identifier="7", birth_year=1950,
+                                       sex="female", site="head/neck", duration_months=3, urgency="urgent",
+                                       lesion=make_lesion(make_patient(north, "RIV-7")))
+    make_case(referral.lesion, alice)
+    return {"patients": lesion.patient_id, "lesions": lesion.pk, "cases": case.pk, "tokens": spare.token_key,
+            "referrals": referral.pk}
 
 
 @pytest.fixture

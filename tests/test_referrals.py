@@ -222,7 +222,7 @@ def test_everyone_else_gets_404_and_a_referrer_sees_nothing_of_the_clinic(client
     for url in (reverse("clinic:case_list"), reverse("clinic:patient_list"),
                 reverse("clinic:case_detail", args=[case.pk]), reverse("clinic:case_image", args=[case.pk]),
                 reverse("clinic:lesion_detail", args=[referral.lesion_id]), reverse("referrals:triage"),
-                reverse("api_tokens"), "/admin/"):
+                reverse("clinic:dicom_import"), "/admin/"):
         assert client.get(url).status_code in (403, 404), url
     assert client.get(reverse("clinic:dashboard")).status_code == 302
     assert client.get("/api/patients/").status_code in (403, 404)
@@ -303,3 +303,55 @@ def test_a_clinic_administrator_links_practices_and_makes_referrer_accounts(clie
     assert client.post(reverse("referrals:practice_unlink", args=[999])).status_code == 404
     client.force_login(alice)
     assert client.get(url).status_code == 403
+
+
+def test_the_api_offers_what_the_pages_do(client, dana, erin, north, alice, version):
+    """A referrer sends a referral over the API (multipart) and reads the answer; the clinic lists its open
+    referrals in triage order and answers; FHIR R4 as fhir.resources reads it; outsiders get 404."""
+    from fhir.resources.R4B.bundle import Bundle
+
+    from tests.test_api import api, make_token
+
+    referrer_token = make_token(client, dana)
+    r = api(client, referrer_token, "post", "/api/v1/referrals/",
+            data={**form_data(north), "images": [upload("a.jpg"), upload("b.jpg")]})
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["checklist_score"] == 5 and len(body["images"]) == 2 and body["triage"] is None
+    assert "case" not in body["images"][0]
+    referral = Referral.objects.get(pk=body["id"])
+    bad = api(client, referrer_token, "post", "/api/v1/referrals/", data={**form_data(north), "duration_months": -4})
+    assert bad.status_code == 400 and "duration_months" in bad.json() and Referral.objects.count() == 1
+    assert api(client, referrer_token, "get", "/api/v1/patients/").status_code == 403
+    clinic_token = make_token(client, alice)
+    listed = api(client, clinic_token, "get", "/api/v1/referrals/").json()
+    assert [r["id"] for r in listed["results"]] == [referral.pk]
+    first = listed["results"][0]
+    assert first["triage"]["ai_tier"] == "no AI result yet" and "case" in first["images"][0]
+    url = f"/api/v1/referrals/{referral.pk}/answer/"
+    assert api(client, referrer_token, "post", url, data={"action": "return", "message": "x"},
+               content_type="application/json").status_code == 403
+    bad = api(client, clinic_token, "post", url, data={"action": "maybe", "message": "x"},
+              content_type="application/json")
+    assert bad.status_code == 400 and Answer.objects.count() == 0
+    r = api(client, clinic_token, "post", url, data={"action": "return", "message": "Benign naevus; reassure."},
+            content_type="application/json")
+    assert r.status_code == 200 and r.json()["status"] == "returned"
+    assert api(client, clinic_token, "get", "/api/v1/referrals/").json()["results"] == []
+    read = api(client, referrer_token, "get", f"/api/v1/referrals/{referral.pk}/").json()
+    assert read["answers"][0]["message"] == "Benign naevus; reassure."
+    assert read["status_display"] == "Returned with advice"
+    for token, with_ai in ((clinic_token, True), (referrer_token, False)):
+        bundle = api(client, token, "get", f"/api/v1/referrals/{referral.pk}/fhir/").json()
+        Bundle.model_validate(bundle)
+        kinds = sorted(e["resource"]["resourceType"] for e in bundle["entry"])
+        assert {"ServiceRequest", "Task", "Communication", "Observation", "Organization", "Patient"} <= set(kinds)
+        assert kinds.count("Media") == 2 and ("DiagnosticReport" in kinds) == with_ai
+        request = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ServiceRequest")
+        assert request["priority"] == "urgent" and request["status"] == "completed"
+        answer = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Communication")
+        assert answer["payload"][0]["contentString"] == "Benign naevus; reassure."
+    outsider = make_token(client, erin)
+    for path in (f"/api/v1/referrals/{referral.pk}/", f"/api/v1/referrals/{referral.pk}/fhir/"):
+        assert api(client, outsider, "get", path).status_code == 404
+    assert api(client, outsider, "get", "/api/v1/referrals/").json()["results"] == []

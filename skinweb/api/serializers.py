@@ -228,3 +228,67 @@ class TokenSerializer(serializers.ModelSerializer):
         fields = ["token_key", "name", "user", "created", "expiry", "last_used_at"]
         read_only_fields = fields
 
+
+
+# Referrals (skinweb.referrals) --------------------------------------------------------------------------------
+
+class ReferralAnswerSerializer(serializers.Serializer):
+    action = serializers.CharField()
+    action_display = serializers.CharField(source="get_action_display")
+    message = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+
+
+class ReferralSerializer(serializers.Serializer):
+    """A referral as its practice sees it; the receiving clinic's members also get the AI's part of the triage
+    order and the clinic's case of each image."""
+
+    id = serializers.IntegerField()
+    practice = serializers.CharField(source="practice.name")
+    clinic = serializers.CharField(source="clinic.name")
+    created_at = serializers.DateTimeField()
+    patient_identifier = serializers.CharField()
+    birth_year = serializers.IntegerField()
+    sex = serializers.CharField()
+    site = serializers.CharField()
+    checklist = serializers.SerializerMethodField()
+    checklist_score = serializers.IntegerField()
+    duration_months = serializers.IntegerField()
+    history = serializers.CharField()
+    urgency = serializers.CharField()
+    status = serializers.CharField()
+    status_display = serializers.CharField(source="get_status_display")
+    answered_at = serializers.DateTimeField(allow_null=True)
+    images = serializers.SerializerMethodField()
+    answers = ReferralAnswerSerializer(many=True)
+    triage = serializers.SerializerMethodField()
+
+    def get_checklist(self, referral) -> dict:
+        from skinweb.referrals.models import MAJOR_FEATURES, MINOR_FEATURES
+
+        return {field: getattr(referral, field) for field, _ in MAJOR_FEATURES + MINOR_FEATURES}
+
+    def _clinic_view(self) -> bool:
+        request = self.context.get("request")
+        return request is not None and getattr(request.user, "clinic_id", None) is not None
+
+    def get_images(self, referral) -> list[dict]:
+        out = []
+        for case in referral.lesion.cases.order_by("created_at", "pk"):
+            item = {"url": reverse("referrals:image", args=[referral.pk, case.pk])}
+            if self._clinic_view():
+                item["case"] = case.pk
+            out.append(item)
+        return out
+
+    def get_triage(self, referral) -> dict | None:
+        """The clinic's members only: the AI's tier over the images, the highest probability shown."""
+        if not self._clinic_view():
+            return None
+        return {"ai_tier": referral.get_ai_tier_display(), "ai_probability": referral.ai_probability}
+
+
+class ReferralAnswerInputSerializer(serializers.Serializer):
+    action = serializers.CharField()
+    message = serializers.CharField(allow_blank=True)

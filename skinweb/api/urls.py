@@ -12,6 +12,7 @@ router.register("lesions", views.LesionViewSet, basename="lesion")
 router.register("cases", views.CaseViewSet, basename="case")
 router.register("dicom", views.DicomViewSet, basename="dicom")
 router.register("tokens", views.TokenViewSet, basename="token")
+router.register("referrals", views.ReferralViewSet, basename="referral")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -15,7 +15,7 @@ from PIL import Image
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
@@ -397,3 +397,75 @@ class NoSuchRoute(Guarded, APIView):
         raise exceptions.NotFound("No such API route: the routes are listed at /api/docs/.")
 
     post = put = patch = delete = head = get
+
+
+class ReferralViewSet(Guarded, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Referrals (the pages' own rules, skinweb.referrals): a clinic's members list their clinic's open referrals
+    in triage order (``?state=all``: every referral, newest first) and answer them; a referring practice's users
+    list their practice's referrals and send new ones (multipart: the form's fields and ``images``). Each as FHIR
+    R4: ``/fhir/``."""
+
+    permission_classes = [IsAuthenticated]  # referrers too (NoReferrers guards every other route)
+    serializer_class = s.ReferralSerializer
+    parser_classes = [JSONParser, MultiPartParser]
+
+    def get_queryset(self):
+        from skinweb.referrals.models import Referral
+
+        user = self.request.user
+        referrals = Referral.objects.visible_to(user).select_related("practice", "clinic", "lesion")
+        referrals = referrals.prefetch_related("answers__created_by")
+        if self.action == "list" and user.clinic_id is not None and self.request.query_params.get("state") != "all":
+            return referrals.open().triage_order()
+        return referrals.order_by("-created_at", "-pk")
+
+    @extend_schema(request={"multipart/form-data": OpenApiTypes.OBJECT}, responses={201: s.ReferralSerializer})
+    def create(self, request):
+        """A referring practice's new referral: the form's fields, ``images`` (one or more files) and optionally
+        ``overview``; each file checked as an upload is, one bad file refuses the whole referral."""
+        from skinweb.referrals.forms import ReferralForm
+        from skinweb.referrals.views import checked_submission
+
+        if not request.user.is_referrer:
+            raise exceptions.PermissionDenied("Referring practices only.")
+        files = {"images": request.FILES.getlist("images"), "overview": request.FILES.get("overview")}
+        form = ReferralForm(request.data, files, practice=request.user.practice)
+        referral = checked_submission(request, form, request.user.practice) if form.is_valid() else None
+        if referral is None:
+            raise exceptions.ValidationError({k: [str(m) for m in v] for k, v in form.errors.items()})
+        self.audit_object = referral
+        return Response(s.ReferralSerializer(referral, context={"request": request}).data,
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.ReferralAnswerInputSerializer, responses=s.ReferralSerializer)
+    @action(detail=True, methods=["post"])
+    def answer(self, request, pk=None):
+        """The receiving clinic's dermatologist answers: ``action`` (book_urgent, book_routine, return,
+        more_images) and the ``message`` the practice reads."""
+        from skinweb.referrals.forms import AnswerForm
+        from skinweb.referrals.views import record_answer
+
+        referral = self.get_object()
+        if request.user.clinic_id is None:
+            raise exceptions.PermissionDenied("Members of the receiving clinic only.")
+        form = s.ReferralAnswerInputSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        form = AnswerForm(form.validated_data)
+        if not form.is_valid():
+            raise exceptions.ValidationError({k: [str(m) for m in v] for k, v in form.errors.items()})
+        if record_answer(request, referral, form.cleaned_data) is None:
+            raise exceptions.ValidationError({"action": ["This referral has been answered already."]})
+        referral.refresh_from_db()
+        return Response(s.ReferralSerializer(referral, context={"request": request}).data)
+
+    @extend_schema(responses={(200, "application/fhir+json"): OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"], content_negotiation_class=JSONErrors)
+    def fhir(self, request, pk=None):
+        """FHIR R4 Bundle: the ServiceRequest, its images (Media), the checklist, the triage Task and the answers
+        (Communication); with each image's AI record for the clinic's members."""
+        from skinweb.referrals.fhir import referral_bundle
+
+        referral = self.get_object()
+        record(request, "export_fhir", referral)
+        return fhir_response(referral_bundle(referral, request.build_absolute_uri,
+                                             with_ai=request.user.clinic_id is not None))

@@ -86,16 +86,26 @@ def create(request):
     practice = _referrer(request)
     form = ReferralForm(request.POST or None, request.FILES or None, practice=practice)
     if request.method == "POST" and form.is_valid():
-        images = _normalised(form.cleaned_data["images"], form)
-        overview = None
-        if form.cleaned_data.get("overview"):
-            overview = _normalised([form.cleaned_data["overview"]], form, "overview")
-        if images is not None and (overview is not None or not form.cleaned_data.get("overview")):
-            referral = submit(request, form, practice, images, overview[0][1] if overview else None)
+        referral = checked_submission(request, form, practice)
+        if referral is not None:
             messages.success(request, f"Referral {referral.pk} sent to {referral.clinic.name} with "
-                                      f"{len(images)} image(s).")
+                                      f"{referral.lesion.cases.count()} image(s).")
             return redirect("referrals:detail", pk=referral.pk)
     return render(request, "referrals/form.html", {"form": form, "practice": practice})
+
+
+def checked_submission(request, form, practice) -> Referral | None:
+    """The referral of a valid ``ReferralForm`` once every file passes the upload checks; else None, each bad
+    file's message on the form and nothing stored (the page and the API come here)."""
+    images = _normalised(form.cleaned_data["images"], form)
+    overview = None
+    if form.cleaned_data.get("overview"):
+        overview = _normalised([form.cleaned_data["overview"]], form, "overview")
+        if overview is None:
+            return None
+    if images is None:
+        return None
+    return submit(request, form, practice, images, overview[0][1] if overview else None)
 
 
 def submit(request, form, practice, images, overview) -> Referral:
@@ -154,12 +164,22 @@ def answer(request, referral):
         return render(request, "referrals/detail.html", {
             "referral": referral, "cases": cases, "clinic_view": True, "answers": referral.answers.all(),
             "answer_form": form}, status=400)
+    given = record_answer(request, referral, form.cleaned_data)
+    if given is None:
+        messages.info(request, "This referral has been answered already.")
+        return redirect("referrals:detail", pk=referral.pk)
+    messages.success(request, f"Answered: {given.get_action_display().lower()}. The practice has been told.")
+    return redirect("referrals:triage")
+
+
+def record_answer(request, referral, data) -> Answer | None:
+    """The dermatologist's answer (checked ``AnswerForm`` data): the referral's new state, the audit event, the
+    practice's e-mail. None when the referral was answered meanwhile (nothing changes)."""
     with transaction.atomic():
         locked = Referral.objects.select_for_update().get(pk=referral.pk)
         if not locked.is_open:
-            messages.info(request, "This referral has been answered already.")
-            return redirect("referrals:detail", pk=referral.pk)
-        given = Answer.objects.create(referral=locked, created_by=request.user, **form.cleaned_data)
+            return None
+        given = Answer.objects.create(referral=locked, created_by=request.user, **data)
         old = locked.status
         locked.status = Answer.STATUS_AFTER[given.action]
         locked.answered_at = timezone.now()
@@ -167,8 +187,8 @@ def answer(request, referral):
         record(request, "answer_referral", locked, answer=given.action, old={"status": old},
                new={"status": locked.status})
         notify.referral_answered(locked, given)
-    messages.success(request, f"Answered: {given.get_action_display().lower()}. The practice has been told.")
-    return redirect("referrals:triage")
+    referral.status, referral.answered_at = locked.status, locked.answered_at
+    return given
 
 
 @object_view(Referral, methods=("POST",))
