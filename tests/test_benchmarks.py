@@ -47,3 +47,27 @@ def test_retrieval_benchmark_prints_latency_against_the_brute_force_baseline():
     (row,) = json.loads(out)
     assert row["n"] == 500 and row["same_neighbours"] == "5/5"
     assert set(row["exact_numpy_ms"]) == {"p50", "p95", "max"} and row["sklearn_brute_ms"]["p95"] > 0
+
+
+def test_the_referral_month_reviews_in_the_order_it_is_given():
+    """Three referrals arrive before the first slot; one slot a day: the smallest key first, whatever arrived first."""
+    import numpy as np
+
+    from benchmarks.referrals import simulate
+
+    waits = simulate(np.array([0.0, 0.1, 0.2]), [(3,), (1,), (2,)], slots=1, days=3)
+    assert list(np.argsort(waits)) == [1, 2, 0] and np.isfinite(waits).all()
+    fifo = simulate(np.array([0.0, 0.1, 0.2]), [(0.0,), (0.1,), (0.2,)], slots=1, days=3)
+    assert list(np.argsort(fifo)) == [0, 1, 2]
+
+
+@pytest.mark.skipif(not list(__import__("pathlib").Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+                    reason="PostgreSQL is not installed (make test installs it)")
+def test_the_triage_page_benchmark_runs_on_a_throwaway_postgres():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.referrals", "--skip-month", "--open", "60",
+                             "--requests", "3", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = json.loads(result.stdout)["triage_page"]
+    assert page["database"] == "postgresql" and page["open_referrals"] == 60
+    assert page["first page"]["queries"] == page["last page"]["queries"]  # one plan whatever the page

@@ -44,6 +44,25 @@ MINOR_FEATURES = [("diameter_7mm", "Largest diameter 7 mm or more"), ("inflammat
 URGENT_CHECKLIST_SCORE = 3
 
 
+def ai_tier(probability: float | None, band_low: float, band_high: float) -> int:
+    """The AI's tier of one image (Referral.Tier): malignant above the borderline band, borderline inside it,
+    benign below; no probability to show (queued, failed, withheld) is NO_RESULT. A referral's tier is the highest
+    of its images'. As the clinic's worklists (CaseQuerySet.by_risk)."""
+    if probability is None:
+        return Referral.Tier.NO_RESULT
+    if probability >= band_high:
+        return Referral.Tier.MALIGNANT
+    if probability >= band_low:
+        return Referral.Tier.BORDERLINE
+    return Referral.Tier.BENIGN
+
+
+def triage_key(tier: int, checklist_score: int, probability: float | None, created_at) -> tuple:
+    """The sort key of ``Referral.objects.triage_order`` (ascending), for code that orders referrals outside the
+    database (benchmarks.referrals)."""
+    return (-tier, -checklist_score, -(probability if probability is not None else float("-inf")), created_at)
+
+
 class ReferralQuerySet(models.QuerySet):
     def visible_to(self, user):
         """A clinic's members: the referrals sent to their clinic; a referrer: their practice's."""
@@ -158,11 +177,7 @@ class Referral(models.Model):
                 tier = max(tier, self.Tier.NO_RESULT)
                 continue
             top = shown.probability if top is None else max(top, shown.probability)
-            # As the clinic's worklists (CaseQuerySet.by_risk): malignant above the band, then the band.
-            if shown.probability >= shown.band[1]:
-                tier = max(tier, self.Tier.MALIGNANT)
-            elif shown.borderline:
-                tier = max(tier, self.Tier.BORDERLINE)
+            tier = max(tier, ai_tier(shown.probability, *shown.band))
         Referral.objects.filter(pk=self.pk).update(ai_tier=int(tier), ai_probability=top)
         self.ai_tier, self.ai_probability = int(tier), top
 
