@@ -193,14 +193,12 @@ def page(args) -> dict:
         import django
 
         django.setup()
+        from django.conf import settings
         from django.core.management import call_command
         from django.db import connection
         from django.test import Client
-        from django.test.utils import CaptureQueriesContext
+        from django.test.utils import CaptureQueriesContext, override_settings
         from django.urls import reverse
-
-        from django.conf import settings
-        from django.test.utils import override_settings
 
         call_command("migrate", verbosity=0)
         user = fill(args.open, args.seed)
