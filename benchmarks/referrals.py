@@ -66,23 +66,34 @@ def review_times(days: int, slots: int, until_empty: int):
             yield day + WORK_START / 24 + (k + 0.5) * step
 
 
-def simulate(arrivals, keys, slots: int, days: int) -> np.ndarray:
-    """Each referral's wait (days): at every slot the open referral with the smallest key is reviewed."""
+def simulate(arrivals, keys, slots: int, days: int, target: float | None = None) -> np.ndarray:
+    """Each referral's wait (days): at every slot the open referral with the smallest key is reviewed; with
+    ``target`` (days), one waiting longer than that first (the longest waiting of them)."""
     import heapq
 
     order = np.argsort(arrivals)
     waits = np.full(len(arrivals), np.nan)
-    heap, nxt = [], 0
+    heap, fifo, done, nxt = [], [], set(), 0
     for t in review_times(days, slots, until_empty=10 * days):
         while nxt < len(order) and arrivals[order[nxt]] <= t:
             i = order[nxt]
             heapq.heappush(heap, (keys[i], i))
+            fifo.append(i)
             nxt += 1
-        if heap:
-            _, i = heapq.heappop(heap)
-            waits[i] = t - arrivals[i]
-        elif nxt == len(order):
-            break
+        while fifo and fifo[0] in done:
+            fifo.pop(0)
+        if target is not None and fifo and t - arrivals[fifo[0]] > target:
+            i = fifo.pop(0)
+        else:
+            while heap and heap[0][1] in done:
+                heapq.heappop(heap)
+            if not heap:
+                if nxt == len(order):
+                    break
+                continue
+            i = heapq.heappop(heap)[1]
+        done.add(i)
+        waits[i] = t - arrivals[i]
     return waits
 
 
@@ -101,9 +112,12 @@ def month(args) -> dict:
     malignant = np.array([s.label == 1 for s in samples])
     out = {"images": n, "melanomas": int(melanoma.sum()), "malignant": int(malignant.sum()),
            "days": round(days, 1), "arrivals_per_day": args.per_day, "review_slots_per_day": args.slots,
+           "target_days": args.target,
            "operating_point": {"threshold": op["threshold"], "band": op["band"]}, "orderings": {}}
-    for name, keys in (("model", model_keys), ("arrival", arrival_keys)):
-        waits = simulate(arrivals, keys, args.slots, int(np.ceil(days)))
+    orderings = (("model", model_keys, None), ("model, past target first", model_keys, args.target),
+                 ("arrival", arrival_keys, None))
+    for name, keys, target in orderings:
+        waits = simulate(arrivals, keys, args.slots, int(np.ceil(days)), target)
         reviewed_at = arrivals + waits
         out["orderings"][name] = {
             "melanoma_wait_days": {"median": round(float(np.median(waits[melanoma])), 2),
@@ -187,30 +201,24 @@ def fill(n: int, seed: int):
 
 
 def page(args) -> dict:
-    def measure(database_url):
-        os.environ["DATABASE_URL"] = database_url
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "skinweb.settings")
-        import django
+    """The triage page's timing, on the database Django was set up with (PostgreSQL: main() sees to it)."""
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext, override_settings
+    from django.urls import reverse
 
-        django.setup()
-        from django.conf import settings
-        from django.core.management import call_command
-        from django.db import connection
-        from django.test import Client
-        from django.test.utils import CaptureQueriesContext, override_settings
-        from django.urls import reverse
-
-        call_command("migrate", verbosity=0)
-        user = fill(args.open, args.seed)
-        # Pages name static files by their collected copies outside DEBUG; nothing is collected here.
-        plain = override_settings(STORAGES={**settings.STORAGES, "staticfiles": {
-            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}})
-        plain.enable()
-        client = Client(HTTP_HOST="127.0.0.1")
-        client.force_login(user)
-        url = reverse("referrals:triage")
-        last = f"{url}?page={(args.open + 24) // 25}"
-        result = {"open_referrals": args.open, "database": connection.vendor}
+    call_command("migrate", verbosity=0)
+    user = fill(args.open, args.seed)
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(user)
+    url = reverse("referrals:triage")
+    last = f"{url}?page={(args.open + 24) // 25}"
+    result = {"open_referrals": args.open, "database": connection.vendor}
+    # Pages name static files by their collected copies outside DEBUG; nothing is collected here.
+    with override_settings(STORAGES={**settings.STORAGES, "staticfiles": {
+            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}):
         for label, target in (("first page", url), ("last page", last)):
             for _ in range(3):
                 client.get(target)  # warm
@@ -225,13 +233,7 @@ def page(args) -> dict:
             result[label] = {"p50_ms": round(float(np.percentile(times, 50)), 1),
                              "p95_ms": round(float(np.percentile(times, 95)), 1),
                              "queries": len(ctx.captured_queries)}
-        plain.disable()
-        return result
-
-    if args.database_url:
-        return measure(args.database_url)
-    with ThrowawayPostgres() as url:
-        return measure(url)
+    return result
 
 
 def main(argv=None) -> int:
@@ -242,6 +244,8 @@ def main(argv=None) -> int:
                    help="the shipped model's 8-view logits of the validation images (read, or written)")
     p.add_argument("--per-day", type=float, default=19.0, help="referrals arriving a day")
     p.add_argument("--slots", type=int, default=15, help="referrals a dermatologist reviews a day")
+    p.add_argument("--target", type=float, default=14.0,
+                   help="the clinic's target wait (days) for the ordering that takes referrals past it first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--open", type=int, default=10_000, help="open referrals for the page's timing (0: skip it)")
     p.add_argument("--requests", type=int, default=50)
@@ -251,14 +255,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "skinweb.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "skinweb.settings"
+    import contextlib
+
     import django
 
-    if not args.skip_month:
+    with contextlib.ExitStack() as stack:
+        # The page is timed on PostgreSQL, never on the installation's own database: a throwaway server unless
+        # --database-url names one. Django is set up once, after, for both parts.
+        if args.open:
+            os.environ["DATABASE_URL"] = args.database_url or stack.enter_context(ThrowawayPostgres())
+        else:
+            os.environ.pop("DATABASE_URL", None)
         django.setup()  # the tier rule is the product's (skinweb.referrals.models)
-    result = {} if args.skip_month else {"month": month(args)}
-    if args.open:
-        result["triage_page"] = page(args)
+        result = {} if args.skip_month else {"month": month(args)}
+        if args.open:
+            result["triage_page"] = page(args)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -269,7 +281,7 @@ def main(argv=None) -> int:
               f"{m['review_slots_per_day']} reviews a day; operating point {m['operating_point']}")
         for name, o in m["orderings"].items():
             mw, aw = o["melanoma_wait_days"], o["malignant_wait_days"]
-            print(f"  {name:8s} order: melanoma wait median {mw['median']} d, p90 {mw['p90']} d, max {mw['max']} d; "
+            print(f"  {name:26s} order: melanoma wait median {mw['median']} d, p90 {mw['p90']} d, max {mw['max']} d; "
                   f"malignant median {aw['median']} d, p90 {aw['p90']} d; all median {o['all_wait_days']['median']} d; "
                   f"last melanoma reviewed on day {o['last_melanoma_reviewed_day']}, last referral on day "
                   f"{o['last_referral_reviewed_day']}")
