@@ -361,6 +361,9 @@ if CACHE_REDIS_URL:
 # Authorization header, retried FHIR_PUSH_RETRIES times with growing waits while the server is
 # unreachable or failing. SITE_URL: this site's address as the record will link to its images and reports.
 SITE_URL = env("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# How long a referral form waits for an inference worker to say whether its images are lesions (then it is sent
+# unchecked, and the worker withholds a result as for any upload); 0: not asked.
+REFERRAL_CHECK_SECONDS = float(env("REFERRAL_CHECK_SECONDS", "20"))
 
 # E-mail (referrals: a clinic is told when one arrives, a practice when it is answered; links only, no patient
 # details). EMAIL_HOST set: sent through that SMTP server; unset: written to files under var/mail (the demo).
@@ -383,6 +386,10 @@ FHIR_PUSH_RETRIES = env_int("FHIR_PUSH_RETRIES", 6)
 # Celery: Redis broker; results live in the database (Case, Prediction), not in Celery.
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = REDIS_URL
+# Results are kept for the one task a page waits on (tasks.check_lesions: a referral's images checked before it
+# is sent); every other task ignores its result.
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_RESULT_EXPIRES = 600
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -41,6 +41,8 @@ def private_dirs(settings, tmp_path):
     # Tests log the platform administrator in without a second factor (force_login); the rule that
     # outside DEBUG they need one is tested on its own (tests/test_two_factor.py).
     settings.PLATFORM_ADMIN_TWO_FACTOR = False
+    # A referral form asks a worker whether its images are lesions; tests with a worker ask for it.
+    settings.REFERRAL_CHECK_SECONDS = 0
     # Test users' passwords hashed in microseconds, not 0.3 s each (Django's advice for test suites): the
     # users and logins of a run took minutes of it. Production keeps Django's PBKDF2 (settings.py sets no
     # hashers).
@@ -145,6 +147,9 @@ def use_broker(url):
     """Point this process's Celery app at ``url``, dropping connections an earlier test may have
     pooled to the default broker (a send that failed still leaves its pool bound to that URL)."""
     celery_app.conf.broker_url = url
+    celery_app.conf.result_backend = url  # the results a page waits for (tasks.check_lesions)
+    if hasattr(celery_app._local, "backend"):  # made per thread from the configuration, when first used
+        del celery_app._local.backend
     if celery_app._pool is not None:
         celery_app._pool.force_close_all()
         celery_app._pool = None

@@ -388,3 +388,135 @@ def test_single_sign_on_through_the_hospital_then_the_second_factor(browser_page
         j.check("sso-dashboard")
     finally:
         process.kill()
+
+
+def test_referral_journey(browser_page, stack, settings, tmp_path):
+    """Issue 45 in a browser: a referrer sends a referral with two images and the checklist (bad input first);
+    the dermatologist finds it at the top of the triage list when it is the riskiest, returns it with advice;
+    the referrer reads the answer; the mail reached a real SMTP server; outsiders get 404."""
+    import email
+    import mailbox
+    import subprocess
+    import sys
+
+    from skinweb.launcher import free_port, wait_for_port
+    from skinweb.referrals.models import Practice, Referral
+    from tests.builders import make_lesion, make_patient
+
+    page = browser_page
+    north, south = make_clinic("North Dermatology"), make_clinic("South Dermatology")
+    riverside = Practice.objects.create(name="Riverside Surgery", code="RIV", email="desk@riverside.example")
+    riverside.clinics.add(north)
+    hillside = Practice.objects.create(name="Hillside Surgery", code="HIL")
+    hillside.clinics.add(south)
+    users = {}
+    for name, fields in (("alice", {"clinic": north, "email": "alice@north.example"}), ("bob", {"clinic": south}),
+                         ("dana", {"practice": riverside}), ("erin", {"practice": hillside})):
+        users[name] = type(north.users.model).objects.create_user(name, password=PASSWORD, **fields)
+    # An older referral the AI found benign: the new one, borderline, must go above it.
+    older = Referral.objects.create(practice=riverside, clinic=north, patient_identifier="OLD-1", birth_year=1950,
+                                    sex="male", site="head/neck", duration_months=12, urgency="routine",
+                                    lesion=make_lesion(make_patient(north, "RIV-OLD-1")),
+                                    created_at=timezone.now() - datetime.timedelta(days=3))
+    Referral.objects.filter(pk=older.pk).update(ai_tier=Referral.Tier.BENIGN, ai_probability=0.004)
+    port = free_port()
+    box = tmp_path / "maildir"
+    smtp = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c",
+                             "aiosmtpd.handlers.Mailbox", str(box)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=smtp)
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
+        settings.REFERRAL_CHECK_SECONDS = 60  # the worker loads the starter for the first check
+        j = Journey(page, stack)
+
+        # The referrer: their home is their practice's referrals.
+        j.log_in("dana", then="/referrals/")
+        j.check("referrer-home")
+        page.get_by_role("link", name="New referral").first.click()
+
+        def fill(duration, files):
+            page.get_by_label("The practice's patient identifier").fill("RS-0042")
+            page.get_by_label("Birth year").fill("1961")
+            page.get_by_label("Sex").select_option("female")
+            page.get_by_label("Anatomical site").select_option("posterior torso")
+            page.get_by_label("Change in size").check()
+            page.get_by_label("Irregular colour or change in colour").check()
+            page.get_by_label("Noticed for (months)").fill(duration)
+            page.get_by_label("History").fill("Darker over the summer, itchy.")
+            page.get_by_label("Urgent (suspected skin cancer)").check()
+            page.set_input_files("input[name=images]", [str(f) for f in files])
+            page.get_by_role("button", name="Send the referral").click()
+
+        # Bad input: a duration out of range, then a file that is not an image: a message, nothing kept.
+        fill("5000", [BORDERLINE])
+        page.get_by_text("at most 1200").wait_for()
+        bogus = tmp_path / "letter.jpg"
+        bogus.write_bytes(b"%PDF-1.4 not an image")
+        fill("4", [BORDERLINE, bogus])
+        page.get_by_text("letter.jpg").first.wait_for()
+        # A photograph that is not a dermoscopic lesion (scikit-image's astronaut): the worker's lesion check.
+        import skimage
+
+        photo = tmp_path / "holiday.jpg"
+        Image.open(Path(skimage.__file__).parent / "data" / "astronaut.png").convert("RGB").save(photo)
+        fill("4", [BORDERLINE, photo])
+        page.get_by_text("holiday.jpg: does not look like a dermoscopic image").wait_for(timeout=90_000)
+        assert Referral.objects.count() == 1 and Case.objects.count() == 0
+        j.check("referral-refused")
+        fill("4", [BORDERLINE, FIXTURE_IMAGES[0]])
+        page.get_by_test_id("referral-status").wait_for()
+        referral = Referral.objects.exclude(pk=older.pk).get()
+        assert "Waiting for review" in page.get_by_test_id("referral-status").inner_text()
+        assert referral.checklist_score == 4 and referral.lesion.cases.count() == 2
+        j.check("referral-sent")
+
+        # The worker classifies both images; the referral's place in the list follows.
+        deadline = timezone.now() + datetime.timedelta(minutes=5)
+        while referral.lesion.cases.exclude(status=Case.Status.DONE).exists() and timezone.now() < deadline:
+            page.wait_for_timeout(500)
+        referral.refresh_from_db()
+        assert referral.ai_tier >= Referral.Tier.BORDERLINE, referral.ai_tier
+        page.get_by_role("button", name="Log out").click()
+
+        # The dermatologist: the new referral first, the benign one below; answer with advice.
+        j.log_in("alice")
+        page.get_by_role("link", name="Referrals").click()
+        rows = page.locator("[data-testid=triage] tbody tr")
+        assert rows.count() == 2 and rows.first.get_attribute("data-referral") == str(referral.pk)
+        j.check("triage")
+        rows.first.get_by_role("link").click()
+        assert page.get_by_test_id("referral-images").locator("img").count() == 2
+        page.get_by_label("Return to the practice with advice").check()
+        page.get_by_label("Message to the practice").fill("Benign naevus with sun changes. Reassure; photograph "
+                                                          "again in 3 months.")
+        j.check("referral-review")
+        page.get_by_role("button", name="Send the answer to the practice").click()
+        page.get_by_text("The practice has been told").wait_for()
+        assert page.locator("[data-testid=triage] tbody tr").count() == 1
+        page.get_by_role("button", name="Log out").click()
+
+        # The referrer reads the answer.
+        j.log_in("dana", then="/referrals/")
+        page.get_by_role("link", name=str(referral.pk), exact=True).click()
+        assert "Returned with advice" in page.get_by_test_id("referral-status").inner_text()
+        assert "Reassure; photograph again" in page.get_by_test_id("answer").inner_text()
+        assert page.get_by_test_id("referral-images").locator(".badge").count() == 0  # no AI result for the practice
+        j.check("referral-answered")
+        page.get_by_role("button", name="Log out").click()
+
+        # Outsiders: another practice's referrer and another clinic's dermatologist.
+        for outsider in ("erin", "bob"):
+            j.log_in(outsider, then="/referrals/" if outsider == "erin" else "/")
+            response = page.goto(f"{stack}/referrals/{referral.pk}/")
+            assert response.status == 404
+            page.goto(stack + "/")
+            page.get_by_role("button", name="Log out").click()
+    finally:
+        smtp.terminate()
+        smtp.wait(10)
+    mails = [email.message_from_bytes(m.as_bytes()) for m in mailbox.Maildir(str(box), create=False)]
+    subjects = sorted(m["Subject"] for m in mails)
+    assert subjects == ["A new referral is waiting for review", f"Your referral {referral.pk} has been answered"]
+    assert all("RS-0042" not in m.get_payload() for m in mails)

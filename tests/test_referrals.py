@@ -355,3 +355,28 @@ def test_the_api_offers_what_the_pages_do(client, dana, erin, north, alice, vers
     for path in (f"/api/v1/referrals/{referral.pk}/", f"/api/v1/referrals/{referral.pk}/fhir/"):
         assert api(client, outsider, "get", path).status_code == 404
     assert api(client, outsider, "get", "/api/v1/referrals/").json()["results"] == []
+
+
+def test_the_lesion_check_a_referral_waits_for_tells_a_photograph_from_a_lesion():
+    """The function the worker runs for a referral form (skinweb.clinic.tasks.check_lesions), with the shipped
+    model and its gate: a dataset lesion passes, a photograph does not (the round trip through a real worker is
+    tests/test_browser.py's referral journey)."""
+    import io
+    from pathlib import Path
+
+    import skimage
+    from PIL import Image
+
+    from classifier.modelfile import DEFAULT_MODEL_PATH
+    from classifier.operatingpoint import DEFAULT_OPERATING_POINT_PATH
+    from skinweb.clinic import classification
+    from tests.conftest import ROOT
+
+    assert classification.lesion_check([b"x"]) == [{"lesion": None, "score": None, "cutoff": None}]  # no model
+    ModelVersion.import_file(DEFAULT_MODEL_PATH, operating_point=DEFAULT_OPERATING_POINT_PATH).publish(reason="test")
+    lesion = (ROOT / "classifier" / "checkset" / "images" / "ISIC_0010441.jpg").read_bytes()
+    photo = io.BytesIO()
+    Image.open(Path(skimage.__file__).parent / "data" / "astronaut.png").convert("RGB").save(photo, "JPEG")
+    answers = classification.lesion_check([lesion, photo.getvalue()])
+    assert [a["lesion"] for a in answers] == [True, False]
+    assert answers[1]["score"] > answers[1]["cutoff"] >= answers[0]["score"]

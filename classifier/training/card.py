@@ -208,11 +208,11 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
     if gate is not None:
         g = gate.meta.get("figures", {})
         held, lesions = g.get("other_pictures_held_out", {}), g.get("validation_lesions", {})
-        envelope = " and the range of the training lesions' colour and texture figures" if gate.uses_statistics else ""
-        kinds = ", ".join(f"{k} {pct(v)}" for k, v in held.get("per_category", {}).items())
-        out += [f"Lesion gate (`{Path(model_path).stem}.lesion-gate.json`, trained against other pictures{envelope}): "
+        missed = {k.split()[0]: v for k, v in held.get("per_category", {}).items() if v < 0.99}
+        kinds = " (" + ", ".join(f"{k} {pct(v)}" for k, v in missed.items()) + ")" if missed else ""
+        out += [f"Lesion gate (`{Path(model_path).stem}.lesion-gate.json`): "
                 f"above its threshold the result is withheld. Other pictures withheld when left out of its fit: "
-                f"{pct(held.get('share_withheld'))} of {held.get('views')} views ({kinds}); validation lesions "
+                f"{pct(held.get('share_withheld'))} of {held.get('views')} views{kinds}; validation lesions "
                 f"withheld: {pct(lesions.get('share_withheld'))} ("
                 + ", ".join(f"{src} {pct(d['share_withheld'])}" for src, d in lesions.get("per_source", {}).items())
                 + "). Not measured on clinical close-ups.", ""]

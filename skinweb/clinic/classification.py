@@ -231,3 +231,25 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
         c.mark_done(prediction)
         written.append(prediction.pk)
     return written
+
+
+def lesion_check(images: list[bytes]) -> list[dict]:
+    """Is each image (stored bytes, as normalised at upload) a dermoscopic lesion, by the published model's
+    lesion check (its gate, else the model file's distance check)? For a form that must refuse a picture that
+    is not before anything is stored (a referral). [{"lesion": bool|None, "score", "cutoff"}]: None where the
+    model has no check, or no model is published."""
+    import torch  # workers only
+
+    version = ModelVersion.objects.published()
+    if version is None:
+        return [{"lesion": None, "score": None, "cutoff": None} for _ in images]
+    predictor = get_predictor(version)
+    check = predictor.lesion_check
+    if check is None:
+        return [{"lesion": None, "score": None, "cutoff": None} for _ in images]
+    batch = torch.stack([predictor.prepare(io.BytesIO(data)) for data in images])
+    with torch.inference_mode():
+        features = predictor.runner.both(batch)[1]
+    scores = check.distances(features, batch).tolist()
+    return [{"lesion": s <= check.cutoff, "score": round(float(s), 3), "cutoff": float(check.cutoff)}
+            for s in scores]

@@ -1,5 +1,6 @@
 import uuid
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
@@ -338,10 +339,9 @@ class Case(models.Model):
         self.refresh_referral()
 
     def refresh_referral(self):
-        """The triage order of the referral this image came with, if any (skinweb.referrals)."""
-        from skinweb.referrals.models import Referral
-
-        referral = Referral.objects.filter(lesion_id=self.lesion_id).first()
+        """The triage order of the referral this image came with, if any (skinweb.referrals, which builds on this
+        module: looked up by name, not imported)."""
+        referral = apps.get_model("referrals", "Referral").objects.filter(lesion_id=self.lesion_id).first()
         if referral is not None:
             referral.refresh_triage()
 

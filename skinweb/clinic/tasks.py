@@ -40,6 +40,40 @@ def classify_case(self, case_id: int) -> None:
         enqueue_fhir(outcome.explain)  # and, where a FHIR server is configured, the record hears of them
 
 
+@shared_task(ignore_result=False, acks_late=False)
+def check_lesions(images_b64: list[str]) -> list[dict]:
+    """The published model's lesion check of images a form holds (base64 of the stored bytes), answered to the
+    web process waiting for it (skinweb.clinic.classification.lesion_check)."""
+    import base64
+
+    return classification.lesion_check([base64.b64decode(b) for b in images_b64])
+
+
+def lesion_check_now(images: list[bytes], timeout: float) -> list[dict] | None:
+    """Ask an inference worker to check these images and wait up to ``timeout`` seconds for the answer; None
+    when no worker answered in time (or the broker is down): the caller decides what that means."""
+    import base64
+
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    try:
+        result = check_lesions.apply_async(([base64.b64encode(b).decode() for b in images],), retry=False,
+                                           expires=timeout)
+    except OperationalError as exc:
+        log.warning("broker unavailable, images not checked: %s", exc)
+        return None
+    try:
+        return result.get(timeout=timeout, propagate=True)
+    except CeleryTimeout:
+        log.warning("no worker checked the images within %.0f s", timeout)
+        return None
+    except Exception:  # noqa: BLE001 -- the check failed in the worker: as unchecked
+        log.exception("the lesion check failed")
+        return None
+    finally:
+        result.forget()
+
+
 def enqueue_explanations(prediction_ids) -> None:
     """Ask for the heat maps of these predictions (one task per batch), once the transaction commits."""
     ids = list(prediction_ids)

@@ -4,6 +4,7 @@ that sent it), 404 for everyone else."""
 
 import datetime
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -16,7 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from skinweb.accounts.models import User
 from skinweb.audit.models import record
-from skinweb.clinic import tasks
+from skinweb.clinic import imagechecks, tasks
 from skinweb.clinic.access import object_view
 from skinweb.clinic.models import Case, Lesion, Patient
 from skinweb.clinic.uploads import normalise_image
@@ -39,14 +40,41 @@ def _clinic_member(request):
         raise PermissionDenied("Members of the receiving clinic only.")
 
 
-def _normalised(uploads, form, field="images"):
-    """Each upload checked as the clinic's uploads are; the messages go to the form. None when any failed."""
+NOT_A_LESION = ("does not look like a dermoscopic image of a skin lesion (the AI's lesion check): take it with "
+                "the dermatoscope, close up on the lesion, or send the overview photograph in its own field")
+
+
+def _normalised(uploads, form, field="images", dermoscopic=True):
+    """Each upload checked as the clinic's uploads are, and (``dermoscopic``) whether it is a lesion at all: an
+    almost uniform picture at once, anything else by an inference worker's lesion check (up to
+    REFERRAL_CHECK_SECONDS; no answer in time: sent unchecked, the worker withholds its result later). The
+    messages go to the form; None when any failed."""
     images, failed = [], False
     for upload in uploads:
         try:
-            images.append((upload.name, normalise_image(upload)))
+            image = normalise_image(upload)
         except ValidationError as exc:
             form.add_error(field, f"{upload.name}: {exc.messages[0]}")
+            failed = True
+            continue
+        if dermoscopic and imagechecks.UNIFORM in image.warnings:
+            form.add_error(field, f"{upload.name}: {imagechecks.UNIFORM}")
+            failed = True
+            continue
+        images.append((upload.name, image))
+    if failed or not images or not dermoscopic or not settings.REFERRAL_CHECK_SECONDS:
+        return None if failed else images
+    contents = []
+    for _, image in images:
+        image.content.seek(0)
+        contents.append(image.content.read())
+        image.content.seek(0)
+    checked = tasks.lesion_check_now(contents, settings.REFERRAL_CHECK_SECONDS)
+    for _, image in images:
+        image.lesion_checked = checked is not None
+    for (name, _), answer in zip(images, checked or []):
+        if answer.get("lesion") is False:
+            form.add_error(field, f"{name}: {NOT_A_LESION}.")
             failed = True
     return None if failed else images
 
@@ -100,7 +128,7 @@ def checked_submission(request, form, practice) -> Referral | None:
     images = _normalised(form.cleaned_data["images"], form)
     overview = None
     if form.cleaned_data.get("overview"):
-        overview = _normalised([form.cleaned_data["overview"]], form, "overview")
+        overview = _normalised([form.cleaned_data["overview"]], form, "overview", dermoscopic=False)
         if overview is None:
             return None
     if images is None:
@@ -134,7 +162,8 @@ def submit(request, form, practice, images, overview) -> Referral:
                 referral.overview.delete(save=False)
             raise
         record(request, "refer", referral, practice=practice.pk, images=len(images),
-               checklist_score=referral.checklist_score, urgency=referral.urgency)
+               checklist_score=referral.checklist_score, urgency=referral.urgency,
+               lesion_check="done" if all(getattr(i, "lesion_checked", False) for _, i in images) else "not done")
         notify.referral_arrived(referral)
     return referral
 
