@@ -399,6 +399,7 @@ def test_referral_journey(browser_page, stack, settings, tmp_path):
     import subprocess
     import sys
 
+    from skinweb.accounts.models import User
     from skinweb.launcher import free_port, wait_for_port
     from skinweb.referrals.models import Practice, Referral
     from tests.builders import make_lesion, make_patient
@@ -412,7 +413,7 @@ def test_referral_journey(browser_page, stack, settings, tmp_path):
     users = {}
     for name, fields in (("alice", {"clinic": north, "email": "alice@north.example"}), ("bob", {"clinic": south}),
                          ("dana", {"practice": riverside}), ("erin", {"practice": hillside})):
-        users[name] = type(north.users.model).objects.create_user(name, password=PASSWORD, **fields)
+        users[name] = User.objects.create_user(name, password=PASSWORD, **fields)
     # An older referral the AI found benign: the new one, borderline, must go above it.
     older = Referral.objects.create(practice=riverside, clinic=north, patient_identifier="OLD-1", birth_year=1950,
                                     sex="male", site="head/neck", duration_months=12, urgency="routine",

@@ -26,12 +26,13 @@ class ReferralForm(forms.ModelForm):
                   *[f for f, _ in MAJOR_FEATURES], *[f for f, _ in MINOR_FEATURES], "duration_months", "history",
                   "urgency"]
         labels = dict(MAJOR_FEATURES + MINOR_FEATURES)
-        widgets = {"history": forms.Textarea(attrs={"rows": 3})}
+        widgets = {"history": forms.Textarea(attrs={"rows": 3}), "urgency": forms.RadioSelect}
         help_texts = {"history": "What the patient reports, relevant history. No names or contact details."}
 
     def __init__(self, *args, practice, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["clinic"].queryset = practice.clinics.order_by("name")
+        self.fields["urgency"].choices = list(Referral.Urgency.choices)  # radio buttons: no empty choice
         self.fields["duration_months"].widget.attrs.update({"min": 0, "max": MAX_DURATION_MONTHS})
 
     def clean_patient_identifier(self):
@@ -70,6 +71,10 @@ class AnswerForm(forms.ModelForm):
         widgets = {"action": forms.RadioSelect, "message": forms.Textarea(attrs={"rows": 4})}
         help_texts = {"message": "The practice reads this: the plan, advice or what images to take. No AI figures "
                                  "are sent with it."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["action"].choices = list(Answer.Action.choices)  # radio buttons: no empty choice
 
     def clean_message(self):
         message = self.cleaned_data["message"].strip()
