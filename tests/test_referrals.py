@@ -380,3 +380,13 @@ def test_the_lesion_check_a_referral_waits_for_tells_a_photograph_from_a_lesion(
     answers = classification.lesion_check([lesion, photo.getvalue()])
     assert [a["lesion"] for a in answers] == [True, False]
     assert answers[1]["score"] > answers[1]["cutoff"] >= answers[0]["score"]
+
+
+def test_the_clinics_home_page_says_how_many_referrals_wait(client, dana, north, alice, root):
+    refer(client, dana, north)
+    client.force_login(alice)
+    page = client.get(reverse("clinic:dashboard")).content.decode()
+    assert 'data-testid="n-referrals"' in page and "1 referral to triage" in page
+    client.force_login(root)  # no clinic: neither referrals nor a "New patient" button
+    page = client.get(reverse("clinic:dashboard")).content.decode()
+    assert "n-referrals" not in page and "New patient</a>" not in page.split("</nav>")[1]

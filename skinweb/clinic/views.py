@@ -32,6 +32,7 @@ from skinweb.clinic.forms import (
 from skinweb.clinic.models import Case, Lesion, Patient
 from skinweb.clinic.uploads import THUMBNAIL_SIDE, normalise_image
 from skinweb.models_registry.models import ModelVersion
+from skinweb.referrals.models import Referral
 
 PAGE_SIZE = 25
 
@@ -62,6 +63,8 @@ def dashboard(request):
         "n_failed": cases.filter(status=Case.Status.FAILED).count(),
         "versions": insights.agreement_by_version(cases),
         "published": ModelVersion.objects.published(),
+        "n_referrals": Referral.objects.filter(clinic_id=request.user.clinic_id).open().count()
+        if request.user.clinic_id else 0,
     }
     return render(request, "clinic/dashboard.html", context)
 

@@ -37,6 +37,7 @@ DEMO_USERS = [
     ("referrer", "referrer-skinweb", Role.REFERRER),
 ]
 DEMO_PRACTICE = ("Demo Family Practice", "DEMO-GP")
+DEMO_MAIL_DOMAIN = "demo.invalid"  # referral e-mails go to var/mail/ in the demo (no EMAIL_HOST)
 
 
 class Command(BaseCommand):
@@ -96,7 +97,8 @@ class Command(BaseCommand):
         from skinweb.referrals.models import Practice
 
         clinic, _ = Clinic.objects.get_or_create(name=DEMO_CLINIC)
-        practice, _ = Practice.objects.get_or_create(name=DEMO_PRACTICE[0], defaults={"code": DEMO_PRACTICE[1]})
+        practice, _ = Practice.objects.get_or_create(name=DEMO_PRACTICE[0], defaults={
+            "code": DEMO_PRACTICE[1], "email": f"practice@{DEMO_MAIL_DOMAIN}"})
         practice.clinics.add(clinic)
         for username, password, role in DEMO_USERS:
             user, _ = User.objects.get_or_create(username=username)
@@ -104,6 +106,7 @@ class Command(BaseCommand):
             # referrer belongs to a practice that refers to the demo clinic.
             user.clinic = None if role in (Role.PLATFORM_ADMIN, Role.REFERRER) else clinic
             user.practice = practice if role == Role.REFERRER else None
+            user.email = user.email or f"{username}@{DEMO_MAIL_DOMAIN}"
             user.is_staff = role in (Role.CLINIC_ADMIN, Role.PLATFORM_ADMIN)
             user.is_superuser = role == Role.PLATFORM_ADMIN
             user.set_password(password)
