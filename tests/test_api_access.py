@@ -45,6 +45,7 @@ OWNER_GET = {
     "api:referral-list": 200,
     "api:referral-detail": 200,
     "api:referral-answer": 405,  # POST only
+    "api:referral-images": 405,  # POST only
     "api:referral-fhir": 200,
 }
 
@@ -112,12 +113,12 @@ def expected_get(name, role):
             return 200
         if not name.startswith("api:referral-"):
             return 403
-        if name in ("api:referral-list", "api:referral-answer"):
+        if name in ("api:referral-list", "api:referral-answer", "api:referral-images"):
             return OWNER_GET[name]
         return 200 if role == "dana" else 404
     if name == "api:case-truth":
         return 405 if role in ("carol", "dave", "root") else 403  # the method is refused before the record
-    if name in ("api:lesion-images", "api:token-detail", "api:referral-answer"):
+    if name in ("api:lesion-images", "api:token-detail", "api:referral-answer", "api:referral-images"):
         return 405  # refused before the record is looked up: nothing learnt
     if "-list" in name or name == "api:schema" or role in OWNERS:
         return OWNER_GET[name]

@@ -390,3 +390,33 @@ def test_the_clinics_home_page_says_how_many_referrals_wait(client, dana, north,
     client.force_login(root)  # no clinic: neither referrals nor a "New patient" button
     page = client.get(reverse("clinic:dashboard")).content.decode()
     assert "n-referrals" not in page and "New patient</a>" not in page.split("</nav>")[1]
+
+
+def test_a_clinic_administrator_sets_the_target_waits(client, carol, north):
+    client.force_login(carol)
+    url = reverse("referrals:practices")
+    r = client.post(url, {"form": "targets", "referral_target_urgent_days": 0, "referral_target_routine_days": 90})
+    assert r.status_code == 200 and "Between 1 and 365" in r.content.decode()
+    client.post(url, {"form": "targets", "referral_target_urgent_days": 7, "referral_target_routine_days": 60})
+    north.refresh_from_db()
+    assert (north.referral_target_urgent_days, north.referral_target_routine_days) == (7, 60)
+    event = AuditEvent.objects.get(action="referral_targets")
+    assert event.detail["old"]["referral_target_urgent_days"] == 14 and event.detail["new"][
+        "referral_target_urgent_days"] == 7
+
+
+def test_better_images_over_the_api(client, dana, north, alice):
+    from tests.test_api import api, make_token
+
+    refer(client, dana, north)
+    referral = Referral.objects.get()
+    token = make_token(client, dana)
+    url = f"/api/v1/referrals/{referral.pk}/images/"
+    assert api(client, token, "post", url, data={"images": [upload("x.jpg")]}).status_code == 400  # not asked
+    client.force_login(alice)
+    client.post(reverse("referrals:answer", args=[referral.pk]), {"action": "more_images", "message": "Sharper."})
+    assert api(client, token, "post", url, data={"images": [upload("x.jpg", data=b"junk")]}).status_code == 400
+    r = api(client, token, "post", url, data={"images": [upload("sharp.jpg")], "note": "retaken"})
+    assert r.status_code == 200 and r.json()["status"] == "open" and len(r.json()["images"]) == 3
+    clinic_token = make_token(client, alice)
+    assert api(client, clinic_token, "post", url, data={"images": [upload("y.jpg")]}).status_code == 403

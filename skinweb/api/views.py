@@ -458,6 +458,26 @@ class ReferralViewSet(Guarded, mixins.ListModelMixin, mixins.RetrieveModelMixin,
         referral.refresh_from_db()
         return Response(s.ReferralSerializer(referral, context={"request": request}).data)
 
+    @extend_schema(request={"multipart/form-data": OpenApiTypes.OBJECT}, responses=s.ReferralSerializer)
+    @action(detail=True, methods=["post"], parser_classes=[MultiPartParser])
+    def images(self, request, pk=None):
+        """The referring practice sends the better images the clinic asked for (``images``, one or more files;
+        ``note``): checked as the form's, the referral is back in the clinic's list."""
+        from skinweb.referrals.forms import MoreImagesForm
+        from skinweb.referrals.models import Referral
+        from skinweb.referrals.views import add_images
+
+        referral = self.get_object()
+        if not request.user.is_referrer:
+            raise exceptions.PermissionDenied("Referring practices only.")
+        if referral.status != Referral.Status.MORE_IMAGES:
+            raise exceptions.ValidationError({"images": ["The clinic has not asked for more images of this "
+                                                         "referral."]})
+        form = MoreImagesForm(request.data, {"images": request.FILES.getlist("images")})
+        if not add_images(request, referral, form):
+            raise exceptions.ValidationError({k: [str(m) for m in v] for k, v in form.errors.items()})
+        return Response(s.ReferralSerializer(referral, context={"request": request}).data)
+
     @extend_schema(responses={(200, "application/fhir+json"): OpenApiTypes.OBJECT})
     @action(detail=True, methods=["get"], content_negotiation_class=JSONErrors)
     def fhir(self, request, pk=None):

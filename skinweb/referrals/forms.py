@@ -139,3 +139,22 @@ class ReferrerAccountForm(forms.Form):
             except forms.ValidationError as exc:
                 self.add_error("password", exc)
         return data
+
+
+class TargetsForm(forms.ModelForm):
+    """The clinic's target waits, past which a referral is marked in the triage list."""
+
+    class Meta:
+        from skinweb.accounts.models import Clinic
+
+        model = Clinic
+        fields = ["referral_target_urgent_days", "referral_target_routine_days"]
+        labels = {"referral_target_urgent_days": "Urgent referrals (days)",
+                  "referral_target_routine_days": "Routine referrals (days)"}
+
+    def clean(self):
+        data = super().clean()
+        for name in self.Meta.fields:
+            if data.get(name) is not None and not 1 <= data[name] <= 365:
+                self.add_error(name, "Between 1 and 365 days.")
+        return data

@@ -23,7 +23,14 @@ from skinweb.clinic.models import Case, Lesion, Patient
 from skinweb.clinic.uploads import normalise_image
 from skinweb.clinic.views import image_response
 from skinweb.referrals import notify
-from skinweb.referrals.forms import AnswerForm, LinkPracticeForm, MoreImagesForm, ReferralForm, ReferrerAccountForm
+from skinweb.referrals.forms import (
+    AnswerForm,
+    LinkPracticeForm,
+    MoreImagesForm,
+    ReferralForm,
+    ReferrerAccountForm,
+    TargetsForm,
+)
 from skinweb.referrals.models import Answer, Practice, Referral
 
 PAGE_SIZE = 25
@@ -227,12 +234,24 @@ def more_images(request, referral):
     if referral.status != Referral.Status.MORE_IMAGES:
         messages.info(request, "The clinic has not asked for more images of this referral.")
         return redirect("referrals:detail", pk=referral.pk)
-    images = _normalised(form.cleaned_data["images"], form) if form.is_valid() else None
-    if images is None:
+    added = add_images(request, referral, form)
+    if not added:
         cases = list(referral.lesion.cases.order_by("created_at", "pk"))
         return render(request, "referrals/detail.html", {
             "referral": referral, "cases": cases, "clinic_view": False, "answers": referral.answers.all(),
             "more_form": form}, status=400)
+    images = added
+    messages.success(request, f"{len(images)} image(s) added; the referral is back in the clinic's list.")
+    return redirect("referrals:detail", pk=referral.pk)
+
+
+def add_images(request, referral, form) -> list | None:
+    """The better images the clinic asked for (a bound ``MoreImagesForm``), checked as a referral's are: stored as
+    cases of the referral's lesion, the referral back in the clinic's list, audited, the clinic told. None (the
+    messages on the form) when a file is refused; nothing is stored then."""
+    images = _normalised(form.cleaned_data["images"], form) if form.is_valid() else None
+    if images is None:
+        return None
     with transaction.atomic():
         _store_images(request, referral.lesion, images)
         Referral.objects.filter(pk=referral.pk).update(status=Referral.Status.OPEN)
@@ -241,8 +260,7 @@ def more_images(request, referral):
         record(request, "more_images", referral, images=len(images), note=form.cleaned_data["note"],
                old={"status": Referral.Status.MORE_IMAGES}, new={"status": Referral.Status.OPEN})
         notify.referral_arrived(referral)
-    messages.success(request, f"{len(images)} image(s) added; the referral is back in the clinic's list.")
-    return redirect("referrals:detail", pk=referral.pk)
+    return images
 
 
 @object_view(Referral)
@@ -292,7 +310,18 @@ def practices(request):
     account to one of them."""
     clinic = _clinic_admin(request)
     link_form, account_form = LinkPracticeForm(), ReferrerAccountForm(clinic=clinic)
-    if request.method == "POST" and request.POST.get("form") == "link":
+    targets_form = TargetsForm(instance=clinic)
+    if request.method == "POST" and request.POST.get("form") == "targets":
+        old = {f: getattr(clinic, f) for f in TargetsForm.Meta.fields}
+        targets_form = TargetsForm(request.POST, instance=clinic)
+        if targets_form.is_valid():
+            with transaction.atomic():
+                targets_form.save()
+                record(request, "referral_targets", clinic, old=old,
+                       new={f: getattr(clinic, f) for f in TargetsForm.Meta.fields})
+            messages.success(request, "Targets saved.")
+            return redirect("referrals:practices")
+    elif request.method == "POST" and request.POST.get("form") == "link":
         link_form = LinkPracticeForm(request.POST)
         if link_form.is_valid():
             data = link_form.cleaned_data
@@ -319,7 +348,8 @@ def practices(request):
     linked = clinic.practices.annotate(referrers=Count("users", distinct=True),
                                        sent=Count("referrals", filter=Q(referrals__clinic=clinic), distinct=True))
     return render(request, "referrals/practices.html", {"clinic": clinic, "linked": linked.order_by("name"),
-                                                        "link_form": link_form, "account_form": account_form})
+                                                        "link_form": link_form, "account_form": account_form,
+                                                        "targets_form": targets_form})
 
 
 def practice_unlink(request, pk):
