@@ -483,7 +483,7 @@ def test_referral_journey(browser_page, stack, settings, tmp_path):
 
         # The dermatologist: the new referral first, the benign one below; answer with advice.
         j.log_in("alice")
-        page.get_by_role("link", name="Referrals").click()
+        page.get_by_role("link", name="Referrals", exact=True).click()
         rows = page.locator("[data-testid=triage] tbody tr")
         assert rows.count() == 2 and rows.first.get_attribute("data-referral") == str(referral.pk)
         j.check("triage")
