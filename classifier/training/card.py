@@ -209,12 +209,13 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
         g = gate.meta.get("figures", {})
         held, lesions = g.get("other_pictures_held_out", {}), g.get("validation_lesions", {})
         missed = {k.split()[0]: v for k, v in held.get("per_category", {}).items() if v < 0.99}
-        kinds = " (" + ", ".join(f"{k} {pct(v)}" for k, v in missed.items()) + ")" if missed else ""
+        kinds = " (" + ", ".join(f"{k} {100 * v:.1f}%" for k, v in missed.items()) + ")" if missed else ""
         out += [f"Lesion gate (`{Path(model_path).stem}.lesion-gate.json`): "
                 f"above its threshold the result is withheld. Other pictures withheld when left out of its fit: "
-                f"{pct(held.get('share_withheld'))} of {held.get('views')} views{kinds}; validation lesions "
-                f"withheld: {pct(lesions.get('share_withheld'))} ("
-                + ", ".join(f"{src} {pct(d['share_withheld'])}" for src, d in lesions.get("per_source", {}).items())
+                f"{100 * held.get('share_withheld', 0):.1f}% of {held.get('views')} views{kinds}; validation lesions "
+                f"withheld: {100 * lesions.get('share_withheld', 0):.1f}% ("
+                + ", ".join(f"{src} {100 * d['share_withheld']:.1f}%"
+                            for src, d in lesions.get("per_source", {}).items())
                 + "). Not measured on clinical close-ups.", ""]
     elif lc:
         out += [f"Lesion check: an image farther than {lc.get('cutoff')} from the training images in the model's "

@@ -57,6 +57,13 @@ def package_pictures() -> dict[str, tuple[str, Image.Image]]:
     for i, face in enumerate(faces):
         out[f"lfw face {i}"] = ("face", Image.fromarray((face * 255).astype(np.uint8)).convert("RGB")
                                 .resize((224, 224), Image.Resampling.BICUBIC))
+    try:  # scikit-learn's two sample photographs, where it is installed (a development dependency)
+        from sklearn.datasets import load_sample_images
+
+        for name, array in zip(("china", "flower"), load_sample_images().images):
+            out[f"sklearn {name}"] = ("photograph", Image.fromarray(array))
+    except ImportError:
+        pass
     samples = Path(matplotlib.get_data_path()) / "sample_data"
     for name, category in (("grace_hopper.jpg", "face"), ("Minduka_Present_Blue_Pack.png", "photograph"),
                            ("logo2.png", "figure")):
@@ -79,6 +86,57 @@ def skin_field(rng, size=512, spot=True) -> Image.Image:
         ImageDraw.Draw(img).ellipse((cx - r, cy - r * rng.uniform(0.7, 1.3), cx + r, cy + r), fill=colour)
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 3)))
     return img
+
+
+def stained_tissue(rng, size=512, brown=False) -> Image.Image:
+    """A stand-in for a stained microscopy slide: a pale pink field crowded with small purple nuclei (and, for an
+    immunohistochemistry look, brown deposits)."""
+    field = np.array([rng.uniform(215, 245), rng.uniform(170, 215), rng.uniform(195, 235)])
+    img = Image.fromarray(np.clip(field + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(150, 400))):
+        x, y = rng.uniform(0, size, 2)
+        r = rng.uniform(3, 9)
+        colour = tuple(int(v) for v in ((rng.uniform(110, 160), rng.uniform(60, 100), rng.uniform(30, 60)) if brown
+                                        and rng.random() < 0.4 else (rng.uniform(60, 120), rng.uniform(30, 70),
+                                                                     rng.uniform(110, 170))))
+        draw.ellipse((x - r, y - r * rng.uniform(0.6, 1.4), x + r, y + r), fill=colour)
+    return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
+
+
+def fundus(rng, size=512) -> Image.Image:
+    """A stand-in for a retinal photograph: an orange disc on black, a pale optic disc, dark vessels."""
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    radius = np.hypot(xx, yy)
+    base = np.array([rng.uniform(170, 230), rng.uniform(70, 120), rng.uniform(20, 50)])
+    shade = np.clip(1.1 - radius * rng.uniform(0.8, 1.4), 0, 1)[..., None]
+    img = np.where((radius < 0.45)[..., None], base * shade, 0)
+    ox, oy = rng.uniform(-0.2, 0.2, 2)
+    img = np.where((np.hypot(xx - ox, yy - oy) < 0.06)[..., None], [250, 220, 160], img)
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for _ in range(8):
+        x, y = (ox + 0.5) * size, (oy + 0.5) * size
+        angle = rng.uniform(0, 2 * np.pi)
+        for _ in range(40):
+            angle += rng.normal(0, 0.2)
+            nx, ny = x + 6 * np.cos(angle), y + 6 * np.sin(angle)
+            draw.line((x, y, nx, ny), fill=(int(base[0] * 0.5), int(base[1] * 0.3), 20), width=int(rng.integers(2, 5)))
+            x, y = nx, ny
+    return out.filter(ImageFilter.GaussianBlur(1))
+
+
+def grating(rng, size=512) -> Image.Image:
+    """A woven or grained texture: crossed sinusoids with noise, in one random colour."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    f1, f2 = rng.uniform(0.05, 0.4, 2)
+    angle = rng.uniform(0, np.pi)
+    u = xx * np.cos(angle) + yy * np.sin(angle)
+    v = -xx * np.sin(angle) + yy * np.cos(angle)
+    pattern = (0.5 + 0.25 * np.sin(f1 * u) + 0.25 * np.sin(f2 * v + rng.uniform(0, 6))
+               + rng.normal(0, 0.08, (size, size)))
+    colour = rng.uniform(40, 255, 3)
+    return Image.fromarray(np.clip(pattern[..., None] * colour, 0, 255).astype(np.uint8))
 
 
 def synthetic_pictures(seed: int = 0) -> dict[str, tuple[str, Image.Image]]:
@@ -109,6 +167,12 @@ def synthetic_pictures(seed: int = 0) -> dict[str, tuple[str, Image.Image]]:
     out["application screenshot"] = ("screenshot", screen)
     for i in range(12):
         out[f"skin field {i}"] = ("skin without a dermatoscope (synthetic)", skin_field(rng, spot=i % 3 != 0))
+    for i in range(6):
+        out[f"stained tissue {i}"] = ("microscopy or medical", stained_tissue(rng, brown=i % 2 == 1))
+    for i in range(4):
+        out[f"fundus {i}"] = ("microscopy or medical", fundus(rng))
+    for i in range(4):
+        out[f"grating {i}"] = ("texture", grating(rng))
     return out
 
 
