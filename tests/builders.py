@@ -127,3 +127,21 @@ def dicom_bytes(pixels=None, jpeg=None, patient_id="ISIC-P1", birth="19610315", 
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def make_referral_cast(north, south) -> dict:
+    """The referral roles the access matrices walk: dana, a referrer of Riverside (referring to North), who sent
+    North a referral with one image; erin, a referrer of Hillside (referring to South)."""
+    from skinweb.referrals.models import Practice, Referral
+
+    riverside = Practice.objects.create(name="Riverside", code="RIV")
+    riverside.clinics.add(north)
+    hillside = Practice.objects.create(name="Hillside", code="HIL")
+    hillside.clinics.add(south)
+    dana = User.objects.create_user("dana", practice=riverside)
+    erin = User.objects.create_user("erin", practice=hillside)
+    referred = make_lesion(make_patient(north, "RIV-1"))
+    referral = Referral.objects.create(practice=riverside, clinic=north, created_by=dana, patient_identifier="1",
+                                       birth_year=1970, sex="male", site="head/neck", duration_months=2,
+                                       urgency="routine", lesion=referred)
+    return {"dana": dana, "erin": erin, "referral": referral, "referred_case": make_case(referred, dana)}

@@ -14,8 +14,8 @@ from skinweb.accounts.models import User
 from skinweb.audit.models import AuditEvent, clinic_id_of, record
 from skinweb.clinic.models import Case, Feedback, Lesion, Patient
 from skinweb.models_registry.models import ModelVersion
-from skinweb.referrals.models import Answer, Practice, Referral
-from tests.builders import make_case, make_lesion, make_patient, make_user
+from skinweb.referrals.models import Answer, Referral
+from tests.builders import make_case, make_lesion, make_patient, make_referral_cast, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -129,20 +129,9 @@ def world(client, north, south, alice, bob, carol, root):
     record(None, "view", south_case)
     version = ModelVersion.objects.create(version="v-access", filename="v.safetensors", arch="vgg16", input_size=64,
                                           threshold=0.5, status=ModelVersion.Status.CANDIDATE)
-    riverside = Practice.objects.create(name="Riverside", code="RIV")
-    riverside.clinics.add(north)
-    hillside = Practice.objects.create(name="Hillside", code="HIL")
-    hillside.clinics.add(south)
-    dana = User.objects.create_user("dana", practice=riverside)
-    erin = User.objects.create_user("erin", practice=hillside)
-    referred = make_lesion(make_patient(north, "RIV-1"))
-    referral = Referral.objects.create(practice=riverside, clinic=north, created_by=dana, patient_identifier="1",
-                                       birth_year=1970, sex="male", site="head/neck", duration_months=2,
-                                       urgency="routine", lesion=referred)
-    referred_case = make_case(referred, dana)
     return {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "root": root, "north": north, "south": south,
             "patient": patient, "lesion": lesion, "case": case, "south_case": south_case, "version": version,
-            "removed": removed, "dana": dana, "erin": erin, "referral": referral, "referred_case": referred_case}
+            "removed": removed, **make_referral_cast(north, south)}
 
 
 def url_for(name, route, world):

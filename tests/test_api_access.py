@@ -8,11 +8,10 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.throttling import SimpleRateThrottle
 
-from skinweb.accounts.models import User
 from skinweb.api.models import ApiToken
 from skinweb.clinic.models import Case, Feedback, Lesion, Patient
-from skinweb.referrals.models import Answer, Practice, Referral
-from tests.builders import make_case, make_lesion, make_patient, make_user, upload
+from skinweb.referrals.models import Answer, Referral
+from tests.builders import make_case, make_lesion, make_patient, make_referral_cast, make_user, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -70,18 +69,10 @@ def world(client, north, south, alice, bob, carol, root, monkeypatch):
     lesion = make_lesion(patient)
     case = make_case(lesion, alice, status=Case.Status.FAILED, failure_reason="test")
     make_case(make_lesion(make_patient(south, "S-001")), bob)
-    riverside = Practice.objects.create(name="Riverside", code="RIV")
-    riverside.clinics.add(north)
-    hillside = Practice.objects.create(name="Hillside", code="HIL")
-    hillside.clinics.add(south)
-    dana = User.objects.create_user("dana", practice=riverside)
-    erin = User.objects.create_user("erin", practice=hillside)
-    referred = make_lesion(make_patient(north, "RIV-1"))
-    referral = Referral.objects.create(practice=riverside, clinic=north, created_by=dana, patient_identifier="1",
-                                       birth_year=1970, sex="male", site="head/neck", duration_months=2,
-                                       urgency="routine", lesion=referred)
-    make_case(referred, dana)
-    users = {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "root": root, "dana": dana, "erin": erin}
+    cast = make_referral_cast(north, south)
+    referral = cast["referral"]
+    users = {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "root": root, "dana": cast["dana"],
+             "erin": cast["erin"]}
     tokens = {name: ApiToken.objects.create(user, name=f"{name}'s")[1] for name, user in users.items()}
     alices = ApiToken.objects.get(user=alice)
     return {**users, "tokens": tokens, "patient": patient, "lesion": lesion, "case": case, "alices": alices,
