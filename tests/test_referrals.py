@@ -420,3 +420,13 @@ def test_better_images_over_the_api(client, dana, north, alice):
     assert r.status_code == 200 and r.json()["status"] == "open" and len(r.json()["images"]) == 3
     clinic_token = make_token(client, alice)
     assert api(client, clinic_token, "post", url, data={"images": [upload("y.jpg")]}).status_code == 403
+
+
+def test_a_referral_is_sent_unchecked_when_no_worker_answers_in_time(client, dana, north, redis_server, settings):
+    """A real broker with no worker listening: the form waits REFERRAL_CHECK_SECONDS, then sends the referral and
+    records that its images were not checked (the worker withholds a non-lesion image's result later)."""
+    settings.REFERRAL_CHECK_SECONDS = 1
+    r = refer(client, dana, north)
+    referral = Referral.objects.get()
+    assert r.status_code == 302 and referral.lesion.cases.count() == 2
+    assert AuditEvent.objects.get(action="refer").detail["lesion_check"] == "not done"
