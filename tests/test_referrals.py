@@ -337,6 +337,7 @@ def test_the_api_offers_what_the_pages_do(client, dana, erin, north, alice, vers
     r = api(client, clinic_token, "post", url, data={"action": "return", "message": "Benign naevus; reassure."},
             content_type="application/json")
     assert r.status_code == 200 and r.json()["status"] == "returned"
+    assert r.json()["answers"][0]["message"] == "Benign naevus; reassure."  # the answer it has just given
     assert api(client, clinic_token, "get", "/api/v1/referrals/").json()["results"] == []
     read = api(client, referrer_token, "get", f"/api/v1/referrals/{referral.pk}/").json()
     assert read["answers"][0]["message"] == "Benign naevus; reassure."

@@ -275,7 +275,7 @@ class ReferralSerializer(serializers.Serializer):
 
     def get_images(self, referral) -> list[dict]:
         out = []
-        for case in referral.lesion.cases.order_by("created_at", "pk"):
+        for case in sorted(referral.lesion.cases.all(), key=lambda c: (c.created_at, c.pk)):  # prefetched in lists
             item = {"url": reverse("referrals:image", args=[referral.pk, case.pk])}
             if self._clinic_view():
                 item["case"] = case.pk

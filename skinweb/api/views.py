@@ -414,7 +414,7 @@ class ReferralViewSet(Guarded, mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
         user = self.request.user
         referrals = Referral.objects.visible_to(user).select_related("practice", "clinic", "lesion")
-        referrals = referrals.prefetch_related("answers__created_by")
+        referrals = referrals.prefetch_related("answers__created_by", "lesion__cases")
         if self.action == "list" and user.clinic_id is not None and self.request.query_params.get("state") != "all":
             return referrals.open().triage_order()
         return referrals.order_by("-created_at", "-pk")
@@ -455,7 +455,7 @@ class ReferralViewSet(Guarded, mixins.ListModelMixin, mixins.RetrieveModelMixin,
             raise exceptions.ValidationError({k: [str(m) for m in v] for k, v in form.errors.items()})
         if record_answer(request, referral, form.cleaned_data) is None:
             raise exceptions.ValidationError({"action": ["This referral has been answered already."]})
-        referral.refresh_from_db()
+        referral = type(referral).objects.get(pk=referral.pk)  # as it is now (answers were prefetched)
         return Response(s.ReferralSerializer(referral, context={"request": request}).data)
 
     @extend_schema(request={"multipart/form-data": OpenApiTypes.OBJECT}, responses=s.ReferralSerializer)
@@ -476,6 +476,7 @@ class ReferralViewSet(Guarded, mixins.ListModelMixin, mixins.RetrieveModelMixin,
         form = MoreImagesForm(request.data, {"images": request.FILES.getlist("images")})
         if not add_images(request, referral, form):
             raise exceptions.ValidationError({k: [str(m) for m in v] for k, v in form.errors.items()})
+        referral = Referral.objects.get(pk=referral.pk)  # its images as they are now (the list was prefetched)
         return Response(s.ReferralSerializer(referral, context={"request": request}).data)
 
     @extend_schema(responses={(200, "application/fhir+json"): OpenApiTypes.OBJECT})
