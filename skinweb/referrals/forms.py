@@ -1,9 +1,11 @@
 import datetime
 
 from django import forms
+from django.contrib.auth import password_validation
 
+from skinweb.accounts.models import Clinic, User
 from skinweb.clinic.forms import MultipleImageField
-from skinweb.referrals.models import MAJOR_FEATURES, MINOR_FEATURES, Answer, Referral
+from skinweb.referrals.models import MAJOR_FEATURES, MINOR_FEATURES, Answer, Practice, Referral
 
 MAX_DURATION_MONTHS = 1200
 
@@ -93,8 +95,6 @@ class LinkPracticeForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        from skinweb.referrals.models import Practice
-
         code = data.get("code")
         if code and not Practice.objects.filter(code__iexact=code).exists():
             name = (data.get("name") or "").strip()
@@ -119,8 +119,6 @@ class ReferrerAccountForm(forms.Form):
         self.fields["practice"].queryset = clinic.practices.order_by("name")
 
     def clean_username(self):
-        from skinweb.accounts.models import User
-
         username = self.cleaned_data["username"].strip()
         if User.objects.filter(username__iexact=username).exists():
             raise forms.ValidationError("This username is taken.")
@@ -128,10 +126,6 @@ class ReferrerAccountForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        from django.contrib.auth import password_validation
-
-        from skinweb.accounts.models import User
-
         if data.get("password") and data.get("username"):
             try:
                 password_validation.validate_password(data["password"], User(username=data["username"],
@@ -145,8 +139,6 @@ class TargetsForm(forms.ModelForm):
     """The clinic's target waits, past which a referral is marked in the triage list."""
 
     class Meta:
-        from skinweb.accounts.models import Clinic
-
         model = Clinic
         fields = ["referral_target_urgent_days", "referral_target_routine_days"]
         labels = {"referral_target_urgent_days": "Urgent referrals (days)",

@@ -175,17 +175,27 @@ def submit(request, form, practice, images, overview) -> Referral:
     return referral
 
 
-@object_view(Referral)
-def detail(request, referral):
+def _detail_page(request, referral, answer_form=None, more_form=None, status=200):
+    """The referral's page: for the clinic's members with the answer form while it is open, for the practice with
+    the form for better images when they were asked for (``answer_form``/``more_form``: a bound one with its
+    errors)."""
     cases = list(referral.lesion.cases.select_related("prediction__model_version").order_by("created_at", "pk"))
     clinic_view = request.user.clinic_id is not None
-    if clinic_view:
-        record(request, "view", referral)
+    if clinic_view and referral.is_open:
+        answer_form = answer_form or AnswerForm()
+    if not clinic_view and referral.status == Referral.Status.MORE_IMAGES:
+        more_form = more_form or MoreImagesForm()
     return render(request, "referrals/detail.html", {
         "referral": referral, "cases": cases, "clinic_view": clinic_view, "answers": referral.answers.all(),
-        "answer_form": AnswerForm() if clinic_view and referral.is_open else None,
-        "more_form": MoreImagesForm() if not clinic_view and referral.status == Referral.Status.MORE_IMAGES else None,
-    })
+        "answer_form": answer_form if clinic_view else None, "more_form": None if clinic_view else more_form,
+    }, status=status)
+
+
+@object_view(Referral)
+def detail(request, referral):
+    if request.user.clinic_id is not None:
+        record(request, "view", referral)
+    return _detail_page(request, referral)
 
 
 @object_view(Referral, methods=("POST",))
@@ -196,10 +206,7 @@ def answer(request, referral):
         messages.info(request, "This referral has been answered already.")
         return redirect("referrals:detail", pk=referral.pk)
     if not form.is_valid():
-        cases = list(referral.lesion.cases.select_related("prediction__model_version").order_by("created_at", "pk"))
-        return render(request, "referrals/detail.html", {
-            "referral": referral, "cases": cases, "clinic_view": True, "answers": referral.answers.all(),
-            "answer_form": form}, status=400)
+        return _detail_page(request, referral, answer_form=form, status=400)
     given = record_answer(request, referral, form.cleaned_data)
     if given is None:
         messages.info(request, "This referral has been answered already.")
@@ -236,10 +243,7 @@ def more_images(request, referral):
         return redirect("referrals:detail", pk=referral.pk)
     added = add_images(request, referral, form)
     if not added:
-        cases = list(referral.lesion.cases.order_by("created_at", "pk"))
-        return render(request, "referrals/detail.html", {
-            "referral": referral, "cases": cases, "clinic_view": False, "answers": referral.answers.all(),
-            "more_form": form}, status=400)
+        return _detail_page(request, referral, more_form=form, status=400)
     images = added
     messages.success(request, f"{len(images)} image(s) added; the referral is back in the clinic's list.")
     return redirect("referrals:detail", pk=referral.pk)
