@@ -12,9 +12,11 @@ ISIC_DEV := $(abspath ../shared/datasets/isic-derm-dev)
 DEMO_DATASETS := $(or $(TRAINING_DATASETS),$(if $(wildcard $(ISIC_DEV)/labels.csv),$(ISIC_DEV)))
 
 run: run-packages venv
+	$(BIN)/python manage.py catalogues --compile
 	DEBUG=1 TRAINING_DATASETS="$(DEMO_DATASETS)" $(BIN)/python manage.py demo
 
 test: test-packages venv
+	$(BIN)/python manage.py catalogues --compile
 	bash tests/run_all.sh $(ARGS)
 
 venv: $(STAMP)
@@ -25,18 +27,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	rm -f $(VENV)/.requirements-* && touch $@
 
-# Debian packages: the stack needs Redis; the tests also PostgreSQL and docker-compose (to validate docker/).
+# Debian packages: the stack needs Redis and gettext (to compile the French and German catalogues); the tests
+# also PostgreSQL and docker-compose (to validate docker/).
 run-packages:
-	@$(MAKE) --no-print-directory apt-install NEED="redis-server"
+	@$(MAKE) --no-print-directory apt-install NEED="redis-server gettext"
 
 test-packages:
-	@$(MAKE) --no-print-directory apt-install NEED="redis-server postgresql docker-compose chromium"
+	@$(MAKE) --no-print-directory apt-install NEED="redis-server gettext postgresql docker-compose chromium"
 
 apt-install:
 	@missing=""; \
 	for pkg in $(NEED); do \
 		case $$pkg in \
-			postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing $$pkg";; \
+			postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing $$pkg";;
+			gettext) command -v msgfmt >/dev/null || missing="$$missing $$pkg";; \
 			*) command -v $$pkg >/dev/null || missing="$$missing $$pkg";; \
 		esac; \
 	done; \

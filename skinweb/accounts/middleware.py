@@ -5,7 +5,9 @@ from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.signals import user_logged_in
 from django.dispatch import receiver
+from django.middleware.locale import LocaleMiddleware
 from django.shortcuts import resolve_url
+from django.utils import translation
 
 LOGIN_AT, SEEN_AT = "skinweb_login_at", "skinweb_seen_at"
 
@@ -43,3 +45,18 @@ class SessionTimeoutMiddleware:
             if not request.headers.get("HX-Request") and now - seen_at >= 60:
                 session[SEEN_AT] = now
         return self.get_response(request)
+
+
+class UserLanguageMiddleware(LocaleMiddleware):
+    """The language of a page: the user's own choice (their account page), else the browser's
+    (Accept-Language), else the installation's LANGUAGE_CODE. It follows the authentication middleware
+    because the choice is the user's; the site has no language prefixes in its URLs."""
+
+    def process_request(self, request):
+        user = getattr(request, "user", None)
+        chosen = getattr(user, "language", "") if user is not None and user.is_authenticated else ""
+        if chosen:
+            translation.activate(chosen)
+            request.LANGUAGE_CODE = translation.get_language()
+        else:
+            super().process_request(request)

@@ -1,5 +1,7 @@
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class Clinic(models.Model):
@@ -39,6 +41,8 @@ class User(AbstractUser):
     clinic = models.ForeignKey(Clinic, null=True, blank=True, on_delete=models.PROTECT, related_name="users")
     practice = models.ForeignKey("referrals.Practice", null=True, blank=True, on_delete=models.PROTECT,
                                  related_name="users", help_text="A referrer's practice (and no clinic)")
+    # Empty: the browser's language, else the installation's (LANGUAGE_CODE).
+    language = models.CharField(_("language"), max_length=8, blank=True, choices=settings.LANGUAGES)
 
     def __str__(self):
         return self.get_full_name() or self.username

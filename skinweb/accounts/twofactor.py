@@ -20,6 +20,8 @@ from django.contrib.auth.signals import user_login_failed
 from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import translation
+from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 from django_otp import login as otp_login
@@ -109,15 +111,15 @@ def verify(request):
                 device, StaticDevice) else "authenticator")
             if isinstance(device, StaticDevice):
                 left = device.token_set.count()
-                messages.warning(request, f"You used a recovery code: {left} left. Make new ones on the security page "
-                                          "if you have lost your authenticator.")
+                messages.warning(request, _("You used a recovery code: %(left)d left. Make new ones on your account "
+                                            "page if you have lost your authenticator.") % {"left": left})
             return redirect_to_next(request, "clinic:dashboard")
         user_login_failed.send(sender=__name__, credentials=credentials, request=request)  # counted by axes
         record(request, "login_second_factor_failed", user)
         if _locked(request, credentials):
             logout(request)
             return lockout_response(request, None, credentials)
-        error = "That code is not right (or was used already). Try the current one."
+        error = _("That code is not right (or was used already). Try the current one.")
     return render(request, "registration/two_factor_verify.html", {"error": error}, status=400 if error else 200)
 
 
@@ -142,7 +144,7 @@ def setup(request):
             otp_login(request, device)
             record(request, "enable_two_factor", user)
             return render(request, "registration/recovery_codes.html", {"codes": codes})
-        error = "That code is not right: check the phone's clock, and type the code it shows now."
+        error = _("That code is not right: check the phone's clock, and type the code it shows now.")
     qr = segno.make(device.config_url, error="m").svg_inline(scale=4, dark="#000", light="#fff", title="QR code")
     return render(request, "registration/two_factor_setup.html",
                   {"qr": qr, "secret": _base32(device), "error": error, "required": required(user)},
@@ -171,7 +173,15 @@ def security(request):
             TOTPDevice.objects.filter(user=user).delete()
             StaticDevice.objects.filter(user=user).delete()
             record(request, "disable_two_factor", user)
-            messages.success(request, "Two-factor login is off for your account.")
+            messages.success(request, _("Two-factor login is off for your account."))
+            return redirect("account_security")
+        elif action == "language" and request.POST.get("language", "") in {"", *dict(settings.LANGUAGES)}:
+            old, user.language = user.language, request.POST.get("language", "")
+            if old != user.language:
+                user.save(update_fields=["language"])
+                record(request, "set_language", user, old=old, new=user.language)
+            with translation.override(user.language or translation.get_language_from_request(request)):
+                messages.success(request, _("Your language is saved."))
             return redirect("account_security")
         elif action in ("require", "allow") and user.is_clinic_admin:
             clinic, value = user.clinic, action == "require"
@@ -179,12 +189,14 @@ def security(request):
                 old = clinic.require_two_factor
                 type(clinic).objects.filter(pk=clinic.pk).update(require_two_factor=value)
                 record(request, "require_two_factor", clinic, old=old, new=value)
-                messages.success(request, f"Two-factor login is {'required' if value else 'optional'} in {clinic}.")
+                messages.success(request, (_("Two-factor login is required in %(clinic)s.") if value
+                                           else _("Two-factor login is optional in %(clinic)s.")) % {"clinic": clinic})
             return redirect("account_security")
         else:
-            messages.error(request, "Nothing was changed.")
+            messages.error(request, _("Nothing was changed."))
             return redirect("account_security")
     left = StaticToken.objects.filter(device__user=user).count()
     return render(request, "registration/security.html",
-                  {"device": device, "left": left, "codes": codes, "required": required(user)})
+                  {"device": device, "left": left, "codes": codes, "required": required(user),
+                   "languages": settings.LANGUAGES})
 
