@@ -8,6 +8,8 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -26,8 +28,9 @@ def tokens_for(user):
 
 
 class TokenForm(forms.Form):
-    name = forms.CharField(max_length=100, help_text="What it is for, e.g. 'dermatoscope bridge, room 2'")
-    days = forms.IntegerField(label="Valid for (days)", min_value=1)
+    name = forms.CharField(label=_("Name"), max_length=100,
+                           help_text=_("What it is for, e.g. 'dermatoscope bridge, room 2'"))
+    days = forms.IntegerField(label=_("Valid for (days)"), min_value=1)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -37,7 +40,8 @@ class TokenForm(forms.Form):
     def clean_days(self):
         days = self.cleaned_data["days"]
         if days > settings.API_TOKEN_DAYS:
-            raise forms.ValidationError(f"At most {settings.API_TOKEN_DAYS} days (API_TOKEN_DAYS).")
+            raise forms.ValidationError(gettext("At most %(days)s days (API_TOKEN_DAYS).")
+                                        % {"days": settings.API_TOKEN_DAYS})
         return days
 
 
@@ -49,7 +53,7 @@ def token_page(request):
     if request.method == "POST" and form.is_valid():
         live = ApiToken.objects.filter(user=request.user)
         if live.count() >= settings.REST_KNOX["TOKEN_LIMIT_PER_USER"]:
-            form.add_error(None, "You have as many tokens as allowed: revoke one first.")
+            form.add_error(None, gettext("You have as many tokens as allowed: revoke one first."))
         else:
             expiry = datetime.timedelta(days=form.cleaned_data["days"])
             instance, new = ApiToken.objects.create(request.user, expiry=expiry, name=form.cleaned_data["name"])
@@ -65,11 +69,12 @@ def token_page(request):
 def token_revoke(request, key):
     token = tokens_for(request.user).filter(token_key=key).first()
     if token is None:
-        messages.error(request, "No such token (it may have expired or been revoked already).")
+        messages.error(request, gettext("No such token (it may have expired or been revoked already)."))
     else:
         record(request, "revoke_token", token.user, token=token.token_key, name=token.name)
         token.delete()
-        messages.success(request, f"Token {token.name} ({token.token_key}…) revoked: it no longer works.")
+        messages.success(request, gettext("Token %(name)s (%(key)s…) revoked: it no longer works.") % {
+            "name": token.name, "key": token.token_key})
     return redirect("api_tokens")
 
 

@@ -2,6 +2,7 @@
 
 import re
 
+from django.utils.translation import gettext
 from rest_framework import exceptions
 from rest_framework.pagination import PageNumberPagination
 
@@ -12,5 +13,5 @@ class Pages(PageNumberPagination):
     def get_page_number(self, request, paginator):
         number = request.query_params.get(self.page_query_param, "1")
         if not re.fullmatch(r"[1-9][0-9]{0,8}|last", number):
-            raise exceptions.ValidationError({self.page_query_param: ["A page number: 1, 2, 3…"]})
+            raise exceptions.ValidationError({self.page_query_param: [gettext("A page number: 1, 2, 3…")]})
         return number

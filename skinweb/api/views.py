@@ -9,6 +9,7 @@ import re
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.http import HttpResponse
+from django.utils.translation import gettext
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from PIL import Image
@@ -97,7 +98,7 @@ class Guarded:
         super().initial(request, *args, **kwargs)
         repeated = [name for name, values in request.query_params.lists() if len(values) > 1]
         if repeated:  # which one would count? Neither: say so.
-            raise exceptions.ValidationError({name: ["Give this parameter once."] for name in repeated})
+            raise exceptions.ValidationError({name: [gettext("Give this parameter once.")] for name in repeated})
 
     def get_object(self):
         if self.lookup_field == "pk":
@@ -233,7 +234,7 @@ class LesionViewSet(WritableRecords):
         query.is_valid(raise_exception=True)
         cases = fhir.visit_cases(lesion, query.validated_data["date"])
         if not cases:
-            raise exceptions.NotFound("The lesion has no image taken on that day.")
+            raise exceptions.NotFound(gettext("The lesion has no image taken on that day."))
         record(request, "export_fhir", lesion, date=str(query.validated_data["date"]), cases=[c.pk for c in cases])
         return fhir_response(fhir.visit_bundle(cases, request.build_absolute_uri))
 
@@ -290,7 +291,8 @@ class CaseViewSet(ClinicRecords, mixins.ListModelMixin, mixins.RetrieveModelMixi
         try:
             pdf = reports.case_pdf(case, request.user)
         except (OSError, Image.DecompressionBombError):
-            raise exceptions.NotFound("The report could not be made: the stored image cannot be read.") from None
+            raise exceptions.NotFound(
+                gettext("The report could not be made: the stored image cannot be read.")) from None
         record(request, "export_pdf", case)
         response = HttpResponse(pdf, content_type="application/pdf")
         response["Content-Disposition"] = f'attachment; filename="skinweb-case-{case.pk}.pdf"'
@@ -358,7 +360,7 @@ class DicomViewSet(Guarded, viewsets.ViewSet):
         if "lesion" in data:
             lesion = Lesion.objects.visible_to(request.user).filter(pk=data["lesion"]).first()
             if lesion is None:
-                raise exceptions.ValidationError({"lesion": ["No such lesion in your clinic."]})
+                raise exceptions.ValidationError({"lesion": [gettext("No such lesion in your clinic.")]})
         accepted, rejected = pages.store_dicom(request, data["files"], site=data.get("site"), lesion=lesion)
         cases = Case.objects.with_related().filter(pk__in=[c.pk for c in accepted]).order_by("pk")
         body = {"cases": s.CaseSerializer(cases, many=True).data,
@@ -394,7 +396,7 @@ class NoSuchRoute(Guarded, APIView):
     """Anything else under /api/: a JSON 404 (not the pages' HTML one), audited and throttled like the rest."""
 
     def get(self, request, *args, **kwargs):
-        raise exceptions.NotFound("No such API route: the routes are listed at /api/docs/.")
+        raise exceptions.NotFound(gettext("No such API route: the routes are listed at /api/docs/."))
 
     post = put = patch = delete = head = get
 
@@ -427,7 +429,7 @@ class ReferralViewSet(Guarded, mixins.ListModelMixin, mixins.RetrieveModelMixin,
         from skinweb.referrals.views import checked_submission
 
         if not request.user.is_referrer:
-            raise exceptions.PermissionDenied("Referring practices only.")
+            raise exceptions.PermissionDenied(gettext("Referring practices only."))
         files = {"images": request.FILES.getlist("images"), "overview": request.FILES.get("overview")}
         form = ReferralForm(request.data, files, practice=request.user.practice)
         referral = checked_submission(request, form, request.user.practice) if form.is_valid() else None
@@ -447,14 +449,14 @@ class ReferralViewSet(Guarded, mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
         referral = self.get_object()
         if request.user.clinic_id is None:
-            raise exceptions.PermissionDenied("Members of the receiving clinic only.")
+            raise exceptions.PermissionDenied(gettext("Members of the receiving clinic only."))
         form = s.ReferralAnswerInputSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         form = AnswerForm(form.validated_data)
         if not form.is_valid():
             raise exceptions.ValidationError({k: [str(m) for m in v] for k, v in form.errors.items()})
         if record_answer(request, referral, form.cleaned_data) is None:
-            raise exceptions.ValidationError({"action": ["This referral has been answered already."]})
+            raise exceptions.ValidationError({"action": [gettext("This referral has been answered already.")]})
         referral = type(referral).objects.get(pk=referral.pk)  # as it is now (answers were prefetched)
         return Response(s.ReferralSerializer(referral, context={"request": request}).data)
 
@@ -469,10 +471,10 @@ class ReferralViewSet(Guarded, mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
         referral = self.get_object()
         if not request.user.is_referrer:
-            raise exceptions.PermissionDenied("Referring practices only.")
+            raise exceptions.PermissionDenied(gettext("Referring practices only."))
         if referral.status != Referral.Status.MORE_IMAGES:
-            raise exceptions.ValidationError({"images": ["The clinic has not asked for more images of this "
-                                                         "referral."]})
+            raise exceptions.ValidationError({"images": [gettext("The clinic has not asked for more images of this "
+                                                                 "referral.")]})
         form = MoreImagesForm(request.data, {"images": request.FILES.getlist("images")})
         if not add_images(request, referral, form):
             raise exceptions.ValidationError({k: [str(m) for m in v] for k, v in form.errors.items()})

@@ -18,17 +18,12 @@ from django.utils import timezone
 
 from classifier import reference
 from classifier.modelfile import ModelFileError
-from skinweb.clinic.models import Case, Prediction
+from skinweb.clinic.models import FAILURES, NO_MODEL_MESSAGE, Case, Prediction
 from skinweb.models_registry.models import ModelVersion
 from skinweb.workers import dead_on_this_host, worker_identity
 
 log = logging.getLogger(__name__)
 
-NO_MODEL_MESSAGE = (
-    "No model is published yet, so this image could not be classified. An administrator can train "
-    "one with `python -m classifier.training.train --data DIR --out DIR` and publish it with "
-    "`python manage.py publish_model FILE`; then press Retry."
-)
 
 # One loaded model per worker process and device. Loading happens on first use, never at import:
 # the prefork pool forks after import, and CUDA state must not cross a fork.
@@ -157,7 +152,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
     except (ModelFileError, OSError, RuntimeError) as exc:
         log.exception("cannot load model %s", version.version)
         for c in todo:
-            c.mark_failed(f"The published model {version.version} could not be loaded: {exc}")
+            c.mark_failed(FAILURES["model"] % {"version": version.version, "detail": exc})
         return []
 
     start = time.perf_counter()
@@ -169,16 +164,16 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
             stored.append(c)
         except OSError as exc:
             log.exception("cannot read image of case %s", c.pk)
-            c.mark_failed(f"The stored image could not be read: {exc}")
+            c.mark_failed(FAILURES["read"] % {"detail": exc})
     # Decoded on the predictor's decode threads (several on a GPU worker: classifier.predictor.default_decoders).
     ready, images = [], []
     for c, image in zip(stored, predictor.preprocess_each(files)):
         if isinstance(image, OSError):
             log.error("cannot read image of case %s", c.pk, exc_info=image)
-            c.mark_failed(f"The stored image could not be read: {image}")
+            c.mark_failed(FAILURES["read"] % {"detail": image})
         elif isinstance(image, Exception):
             log.error("preprocessing of case %s failed", c.pk, exc_info=image)
-            c.mark_failed(f"The stored image could not be prepared ({type(image).__name__}: {image}).")
+            c.mark_failed(FAILURES["prepare"] % {"detail": f"{type(image).__name__}: {image}"})
         else:
             ready.append(c)
             images.append(image)
@@ -191,7 +186,7 @@ def classify_batch(cases: list[Case], version: ModelVersion) -> list[int]:
     except Exception as exc:
         log.exception("classification of cases %s failed", [c.pk for c in ready])
         for c in ready:
-            c.mark_failed(f"Classification failed ({type(exc).__name__}: {exc}).")
+            c.mark_failed(FAILURES["classify"] % {"detail": f"{type(exc).__name__}: {exc}"})
         return []
     ms = (time.perf_counter() - start) * 1000 / len(ready)
     log.info("classified %d case(s) with %s on %s (%s) in %.0f ms per image", len(ready), version.version,

@@ -1,7 +1,9 @@
 import datetime
 
 from django import forms
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from skinweb.clinic.models import ANATOMIC_SITES, Case, Feedback, Label, Lesion, Patient
 
@@ -21,13 +23,14 @@ class PatientForm(forms.ModelForm):
         if self.instance.pk:
             clash = clash.exclude(pk=self.instance.pk)
         if clash.exists():
-            raise forms.ValidationError("Your clinic already has a patient with this identifier.")
+            raise forms.ValidationError(_("Your clinic already has a patient with this identifier."))
         return identifier
 
     def clean_birth_year(self):
         year = self.cleaned_data["birth_year"]
         if not 1900 <= year <= datetime.date.today().year:
-            raise forms.ValidationError(f"Enter a year between 1900 and {datetime.date.today().year}.")
+            raise forms.ValidationError(gettext("Enter a year between 1900 and %(year)s.")
+                                        % {"year": datetime.date.today().year})
         return year
 
 
@@ -37,6 +40,9 @@ class LesionForm(forms.ModelForm):
         fields = ["site", "label"]
 
 
+CHOOSE_IMAGES = _("Choose one or more JPEG or PNG images.")
+
+
 class MultipleImageInput(forms.ClearableFileInput):
     allow_multiple_selected = True
 
@@ -44,7 +50,7 @@ class MultipleImageInput(forms.ClearableFileInput):
 class MultipleImageField(forms.FileField):
     """Several files in one field; each is checked separately by the view (uploads.normalise_image)."""
 
-    def __init__(self, *args, empty_message="Choose one or more JPEG or PNG images.", **kwargs):
+    def __init__(self, *args, empty_message=CHOOSE_IMAGES, **kwargs):
         kwargs.setdefault("widget", MultipleImageInput(attrs={"accept": "image/jpeg,image/png", "multiple": True}))
         super().__init__(*args, **kwargs)
         self.empty_message = empty_message
@@ -58,22 +64,22 @@ class MultipleImageField(forms.FileField):
 
 
 class UploadForm(forms.Form):
-    images = MultipleImageField(label="Dermoscopic images", help_text="JPEG or PNG; several at once are fine.")
+    images = MultipleImageField(label=_("Dermoscopic images"), help_text=_("JPEG or PNG; several at once are fine."))
 
 
 class DicomImportForm(forms.Form):
     files = MultipleImageField(
-        label="DICOM files", help_text="VL Photographic, Dermoscopic Photography or Secondary Capture objects",
-        empty_message="Choose one or more DICOM files.",
+        label=_("DICOM files"), help_text=_("VL Photographic, Dermoscopic Photography or Secondary Capture objects"),
+        empty_message=_("Choose one or more DICOM files."),
         widget=MultipleImageInput(attrs={"accept": ".dcm,application/dicom", "multiple": True}))
-    site = forms.ChoiceField(required=False, choices=[("", "From each file's anatomic region"), *ANATOMIC_SITES],
-                             label="Lesion site")
+    site = forms.ChoiceField(required=False, choices=[("", _("From each file's anatomic region")), *ANATOMIC_SITES],
+                             label=_("Lesion site"))
 
 
 class FeedbackForm(forms.ModelForm):
     agrees_with_ai = forms.TypedChoiceField(
-        label="Do you agree with the AI's decision?",
-        choices=[("yes", "Yes, I agree"), ("no", "No, I disagree")],
+        label=_("Do you agree with the AI's decision?"),
+        choices=[("yes", _("Yes, I agree")), ("no", _("No, I disagree"))],
         coerce=lambda v: v == "yes",
         widget=forms.RadioSelect,
     )
@@ -104,24 +110,25 @@ class FeedbackForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         if data.get("histopathology_date") and not data.get("histopathology_result"):
-            self.add_error("histopathology_result", "Give the histopathology result for this date.")
+            self.add_error("histopathology_result", _("Give the histopathology result for this date."))
         if data.get("histopathology_date") and data["histopathology_date"] > datetime.date.today():
-            self.add_error("histopathology_date", "The date is in the future.")
+            self.add_error("histopathology_date", _("The date is in the future."))
         return data
 
 
 class CaseFilterForm(forms.Form):
     """The case history's filters, from the query string. Invalid values are ignored, not errors."""
 
-    q = forms.CharField(required=False, label="Patient identifier")
+    q = forms.CharField(required=False, label=_("Patient identifier"))
     patient = forms.IntegerField(required=False, widget=forms.HiddenInput)
-    status = forms.ChoiceField(required=False, choices=[("", "Any status")] + Case.Status.choices)
-    decision = forms.ChoiceField(required=False, label="AI decision", choices=[("", "Any AI decision")] + Label.choices)
+    status = forms.ChoiceField(required=False, label=_("Status"), choices=[("", _("Any status"))] + Case.Status.choices)
+    decision = forms.ChoiceField(required=False, label=_("AI decision"),
+                                 choices=[("", _("Any AI decision"))] + Label.choices)
     feedback = forms.ChoiceField(
-        required=False,
-        choices=[("", "Any"), ("given", "Given"), ("missing", "Missing")],
+        required=False, label=_("Feedback"),
+        choices=[("", _("Any")), ("given", _("Given")), ("missing", _("Missing"))],
     )
-    disagreement = forms.BooleanField(required=False, label="Only AI/clinician disagreements")
+    disagreement = forms.BooleanField(required=False, label=_("Only AI/clinician disagreements"))
 
     def filter(self, cases):
         if not self.is_valid():
@@ -149,22 +156,24 @@ class TruthForm(forms.Form):
 
     label = forms.ChoiceField(choices=Label.choices)
     source = forms.ChoiceField(choices=Case.TruthSource.choices)
-    use_for_training = forms.BooleanField(required=False, initial=False, label="Use for training")
+    use_for_training = forms.BooleanField(required=False, initial=False, label=_("Use for training"))
 
 
 class TakenForm(forms.Form):
     """The day an image was taken: it decides which visit of the lesion the image belongs to."""
 
-    taken_on = forms.DateField()
+    taken_on = forms.DateField(label=_("Taken on"))
 
     def clean_taken_on(self):
         day = self.cleaned_data["taken_on"]
         if not datetime.date(1990, 1, 1) <= day <= timezone.localdate():
-            raise forms.ValidationError(f"Enter a date between 1990-01-01 and today ({timezone.localdate():%Y-%m-%d}).")
+            raise forms.ValidationError(gettext("Enter a date between %(first)s and today (%(today)s).") % {
+                "first": formats.date_format(datetime.date(1990, 1, 1), "SHORT_DATE_FORMAT"),
+                "today": formats.date_format(timezone.localdate(), "SHORT_DATE_FORMAT")})
         return day
 
 
 class RemovalForm(forms.Form):
     """Why an image is removed: kept with it, shown to the administrator who may restore it."""
 
-    reason = forms.CharField(max_length=500, strip=True)
+    reason = forms.CharField(label=_("Reason"), max_length=500, strip=True)

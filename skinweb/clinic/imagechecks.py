@@ -10,8 +10,10 @@ all needs the model's features: the worker measures it with the prediction (clas
 """
 
 import dataclasses
+import re
 
 import numpy as np
+from django.utils.translation import gettext, gettext_noop
 from PIL import Image, ImageFilter
 
 MIN_SIDE = 224  # the model's input: smaller images are upscaled and lose detail
@@ -20,8 +22,22 @@ BRIGHT_MEAN = 235  # above this: overexposed
 UNIFORM_STD = 5  # luminance standard deviation below this: almost uniform, no visible lesion
 BLUR_EDGE = 1.2  # mean absolute Laplacian at 256 px below this: blurred
 MEASURE_SIDE = 256  # the measures are taken on a copy this size (the development set's)
-UNLIKE_LESION = "does not look like a dermoscopic image of a skin lesion"
-UNIFORM = "almost uniform: no lesion visible"
+# Stored in English (Case.image_warnings, Case.withheld_reason: the audit trail's language) and shown in the
+# reader's language by in_words().
+UNLIKE_LESION = gettext_noop("does not look like a dermoscopic image of a skin lesion")
+UNIFORM = gettext_noop("almost uniform: no lesion visible")
+TOO_DARK, OVEREXPOSED, BLURRED = gettext_noop("too dark"), gettext_noop("overexposed"), gettext_noop("blurred")
+SMALL = "small image ({side} px on its shorter side; the model reads {min_side} px)"
+SMALL_PATTERN = re.compile(r"small image \((\d+) px on its shorter side; the model reads (\d+) px\)")
+
+
+def in_words(warning: str) -> str:
+    """A stored warning (or a withheld result's reason) in the active language."""
+    small = SMALL_PATTERN.fullmatch(warning)
+    if small:
+        return gettext("small image (%(side)s px on its shorter side; the model reads %(min_side)s px)") % {
+            "side": small[1], "min_side": small[2]}
+    return "; ".join(gettext(part) for part in warning.split("; "))
 
 
 def withholding(warnings) -> list[str]:
@@ -51,15 +67,15 @@ def measure(img: Image.Image) -> Measures:
 def warnings_for(m: Measures) -> list[str]:
     out = []
     if m.min_side < MIN_SIDE:
-        out.append(f"small image ({m.min_side} px on its shorter side; the model reads {MIN_SIDE} px)")
+        out.append(SMALL.format(side=m.min_side, min_side=MIN_SIDE))
     if m.mean < DARK_MEAN:
-        out.append("too dark")
+        out.append(TOO_DARK)
     elif m.mean > BRIGHT_MEAN:
-        out.append("overexposed")
+        out.append(OVEREXPOSED)
     if m.std < UNIFORM_STD:
         out.append(UNIFORM)
     elif m.edge < BLUR_EDGE:
-        out.append("blurred")
+        out.append(BLURRED)
     return out
 
 

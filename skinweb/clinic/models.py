@@ -1,42 +1,77 @@
+import re
 import uuid
 
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.translation import gettext, gettext_noop, pgettext_lazy
+from django.utils.translation import gettext_lazy as _
 
 from skinweb.clinic import imagechecks
 
 # ISIC Archive "anatom_site_general" vocabulary.
 ANATOMIC_SITES = [
-    ("anterior torso", "Anterior torso"),
-    ("posterior torso", "Posterior torso"),
-    ("lateral torso", "Lateral torso"),
-    ("head/neck", "Head / neck"),
-    ("upper extremity", "Upper extremity"),
-    ("lower extremity", "Lower extremity"),
-    ("palms/soles", "Palms / soles"),
-    ("oral/genital", "Oral / genital"),
+    ("anterior torso", _("Anterior torso")),
+    ("posterior torso", _("Posterior torso")),
+    ("lateral torso", _("Lateral torso")),
+    ("head/neck", _("Head / neck")),
+    ("upper extremity", _("Upper extremity")),
+    ("lower extremity", _("Lower extremity")),
+    ("palms/soles", _("Palms / soles")),
+    ("oral/genital", _("Oral / genital")),
 ]
 
 DIAGNOSES = [
-    ("nevus", "Nevus"),
-    ("melanoma", "Melanoma"),
-    ("basal_cell_carcinoma", "Basal cell carcinoma"),
-    ("squamous_cell_carcinoma", "Squamous cell carcinoma"),
-    ("seborrheic_keratosis", "Seborrheic keratosis"),
-    ("actinic_keratosis", "Actinic keratosis"),
-    ("dermatofibroma", "Dermatofibroma"),
-    ("vascular_lesion", "Vascular lesion"),
-    ("other", "Other"),
+    ("nevus", _("Nevus")),
+    ("melanoma", _("Melanoma")),
+    ("basal_cell_carcinoma", _("Basal cell carcinoma")),
+    ("squamous_cell_carcinoma", _("Squamous cell carcinoma")),
+    ("seborrheic_keratosis", _("Seborrheic keratosis")),
+    ("actinic_keratosis", _("Actinic keratosis")),
+    ("dermatofibroma", _("Dermatofibroma")),
+    ("vascular_lesion", _("Vascular lesion")),
+    ("other", _("Other")),
 ]
 MALIGNANT_DIAGNOSES = {"melanoma", "basal_cell_carcinoma", "squamous_cell_carcinoma"}
 
 
 class Label(models.TextChoices):
-    BENIGN = "benign"
-    MALIGNANT = "malignant"
+    BENIGN = "benign", _("Benign")
+    MALIGNANT = "malignant", _("Malignant")
+
+
+# The decision inside a sentence ("AI decision: benign"), in the reader's language.
+DECISION_WORDS = {"benign": pgettext_lazy("decision", "benign"), "malignant": pgettext_lazy("decision", "malignant")}
+
+
+NO_MODEL_MESSAGE = gettext_noop(
+    "No model is published yet, so this image could not be classified. An administrator can train "
+    "one with `python -m classifier.training.train --data DIR --out DIR` and publish it with "
+    "`python manage.py publish_model FILE`; then press Retry."
+)
+# Why a classification failed: stored in English (Case.failure_reason), shown in the reader's language by
+# failure_in_words; the details are the software's own words.
+FAILURES = {
+    "model": gettext_noop("The published model %(version)s could not be loaded: %(detail)s"),
+    "read": gettext_noop("The stored image could not be read: %(detail)s"),
+    "prepare": gettext_noop("The stored image could not be prepared (%(detail)s)."),
+    "classify": gettext_noop("Classification failed (%(detail)s)."),
+}
+
+
+def failure_in_words(reason: str) -> str:
+    """A stored failure reason (FAILURES) in the active language."""
+    if reason == NO_MODEL_MESSAGE:
+        return gettext(NO_MODEL_MESSAGE)
+    for template in FAILURES.values():
+        pattern = re.escape(template).replace(re.escape("%(version)s"), r"(?P<version>\S+)").replace(
+            re.escape("%(detail)s"), r"(?P<detail>.*)")
+        match = re.fullmatch(pattern, reason, re.S)
+        if match:
+            return gettext(template) % match.groupdict()
+    return reason
 
 
 class ClinicQuerySet(models.QuerySet):
@@ -53,17 +88,17 @@ class ClinicQuerySet(models.QuerySet):
 
 class Patient(models.Model):
     class Sex(models.TextChoices):
-        FEMALE = "female"
-        MALE = "male"
-        OTHER = "other"
-        UNKNOWN = "unknown"
+        FEMALE = "female", _("Female")
+        MALE = "male", _("Male")
+        OTHER = "other", pgettext_lazy("sex", "Other")
+        UNKNOWN = "unknown", _("Unknown")
 
     clinic = models.ForeignKey("accounts.Clinic", on_delete=models.PROTECT, related_name="patients")
     identifier = models.CharField(
-        max_length=64, help_text="Pseudonymous identifier, unique in your clinic. No names."
+        _("identifier"), max_length=64, help_text=_("Pseudonymous identifier, unique in your clinic. No names.")
     )
-    birth_year = models.PositiveSmallIntegerField()
-    sex = models.CharField(max_length=10, choices=Sex.choices)
+    birth_year = models.PositiveSmallIntegerField(_("birth year"))
+    sex = models.CharField(_("sex"), max_length=10, choices=Sex.choices)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
 
@@ -88,8 +123,9 @@ class LesionQuerySet(ClinicQuerySet):
 
 class Lesion(models.Model):
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="lesions")
-    site = models.CharField("anatomical site", max_length=30, choices=ANATOMIC_SITES)
-    label = models.CharField(max_length=100, blank=True, help_text="Optional, e.g. 'left scapula, 2 cm below mole'")
+    site = models.CharField(_("anatomical site"), max_length=30, choices=ANATOMIC_SITES)
+    label = models.CharField(_("label"), max_length=100, blank=True,
+                             help_text=_("Optional, e.g. 'left scapula, 2 cm below mole'"))
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
 
@@ -211,15 +247,15 @@ class Case(models.Model):
     """One dermoscopic image of a lesion at one visit, its classification and the clinician's review."""
 
     class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        DONE = "done", _("done")
+        FAILED = "failed", _("failed")
 
     class TruthSource(models.TextChoices):
-        HISTOPATHOLOGY = "histopathology"
-        CONSENSUS = "consensus"
-        FOLLOW_UP = "follow_up", "Clinical follow-up"
+        HISTOPATHOLOGY = "histopathology", _("Histopathology")
+        CONSENSUS = "consensus", _("Consensus")
+        FOLLOW_UP = "follow_up", _("Clinical follow-up")
 
     lesion = models.ForeignKey(Lesion, on_delete=models.PROTECT, related_name="cases")
     clinic = models.ForeignKey("accounts.Clinic", on_delete=models.PROTECT, related_name="+", editable=False)
@@ -256,7 +292,7 @@ class Case(models.Model):
     )
 
     # Ground truth for retraining, set by an administrator.
-    truth_label = models.CharField("ground truth", max_length=10, choices=Label.choices, blank=True)
+    truth_label = models.CharField(_("ground truth"), max_length=10, choices=Label.choices, blank=True)
     truth_source = models.CharField(max_length=20, choices=TruthSource.choices, blank=True)
     truth_set_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
@@ -373,10 +409,10 @@ class Case(models.Model):
         """Show the withheld score of this image, for the reason given; returns (old, new) for the audit."""
         reason = reason.strip()
         if not reason:
-            raise ValidationError({"reason": "Say why you need the score of an image that does not look like a "
-                                             "dermoscopic lesion."})
+            raise ValidationError({"reason": _("Say why you need the score of an image that does not look like a "
+                                               "dermoscopic lesion.")})
         if not self.result_withheld:
-            raise ValidationError("This image's result is not withheld.")
+            raise ValidationError(_("This image's result is not withheld."))
         old = self.release_snapshot()
         self.score_released_at, self.score_released_by, self.score_release_reason = timezone.now(), user, reason
         Case.all_objects.filter(pk=self.pk).update(score_released_at=self.score_released_at, score_released_by=user,
@@ -411,12 +447,12 @@ class Case(models.Model):
 
     # Relabelling for retraining: every path (the relabel queue, the Django admin's form and actions)
     # goes through relabel(), which enforces the rules and returns old and new for the audit record.
-    NEEDS_TRUTH = "Only a case with a ground truth can be used for training."
+    NEEDS_TRUTH = _("Only a case with a ground truth can be used for training.")
 
     @staticmethod
     def validate_truth(label: str, source: str, use_for_training: bool) -> None:
         if bool(label) != bool(source):
-            raise ValidationError("Give both the ground truth and its source, or neither.")
+            raise ValidationError(_("Give both the ground truth and its source, or neither."))
         if use_for_training and not label:
             raise ValidationError({"use_for_training": Case.NEEDS_TRUTH})
 
@@ -448,6 +484,21 @@ class Case(models.Model):
         unlike = self.prediction_id is not None and self.prediction.unlike_lesion
         return [*self.image_warnings, *([imagechecks.UNLIKE_LESION] if unlike else [])]
 
+    @property
+    def warnings_shown(self) -> list[str]:
+        """The warnings in the reader's language."""
+        return [imagechecks.in_words(w) for w in self.warnings]
+
+    @property
+    def failure_reason_shown(self) -> str:
+        """Why the classification failed, in the reader's language (the technical details as they came)."""
+        return failure_in_words(self.failure_reason)
+
+    @property
+    def withheld_reason_shown(self) -> str:
+        """Why the result is withheld, in the reader's language."""
+        return imagechecks.in_words(self.withheld_reason) if self.withheld_reason else ""
+
     def removal_snapshot(self) -> dict:
         return {"removed": self.removed_at is not None, "reason": self.removal_reason}
 
@@ -456,7 +507,7 @@ class Case(models.Model):
         everything but the administrators' list of removed images; returns (old, new) for the audit."""
         reason = reason.strip()
         if not reason:
-            raise ValidationError({"reason": "Say why the image is removed."})
+            raise ValidationError({"reason": _("Say why the image is removed.")})
         old = self.removal_snapshot()
         self.removed_at, self.removed_by, self.removal_reason = timezone.now(), user, reason
         Case.all_objects.filter(pk=self.pk).update(removed_at=self.removed_at, removed_by=user, removal_reason=reason)
@@ -551,29 +602,45 @@ class Prediction(models.Model):
         return "borderline" if self.borderline else self.decision
 
     @property
+    def decision_display(self) -> str:
+        """"benign" or "malignant" in the reader's language, for inside a sentence."""
+        return str(DECISION_WORDS[self.decision])
+
+    @property
+    def certainty_display(self) -> str:
+        """The first word of a result in a list: the decision, or "borderline (decision)"."""
+        if self.borderline:
+            return gettext("borderline (%(decision)s)") % {"decision": self.decision_display}
+        return self.decision_display
+
+    @property
     def summary(self) -> str:
         """One line for lists and exports, e.g. "borderline, leaning malignant: 0.26 (threshold 0.24)"."""
-        lead = f"borderline, leaning {self.decision}" if self.borderline else self.decision
-        return f"{lead}: {self.probability:.2f} (threshold {self.threshold:.3f})"
+        values = {"decision": self.decision_display,
+                  "probability": formats.number_format(round(self.probability, 2), 2),
+                  "threshold": formats.number_format(round(self.threshold, 3), 3)}
+        if self.borderline:
+            return gettext("borderline, leaning %(decision)s: %(probability)s (threshold %(threshold)s)") % values
+        return gettext("%(decision)s: %(probability)s (threshold %(threshold)s)") % values
 
 
 class Feedback(models.Model):
     class Management(models.TextChoices):
-        REASSURE = "reassure"
-        MONITOR = "monitor"
-        EXCISE = "excise"
-        BIOPSY = "biopsy"
-        REFER = "refer"
+        REASSURE = "reassure", _("Reassure")
+        MONITOR = "monitor", _("Monitor")
+        EXCISE = "excise", _("Excise")
+        BIOPSY = "biopsy", _("Biopsy")
+        REFER = "refer", _("Refer")
 
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="feedback_history")
     revision = models.PositiveIntegerField()
     # None: no AI decision was shown to agree with (the result was withheld: not a lesion image).
-    agrees_with_ai = models.BooleanField("agrees with the AI", null=True, blank=True)
-    clinical_diagnosis = models.CharField(max_length=30, choices=DIAGNOSES)
-    management = models.CharField(max_length=10, choices=Management.choices)
-    histopathology_result = models.CharField(max_length=30, choices=DIAGNOSES, blank=True)
-    histopathology_date = models.DateField(null=True, blank=True)
-    notes = models.TextField(blank=True)
+    agrees_with_ai = models.BooleanField(_("agrees with the AI"), null=True, blank=True)
+    clinical_diagnosis = models.CharField(_("clinical diagnosis"), max_length=30, choices=DIAGNOSES)
+    management = models.CharField(_("management"), max_length=10, choices=Management.choices)
+    histopathology_result = models.CharField(_("histopathology result"), max_length=30, choices=DIAGNOSES, blank=True)
+    histopathology_date = models.DateField(_("histopathology date"), null=True, blank=True)
+    notes = models.TextField(_("notes"), blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
 
@@ -583,3 +650,10 @@ class Feedback(models.Model):
 
     def __str__(self):
         return f"Feedback r{self.revision} on case {self.case_id}"
+
+    @property
+    def agreement_display(self) -> str:
+        """Whether the clinician agreed with the AI, in the reader's language."""
+        if self.agrees_with_ai is None:
+            return gettext("no AI decision shown")
+        return gettext("yes") if self.agrees_with_ai else gettext("no")

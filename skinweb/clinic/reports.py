@@ -5,7 +5,9 @@ import io
 from xml.sax.saxutils import escape
 
 from django.core.files.storage import default_storage
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.translation import gettext, pgettext_lazy
+from django.utils.translation import gettext_lazy as _
 from PIL import Image
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
@@ -16,13 +18,24 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 
 from classifier.overlay import lay_over
 
-DISCLAIMER = (
+DISCLAIMER = _(
     "Decision support, not a diagnosis. The probability comes from an automated classifier (VGG16) trained on "
     "dermoscopic images; it can be wrong, in particular for lesion types, skin types and devices under-represented "
-    "in its training data. The decision threshold was set on validation data for about 90% sensitivity. Diagnosis "
+    "in its training data. The decision threshold was set on validation data for a sensitivity of about 90%. Diagnosis "
     "and management remain the responsibility of the treating clinician; histopathology is the reference."
 )
 IMAGE_PX = 600  # longest side of the images embedded in the PDF
+
+
+def when(moment) -> str:
+    """A date and time in the reader's format (the clinic's time zone)."""
+    return formats.date_format(timezone.localtime(moment), "SHORT_DATETIME_FORMAT")
+
+
+def number(value, places: int) -> str:
+    """A decimal in the reader's format (0.184 or 0,184), rounded as the pages round it (number_format alone
+    cuts the digits off)."""
+    return formats.number_format(round(value, places), places)
 
 
 def _image(name, max_px=IMAGE_PX) -> Image.Image:
@@ -48,9 +61,10 @@ def _flowable(img: Image.Image, width_mm: float) -> PdfImage:
 
 
 def case_pdf(case, generated_by) -> bytes:
+    """One A4 page: who and where, the image and its heat map, the result and the clinician's feedback, in
+    the active language (the reader's)."""
     from skinweb.clinic.similar import differential_disagreement
 
-    """One A4 page: who and where, the image and its heat map, the result and the clinician's feedback."""
     styles = getSampleStyleSheet()
     small = ParagraphStyle(
         "small", parent=styles["Normal"], fontSize=8, leading=10, textColor=colors.HexColor("#444444")
@@ -74,109 +88,137 @@ def case_pdf(case, generated_by) -> bytes:
         return t
 
     story = [
-        Paragraph(f"skinweb case report · case {case.pk}", styles["Title"]),
+        Paragraph(escape(gettext("skinweb case report · case %(pk)s") % {"pk": case.pk}), styles["Title"]),
         rows_table([
-            ("Patient identifier", patient.identifier),
-            ("Birth year, sex", f"{patient.birth_year}, {patient.get_sex_display()}"),
-            ("Clinic", str(patient.clinic)),
-            ("Lesion site", f"{lesion.get_site_display()}{' (' + lesion.label + ')' if lesion.label else ''}"),
+            (gettext("Patient identifier"), patient.identifier),
+            (gettext("Birth year, sex"), f"{patient.birth_year}, {patient.get_sex_display()}"),
+            (gettext("Clinic"), str(patient.clinic)),
+            (gettext("Lesion site"), f"{lesion.get_site_display()}{' (' + lesion.label + ')' if lesion.label else ''}"),
             # Not the uploaded file's name: it can carry a patient's name.
-            ("Image taken (uploaded)", f"{timezone.localtime(case.taken_at):%Y-%m-%d %H:%M} "
-                                       f"({timezone.localtime(case.created_at):%Y-%m-%d %H:%M})"),
+            (gettext("Image taken (uploaded)"), f"{when(case.taken_at)} ({when(case.created_at)})"),
         ]),
         Spacer(1, 4 * mm),
     ]
     image = _image(case.image.name)
     pictures = [_flowable(image, 80)]
-    captions = [Paragraph("Dermoscopic image", small)]
+    captions = [Paragraph(escape(gettext("Dermoscopic image")), small)]
     if p is not None and p.heatmap:
         pictures.append(_flowable(_overlay(image, p.heatmap.name), 80))
-        captions.append(Paragraph(f"Grad-CAM heat map: evidence for the decision ({escape(p.decision)})", small))
+        captions.append(Paragraph(escape(gettext("Grad-CAM heat map: evidence for the decision (%(decision)s)")
+                                         % {"decision": p.decision_display}), small))
     grid = Table([pictures, captions], colWidths=[85 * mm] * len(pictures))
     grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
     story += [grid, Spacer(1, 4 * mm)]
 
     if case.result_withheld:
-        story.append(Paragraph("AI result", styles["Heading3"]))
+        story.append(Paragraph(escape(gettext("AI result")), styles["Heading3"]))
         story.append(rows_table([
-            ("Result", "NONE: no AI result for this image"),
-            ("Why", f"The image {case.withheld_reason}. The model was made for dermoscopic images of skin lesions; "
-                    "on other pictures its probability means nothing, so no decision is given."),
-            ("What to do", "Take the image again with a dermatoscope, the lesion centred, and upload it anew."),
+            (gettext("Result"), gettext("NONE: no AI result for this image")),
+            (gettext("Why"), gettext("The image %(reason)s. The model was made for dermoscopic images of skin lesions; "
+                                     "on other pictures its probability means nothing, so no decision is given.")
+             % {"reason": case.withheld_reason_shown}),
+            (gettext("What to do"), gettext("Take the image again with a dermatoscope, the lesion centred, and upload "
+                                            "it anew.")),
         ]))
     elif p is not None:
-        story.append(Paragraph("AI result", styles["Heading3"]))
+        story.append(Paragraph(escape(gettext("AI result")), styles["Heading3"]))
         if case.score_released:
-            story.append(Paragraph(
-                escape(f"SCORE SHOWN ON REQUEST by {case.score_released_by or 'a clinician'} on "
-                       f"{timezone.localtime(case.score_released_at):%Y-%m-%d %H:%M} "
-                       f"(\"{case.score_release_reason}\"): the image {case.withheld_reason}, so this score may "
-                       "mean nothing."), cell))
+            story.append(Paragraph(escape(gettext(
+                "SCORE SHOWN ON REQUEST by %(who)s on %(when)s (\"%(why)s\"): the image %(reason)s, so this score may "
+                "mean nothing.") % {"who": case.score_released_by or gettext("a clinician"),
+                                    "when": when(case.score_released_at), "why": case.score_release_reason,
+                                    "reason": case.withheld_reason_shown}), cell))
         story.append(rows_table([
-            ("Result", f"BORDERLINE, leaning {p.decision}: the model is not sure either way" if p.borderline
-             else p.decision),
-            ("Probability of malignancy", f"{p.probability:.3f}"),
-            ("Decision threshold", f"{p.threshold:.3f} (malignant at or above); borderline band "
-                                   f"{p.band[0]:.2f}-{p.band[1]:.2f}"),
-            ("What the threshold means", p.model_version.threshold_in_words),
-            *([("Differential (AI, evidence beside the result)", differential_words(p))]
+            (gettext("Result"), gettext("BORDERLINE, leaning %(decision)s: the model is not sure either way")
+             % {"decision": p.decision_display} if p.borderline else p.decision_display),
+            (gettext("Probability of malignancy"), number(p.probability, 3)),
+            (gettext("Decision threshold"), gettext("%(threshold)s (malignant at or above); borderline band "
+                                                    "%(low)s-%(high)s") % {
+                "threshold": number(p.threshold, 3), "low": number(p.band[0], 2), "high": number(p.band[1], 2)}),
+            (gettext("What the threshold means"), p.model_version.threshold_in_words),
+            *([(gettext("Differential (AI, evidence beside the result)"), differential_words(p))]
               if differential_words(p) else []),
-            *([("Differential and decision disagree", differential_disagreement(p))]
+            *([(gettext("Differential and decision disagree"), differential_disagreement(p))]
               if differential_disagreement(p) else []),
-            ("Model version", f"{p.model_version.version} (model file sha256 {p.model_version.sha256[:16]}…)"
+            (gettext("Model version"), gettext("%(version)s (model file sha256 %(sha)s…)") % {
+                "version": p.model_version.version, "sha": p.model_version.sha256[:16]}
              if p.model_version.sha256 else p.model_version.version),
-            ("Classified", f"{timezone.localtime(p.created_at):%Y-%m-%d %H:%M}"),
-            *([("Image check", "; ".join(case.warnings) + ": check the image before trusting its score")]
-              if case.warnings else []),
+            (gettext("Classified"), when(p.created_at)),
+            *([(gettext("Image check"), gettext("%(warnings)s: check the image before trusting its score") % {
+                "warnings": "; ".join(case.warnings_shown)})] if case.warnings else []),
         ]))
     else:
-        story.append(Paragraph(f"No AI result ({escape(case.get_status_display())}).", styles["Normal"]))
-    story.append(Paragraph("Clinician feedback", styles["Heading3"]))
+        story.append(Paragraph(escape(gettext("No AI result (%(status)s).") % {"status": case.get_status_display()}),
+                               styles["Normal"]))
+    story.append(Paragraph(escape(gettext("Clinician feedback")), styles["Heading3"]))
     if f is not None:
         rows = [
-            ("Agrees with the AI", agreement(f)),
-            ("Clinical diagnosis", f.get_clinical_diagnosis_display()),
-            ("Management", f.get_management_display()),
+            (gettext("Agrees with the AI"), f.agreement_display),
+            (gettext("Clinical diagnosis"), f.get_clinical_diagnosis_display()),
+            (gettext("Management"), f.get_management_display()),
             (
-                "Histopathology",
-                (f.get_histopathology_result_display() or "not recorded")
-                + (f" ({f.histopathology_date:%Y-%m-%d})" if f.histopathology_date else ""),
+                gettext("Histopathology"),
+                (f.get_histopathology_result_display() or gettext("not recorded"))
+                + (f" ({formats.date_format(f.histopathology_date, 'SHORT_DATE_FORMAT')})"
+                   if f.histopathology_date else ""),
             ),
             (
-                "Recorded by",
-                f"{f.created_by or '—'}, {timezone.localtime(f.created_at):%Y-%m-%d %H:%M} (revision {f.revision})",
+                gettext("Recorded by"),
+                gettext("%(who)s, %(when)s (revision %(revision)s)") % {
+                    "who": f.created_by or "—", "when": when(f.created_at), "revision": f.revision},
             ),
         ]
         if f.notes:
-            rows.append(("Notes", f.notes))
+            rows.append((gettext("Notes"), f.notes))
         story.append(rows_table(rows))
     else:
-        story.append(Paragraph("None recorded yet.", styles["Normal"]))
+        story.append(Paragraph(escape(gettext("None recorded yet.")), styles["Normal"]))
     story += [
         Spacer(1, 5 * mm),
-        Paragraph(escape(DISCLAIMER), small),
+        Paragraph(escape(str(DISCLAIMER)), small),
         Spacer(1, 2 * mm),
-        Paragraph(f"Generated {timezone.localtime():%Y-%m-%d %H:%M} by {escape(str(generated_by))}.", small),
+        Paragraph(escape(gettext("Generated %(when)s by %(who)s.") % {"when": when(timezone.now()),
+                                                                       "who": generated_by}),
+                  small),
     ]
     out = io.BytesIO()
     doc = SimpleDocTemplate(out, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=14 * mm,
-                            bottomMargin=12 * mm, title=f"skinweb case {case.pk}", author="skinweb")
+                            bottomMargin=12 * mm, title=gettext("skinweb case %(pk)s") % {"pk": case.pk},
+                            author="skinweb")
     doc.build(story)
     return out.getvalue()
 
 
+# The CSV's headers in the reader's language; its values stay machine-readable (codes, ISO dates, decimal
+# points) but for the words a person wrote or reads (site, lesion, warnings, withheld reason, agreement).
 CSV_COLUMNS = [
-    "case", "taken", "patient", "site", "lesion", "status", "probability", "threshold", "decision", "certainty",
-    "band_low", "band_high", "model_version", "differential", "image_warnings", "result_withheld",
-    "agrees_with_ai", "clinical_diagnosis", "management", "histopathology", "ground_truth",
+    pgettext_lazy("CSV column", "case"),
+    pgettext_lazy("CSV column", "taken"),
+    pgettext_lazy("CSV column", "patient"),
+    pgettext_lazy("CSV column", "site"),
+    pgettext_lazy("CSV column", "lesion"),
+    pgettext_lazy("CSV column", "status"),
+    pgettext_lazy("CSV column", "probability"),
+    pgettext_lazy("CSV column", "threshold"),
+    pgettext_lazy("CSV column", "decision"),
+    pgettext_lazy("CSV column", "certainty"),
+    pgettext_lazy("CSV column", "band_low"),
+    pgettext_lazy("CSV column", "band_high"),
+    pgettext_lazy("CSV column", "model_version"),
+    pgettext_lazy("CSV column", "differential"),
+    pgettext_lazy("CSV column", "image_warnings"),
+    pgettext_lazy("CSV column", "result_withheld"),
+    pgettext_lazy("CSV column", "agrees_with_ai"),
+    pgettext_lazy("CSV column", "clinical_diagnosis"),
+    pgettext_lazy("CSV column", "management"),
+    pgettext_lazy("CSV column", "histopathology"),
+    pgettext_lazy("CSV column", "ground_truth"),
 ]
 
 
 def agreement(feedback) -> str:
     """Whether the clinician agreed with the AI's decision: yes, no, or that none was shown to agree with."""
-    if feedback.agrees_with_ai is None:
-        return "no AI decision shown"
-    return "yes" if feedback.agrees_with_ai else "no"
+    return feedback.agreement_display
 
 
 def differential_words(prediction, percent: bool = True) -> str:
@@ -197,17 +239,17 @@ def _safe(value) -> str:
 
 
 def case_rows(cases):
-    yield CSV_COLUMNS
+    yield [str(column) for column in CSV_COLUMNS]
     for c in cases.iterator(chunk_size=500):
         p, f = c.shown_prediction, c.feedback
-        certainty = p.certainty + (" (score on request)" if c.score_released else "") if p else ""
+        certainty = p.certainty + (gettext(" (score on request)") if c.score_released else "") if p else ""
         yield [_safe(v) for v in (
             c.pk, timezone.localtime(c.taken_at).strftime("%Y-%m-%d %H:%M"), c.lesion.patient.identifier,
             c.lesion.get_site_display(), c.lesion.label, c.status,
             f"{p.probability:.4f}" if p else "", f"{p.threshold:.4f}" if p else "", p.decision if p else "",
             certainty, f"{p.band[0]:.4f}" if p else "", f"{p.band[1]:.4f}" if p else "",
             p.model_version.version if p else "", differential_words(p, percent=False) if p else "",
-            "; ".join(c.warnings), c.withheld_reason if c.result_withheld else "",
+            "; ".join(c.warnings_shown), c.withheld_reason_shown if c.result_withheld else "",
             agreement(f) if f else "", f.clinical_diagnosis if f else "",
             f.management if f else "", f.histopathology_result if f else "", c.truth_label,
         )]

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.urls import reverse
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from classifier import differential, reference
-from skinweb.clinic.models import Case, Prediction
+from skinweb.clinic.models import DECISION_WORDS, Case, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,9 @@ class Similar:
     @property
     def parts(self) -> list[tuple]:
         """(neighbours, heading, message when none, test id) of each library, in page order."""
-        return [(self.dataset, "Reference library (public dermoscopy datasets)", self.dataset_message,
+        return [(self.dataset, gettext("Reference library (public dermoscopy datasets)"), self.dataset_message,
                  "similar-dataset"),
-                (self.clinic, "Your clinic's confirmed cases", self.clinic_message, "similar-clinic")]
+                (self.clinic, gettext("Your clinic's confirmed cases"), self.clinic_message, "similar-clinic")]
 
 
 _cache: dict[Path, tuple[float, reference.Index]] = {}
@@ -68,17 +70,19 @@ def load_index(version) -> reference.Index:
         if "building_since" in state:
             done, total = state.get("done") or 0, state.get("total")
             raise reference.LibraryUnavailable(
-                "the reference library for this model version is being built"
+                gettext("the reference library for this model version is being built")
                 + (f" ({done} of {total} images)" if total else "") + "; similar lesions appear here when it is ready")
         if "error" in state:
-            raise reference.LibraryUnavailable(f"the reference library could not be built: {state['error']}")
-        raise reference.LibraryUnavailable("the reference library has not been built for this model version yet")
+            raise reference.LibraryUnavailable(gettext("the reference library could not be built: %(error)s")
+                                           % {"error": state["error"]})
+        raise reference.LibraryUnavailable(
+            gettext("the reference library has not been built for this model version yet"))
     path = reference.index_path(version.path)
     try:
         mtime = path.stat().st_mtime
     except OSError:
-        raise reference.LibraryUnavailable("the reference library's index file is missing; the registry's "
-                                           "sweep has it rebuilt in the background") from None
+        raise reference.LibraryUnavailable(gettext("the reference library's index file is missing; the registry's "
+                                                   "sweep has it rebuilt in the background")) from None
     with _lock:
         cached = _cache.get(path)
         if cached is None or cached[0] != mtime:
@@ -86,9 +90,30 @@ def load_index(version) -> reference.Index:
         return _cache[path][1]
 
 
+# The development dataset's diagnoses (labels.csv) and the differential's classes (classifier.reference), in
+# the reader's language.
+DATASET_DIAGNOSES = {
+    "nevus": _("Nevus"), "melanoma": _("Melanoma"), "basal_cell_carcinoma": _("Basal cell carcinoma"),
+    "squamous_cell_carcinoma": _("Squamous cell carcinoma"), "seborrheic_keratosis": _("Seborrheic keratosis"),
+    "pigmented_benign_keratosis": _("Pigmented benign keratosis"), "dermatofibroma": _("Dermatofibroma"),
+    "vascular_lesion": _("Vascular lesion"), "actinic_keratosis": _("Actinic keratosis"),
+}
+CLASS_WORDS = {
+    "melanoma": _("Melanoma"), "nevus": _("Nevus"), "basal_cell_carcinoma": _("Basal cell carcinoma"),
+    "squamous_cell_carcinoma": _("Squamous cell carcinoma / actinic keratosis"),
+    "benign_keratosis": _("Benign keratosis (seborrhoeic keratosis, solar lentigo, lichen-planus-like)"),
+    "dermatofibroma": _("Dermatofibroma"), "vascular_lesion": _("Vascular lesion"),
+}
+
+
 def dataset_diagnosis(diagnosis: str) -> str:
     """A dataset image's diagnosis in words, as the dataset names it (the differential groups some)."""
-    return diagnosis.replace("_", " ").capitalize()
+    return str(DATASET_DIAGNOSES.get(diagnosis, diagnosis.replace("_", " ").capitalize()))
+
+
+def class_words(name: str) -> str:
+    """A differential class in the reader's language."""
+    return str(CLASS_WORDS.get(name, reference.class_label(name)))
 
 
 def _dataset_neighbours(prediction, query, k) -> tuple[list[Neighbour], str, bool]:
@@ -105,7 +130,7 @@ def _dataset_neighbours(prediction, query, k) -> tuple[list[Neighbour], str, boo
         out.append(Neighbour(
             f"d{i}", dataset_diagnosis(diagnosis),
             sim, f"{name}, {licence}", *[reverse("clinic:reference_image", args=[prediction.model_version_id, i])] * 2))
-    message = "" if out else "No image of the reference library may be shown in this deployment."
+    message = "" if out else gettext("No image of the reference library may be shown in this deployment.")
     return out, message, commercial_only
 
 
@@ -133,15 +158,16 @@ def _clinic_neighbours(prediction, query, k) -> tuple[list[Neighbour], str]:
     vectors = [reference.decode(r.embedding) for r in rows]
     keep = [i for i, v in enumerate(vectors) if v is not None and len(v) == len(query)]
     if not keep:
-        return [], ("No case of your clinic with a confirmed truth (histopathology, consensus or follow-up) has been "
-                    "classified by this model version yet.")
+        return [], gettext("No case of your clinic with a confirmed truth (histopathology, consensus or follow-up) "
+                           "has been classified by this model version yet.")
     library = reference.normalise(np.stack([vectors[i] for i in keep]))
     found, sims = reference.nearest(query, library, k)
     out = []
     for j, sim in zip(found.tolist(), sims.tolist()):
         c = rows[keep[j]].case
         out.append(Neighbour(f"c{c.pk}", confirmed_diagnosis(c), sim,
-                             f"your clinic, case {c.pk} ({c.get_truth_source_display().lower()})",
+                             gettext("your clinic, case %(pk)s (%(source)s)") % {
+                                 "pk": c.pk, "source": c.get_truth_source_display().lower()},
                              reverse("clinic:case_image", args=[c.pk]) + "?size=thumb",
                              reverse("clinic:case_image", args=[c.pk]), reverse("clinic:case_detail", args=[c.pk])))
     return out, ""
@@ -154,8 +180,8 @@ def similar_to(prediction: Prediction | None, k: int | None = None) -> Similar |
     k = k or settings.REFERENCE_NEIGHBOURS
     query = reference.decode(prediction.embedding)
     if query is None:
-        message = ("This result has no embedding (it was classified before embeddings were kept, or by a runtime "
-                   "that gives no features), so similar lesions cannot be looked up for it.")
+        message = gettext("This result has no embedding (it was classified before embeddings were kept, or by a "
+                          "runtime that gives no features), so similar lesions cannot be looked up for it.")
         return Similar([], [], message, message)
     dataset, dataset_message, hidden = _dataset_neighbours(prediction, query, k)
     clinic, clinic_message = _clinic_neighbours(prediction, query, k)
@@ -205,7 +231,7 @@ def shown_percent(p: float) -> str:
 def differential_of(prediction: Prediction | None) -> list[tuple[str, float, str]] | None:
     """``differential_probabilities`` as (class words, probability, shown percent), most likely first."""
     found = differential_probabilities(prediction) or {}
-    return sorted(((reference.class_label(k), p, shown_percent(p)) for k, p in found.items()),
+    return sorted(((class_words(k), p, shown_percent(p)) for k, p in found.items()),
                   key=lambda r: -r[1]) or None
 
 
@@ -219,9 +245,10 @@ def differential_disagreement(prediction: Prediction | None) -> str:
     malignant = top in reference.MALIGNANT_CLASSES
     if malignant == (prediction.decision == "malignant"):
         return ""
-    return (f"The differential's most likely class, {reference.class_label(top).lower()}, is "
-            f"{'malignant' if malignant else 'benign'}, while the decision at the threshold is {prediction.decision}: "
-            "the two come from different parts of the network and disagree here; weigh both.")
+    return gettext("The differential's most likely class, %(top)s, is %(kind)s, while the decision at the threshold "
+                   "is %(decision)s: the two come from different parts of the network and disagree here; weigh "
+                   "both.") % {"top": class_words(top).lower(), "decision": prediction.decision_display,
+                               "kind": DECISION_WORDS["malignant" if malignant else "benign"]}
 
 
 def reference_image_path(version, position: int) -> Path:

@@ -22,6 +22,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
+from django.utils.translation import gettext
 from PIL import Image, ImageOps
 
 from skinweb.clinic import imagechecks
@@ -91,10 +92,11 @@ def normalise_image(upload, max_bytes=None, max_pixels=None, max_side=None) -> N
     max_pixels = max_pixels or settings.MAX_IMAGE_PIXELS
     max_side = settings.MAX_STORED_SIDE if max_side is None else max_side
     if upload.size == 0:
-        raise ValidationError("The file is empty.")
+        raise ValidationError(gettext("The file is empty."))
     if upload.size > max_bytes:
         raise ValidationError(
-            f"The file is {filesizeformat(upload.size)}; the limit is {filesizeformat(max_bytes)}."
+            gettext("The file is %(size)s; the limit is %(limit)s.") % {
+                "size": filesizeformat(upload.size), "limit": filesizeformat(max_bytes)}
         )
     upload.seek(0)
     data = upload.read()
@@ -106,7 +108,8 @@ def normalise_image(upload, max_bytes=None, max_pixels=None, max_side=None) -> N
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ValidationError(
-                        f"The image is {width} × {height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels."
+                        gettext("The image is %(width)s × %(height)s pixels; the limit is %(limit)s megapixels.") % {
+                            "width": width, "height": height, "limit": round(max_pixels / 1e6)}
                     )
                 img.verify()  # structure and checksums, before the full decode
                 img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
@@ -120,11 +123,12 @@ def normalise_image(upload, max_bytes=None, max_pixels=None, max_side=None) -> N
         except ValidationError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ValidationError("The image declares an implausibly large size and was refused.") from None
+            raise ValidationError(gettext("The image declares an implausibly large size and was refused.")) from None
         except Exception:
             # Pillow raises many types (UnidentifiedImageError, OSError, SyntaxError, struct.error);
             # they all mean the same thing to the clinician.
-            raise ValidationError("This is not a readable JPEG or PNG image (the file may be damaged).") from None
+            raise ValidationError(
+                gettext("This is not a readable JPEG or PNG image (the file may be damaged).")) from None
 
         fmt = img.format
         ImageOps.exif_transpose(img, in_place=True)  # no second full-size copy

@@ -11,7 +11,9 @@ from django.db.models import Count, Max, Prefetch, Q
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 from PIL import Image
@@ -37,7 +39,7 @@ from skinweb.referrals.models import Referral
 PAGE_SIZE = 25
 
 
-NO_MODEL_BANNER = (
+NO_MODEL_BANNER = _(
     "No model is published yet: images are stored, but they cannot be classified until an administrator "
     "trains a model (python -m classifier.training.train) and publishes it (python manage.py publish_model FILE)."
 )
@@ -113,7 +115,8 @@ def patient_create(request):
         patient.created_by = request.user
         patient.save()
         record(request, "create", patient)
-        messages.success(request, f"Patient {patient.identifier} created. Now add a lesion.")
+        messages.success(request, gettext("Patient %(identifier)s created. Now add a lesion.")
+                         % {"identifier": patient.identifier})
         return redirect("clinic:lesion_create", pk=patient.pk)
     return render(request, "clinic/patient_form.html", {"form": form})
 
@@ -147,7 +150,7 @@ def patient_edit(request, patient):
     """Correct a patient's details (identifier, birth year, sex); audited with old and new values."""
     form = PatientForm(request.POST if request.method == "POST" else None, instance=patient, clinic=patient.clinic)
     if request.method == "POST" and form.is_valid():
-        _save_correction(request, form, patient, "Patient details corrected.")
+        _save_correction(request, form, patient, gettext("Patient details corrected."))
         return redirect("clinic:patient_detail", pk=patient.pk)
     return render(request, "clinic/patient_form.html", {"form": form, "patient": patient})
 
@@ -157,7 +160,7 @@ def lesion_edit(request, lesion):
     """Correct a lesion's site or label; audited with old and new values."""
     form = LesionForm(request.POST if request.method == "POST" else None, instance=lesion)
     if request.method == "POST" and form.is_valid():
-        _save_correction(request, form, lesion, "Lesion details corrected.")
+        _save_correction(request, form, lesion, gettext("Lesion details corrected."))
         return redirect("clinic:lesion_detail", pk=lesion.pk)
     return render(request, "clinic/lesion_form.html", {"form": form, "patient": lesion.patient, "lesion": lesion})
 
@@ -171,7 +174,7 @@ def lesion_create(request, patient):
         lesion.created_by = request.user
         lesion.save()
         record(request, "create", lesion, patient=patient.pk)
-        messages.success(request, "Lesion recorded. Upload its dermoscopic images.")
+        messages.success(request, gettext("Lesion recorded. Upload its dermoscopic images."))
         return redirect("clinic:lesion_detail", pk=lesion.pk)
     return render(request, "clinic/lesion_form.html", {"form": form, "patient": patient})
 
@@ -211,7 +214,9 @@ def lesion_upload(request, lesion):
             accepted.append(case)
         if accepted:
             names = ", ".join(c.original_name for c in accepted)
-            messages.success(request, f"{len(accepted)} image(s) uploaded and queued for classification: {names}.")
+            messages.success(request, ngettext("%(n)d image uploaded and queued for classification: %(names)s.",
+                                               "%(n)d images uploaded and queued for classification: %(names)s.",
+                                               len(accepted)) % {"n": len(accepted), "names": names})
         if not rejected:
             return redirect("clinic:case_detail", pk=accepted[0].pk) if len(accepted) == 1 else redirect(
                 "clinic:lesion_detail", pk=lesion.pk
@@ -263,22 +268,24 @@ def _dicom_lesion(request, found, site, lesion, made):
     patient = Patient.objects.filter(clinic=clinic, identifier__iexact=pid).first()
     if lesion is not None:
         if patient is None or patient.pk != lesion.patient_id:
-            raise ValidationError(f"The file's patient ({pid}) is not this lesion's ({lesion.patient.identifier}).")
+            raise ValidationError(gettext("The file's patient (%(pid)s) is not this lesion's (%(identifier)s).") % {
+                "pid": pid, "identifier": lesion.patient.identifier})
         return lesion, None
     if patient is None:
         if found.birth_year is None:
-            raise ValidationError(f"Your clinic has no patient {pid}, and the file gives no birth date to create "
-                                  "one: create the patient first.")
+            raise ValidationError(gettext("Your clinic has no patient %(pid)s, and the file gives no birth date to "
+                                          "create one: create the patient first.") % {"pid": pid})
         form = PatientForm({"identifier": pid, "birth_year": found.birth_year, "sex": found.sex}, clinic=clinic)
         if not form.is_valid():
-            raise ValidationError(f"Patient {pid}: " + " ".join(m for ms in form.errors.values() for m in ms))
+            raise ValidationError(gettext("Patient %(pid)s: %(errors)s") % {
+                "pid": pid, "errors": " ".join(m for ms in form.errors.values() for m in ms)})
         patient = form.save(commit=False)
         patient.clinic, patient.created_by = clinic, request.user
         patient.save()
         record(request, "create", patient, source="dicom")
     where = site or found.site
     if not where:
-        raise ValidationError("The file's anatomic region is not one of the lesion sites: choose the site.")
+        raise ValidationError(gettext("The file's anatomic region is not one of the lesion sites: choose the site."))
     key = (patient.pk, found.series, where)
     if key in made:
         return made[key], key
@@ -297,7 +304,9 @@ def dicom_import(request):
     if request.method == "POST" and form.is_valid():
         accepted, rejected = store_dicom(request, form.cleaned_data["files"], site=form.cleaned_data["site"] or None)
         if accepted:
-            messages.success(request, f"{len(accepted)} DICOM image(s) imported and queued for classification.")
+            messages.success(request, ngettext("%(n)d DICOM image imported and queued for classification.",
+                                               "%(n)d DICOM images imported and queued for classification.",
+                                               len(accepted)) % {"n": len(accepted)})
         for name, message in rejected:
             form.add_error("files", f"{name}: {message}")
     return render(request, "clinic/dicom_import.html", {"form": form, "accepted": accepted},
@@ -325,7 +334,8 @@ def dicom_response(request, case):
 def _upload_json(request, lesion, form):
     """The page's drag-and-drop uploader sends one file per request and shows the answer beside it."""
     if not form.is_valid():
-        return JsonResponse({"ok": False, "errors": [str(e) for e in form.errors.get("images", ["Invalid upload."])]},
+        errors = form.errors.get("images", [gettext("Invalid upload.")])
+        return JsonResponse({"ok": False, "errors": [str(e) for e in errors]},
                             status=400)
     results = []
     for upload in form.cleaned_data["images"]:
@@ -436,7 +446,7 @@ def case_feedback(request, case):
         fields = {name: form.cleaned_data.get(name) for name in FeedbackForm.Meta.fields}
         feedback = case.record_feedback(request.user, **fields)
         record(request, "feedback", case, revision=feedback.revision)
-        messages.success(request, f"Feedback saved (revision {feedback.revision}).")
+        messages.success(request, gettext("Feedback saved (revision %(revision)s).") % {"revision": feedback.revision})
         return redirect("clinic:case_detail", pk=case.pk)
     return render(request, "clinic/feedback_form.html", {"case": case, "form": form})
 
@@ -444,13 +454,13 @@ def case_feedback(request, case):
 @object_view(Case, methods=("POST",))
 def case_retry(request, case):
     if case.status != Case.Status.FAILED:
-        messages.info(request, "Only a failed case can be retried.")
+        messages.info(request, gettext("Only a failed case can be retried."))
         return redirect("clinic:case_detail", pk=case.pk)
     with transaction.atomic():
         case.requeue()
         record(request, "retry", case)
         tasks.enqueue(case.pk)
-    messages.success(request, "The case is queued for classification again.")
+    messages.success(request, gettext("The case is queued for classification again."))
     return redirect("clinic:case_detail", pk=case.pk)
 
 
@@ -461,7 +471,8 @@ def case_flag(request, case):
     if value != case.flagged:
         Case.objects.filter(pk=case.pk).update(flagged=value)
         record(request, "flag" if value else "unflag", case)
-        messages.success(request, "Sent to the relabel queue." if value else "Removed from the relabel queue.")
+        messages.success(request, gettext("Sent to the relabel queue.") if value
+                         else gettext("Removed from the relabel queue."))
     return redirect("clinic:case_detail", pk=case.pk)
 
 
@@ -471,15 +482,15 @@ def case_release_score(request, case):
     for it with a reason: recorded on the case and in the audit trail, and marked on every output."""
     form = RemovalForm(request.POST)
     if not case.result_withheld:
-        messages.info(request, "This image's result is not withheld.")
+        messages.info(request, gettext("This image's result is not withheld."))
     elif not form.is_valid():
-        messages.error(request, "Say why you need the score (at most 500 characters); nothing was changed.")
+        messages.error(request, gettext("Say why you need the score (at most 500 characters); nothing was changed."))
     else:
         with transaction.atomic():
             old, new = case.release_score(request.user, form.cleaned_data["reason"])
             record(request, "release_score", case, old=old, new=new)
-        messages.warning(request, "The score is shown on your request, marked as such on the page, the report and "
-                                  "the exports: the image does not look like a dermoscopic lesion.")
+        messages.warning(request, gettext("The score is shown on your request, marked as such on the page, the report "
+                                          "and the exports: the image does not look like a dermoscopic lesion."))
     return redirect("clinic:case_detail", pk=case.pk)
 
 
@@ -495,19 +506,20 @@ def case_move(request, case):
         if lesion_id.isdigit() else None
     identifier = (request.POST.get("patient") or "").strip()
     if not reason:
-        messages.error(request, "Say why the image is moved; nothing was changed.")
+        messages.error(request, gettext("Say why the image is moved; nothing was changed."))
         return redirect("clinic:case_detail", pk=case.pk)
     if target is None and identifier:
         patient = Patient.objects.visible_to(request.user).filter(identifier=identifier).first()
         if patient is None:
-            messages.error(request, f"Your clinic has no patient {identifier}; nothing was changed.")
+            messages.error(request, gettext("Your clinic has no patient %(identifier)s; nothing was changed.") % {
+                "identifier": identifier})
             return redirect("clinic:case_detail", pk=case.pk)
         return render(request, "clinic/case_move.html", {"case": case, "reason": reason, "patient": patient,
                                                          "choices": patient.lesions.exclude(pk=case.lesion_id)})
     if target is None:
-        messages.error(request, "Choose a lesion of your clinic to move the image to.")
+        messages.error(request, gettext("Choose a lesion of your clinic to move the image to."))
     elif target.pk == case.lesion_id:
-        messages.info(request, "The image is already filed under that lesion.")
+        messages.info(request, gettext("The image is already filed under that lesion."))
     elif request.POST.get("confirm") != "1":
         return render(request, "clinic/case_move.html", {"case": case, "reason": reason, "target": target})
     else:
@@ -516,7 +528,8 @@ def case_move(request, case):
             Case.objects.filter(pk=case.pk).update(lesion=target)
             record(request, "move", case, old={"lesion": old.pk, "patient": old.patient.identifier},
                    new={"lesion": target.pk, "patient": target.patient.identifier}, reason=reason)
-        messages.success(request, f"Image moved to {target} of patient {target.patient.identifier}.")
+        messages.success(request, gettext("Image moved to %(lesion)s of patient %(identifier)s.") % {
+            "lesion": target, "identifier": target.patient.identifier})
     return redirect("clinic:case_detail", pk=case.pk)
 
 
@@ -525,7 +538,7 @@ def case_taken(request, case):
     """Correct the day an image was taken (it decides the visit the image belongs to); audited."""
     form = TakenForm(request.POST)
     if not form.is_valid():
-        messages.error(request, " ".join(form.errors.get("taken_on", ["Enter a date."])))
+        messages.error(request, " ".join(form.errors.get("taken_on", [gettext("Enter a date.")])))
         return redirect("clinic:case_detail", pk=case.pk)
     old = case.taken_at
     local = timezone.localtime(old)
@@ -533,7 +546,8 @@ def case_taken(request, case):
     if new != old:
         Case.objects.filter(pk=case.pk).update(taken_at=new)
         record(request, "correct_taken_at", case, old=old.isoformat(), new=new.isoformat())
-        messages.success(request, f"The image now belongs to the visit of {form.cleaned_data['taken_on']:%Y-%m-%d}.")
+        messages.success(request, gettext("The image now belongs to the visit of %(date)s.") % {
+            "date": formats.date_format(form.cleaned_data["taken_on"], "SHORT_DATE_FORMAT")})
     return redirect("clinic:case_detail", pk=case.pk)
 
 
@@ -543,13 +557,13 @@ def case_remove(request, case):
     heat maps and feedback), kept, and restorable by the clinic's administrator; audited."""
     form = RemovalForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Say why the image is removed (at most 500 characters); nothing was changed.")
+        messages.error(request, gettext("Say why the image is removed (at most 500 characters); nothing was changed."))
         return redirect("clinic:case_detail", pk=case.pk)
     with transaction.atomic():
         old, new = case.remove(request.user, form.cleaned_data["reason"])
         record(request, "remove", case, old=old, new=new)
-    messages.success(request, f"Image {case.original_name or case.pk} removed. Your clinic's administrator can "
-                              "restore it from the list of removed images.")
+    messages.success(request, gettext("Image %(name)s removed. Your clinic's administrator can restore it from the "
+                                      "list of removed images.") % {"name": case.original_name or case.pk})
     return redirect("clinic:lesion_detail", pk=case.lesion_id)
 
 
@@ -614,7 +628,7 @@ def case_report(request, case):
     try:
         pdf = reports.case_pdf(case, request.user)
     except (OSError, Image.DecompressionBombError):
-        messages.error(request, "The report could not be made: the stored image cannot be read.")
+        messages.error(request, gettext("The report could not be made: the stored image cannot be read."))
         return redirect("clinic:case_detail", pk=case.pk)
     record(request, "export_pdf", case)
     response = HttpResponse(pdf, content_type="application/pdf")

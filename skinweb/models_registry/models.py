@@ -1,19 +1,26 @@
 import json
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from django.conf import settings
 from django.db import models, transaction
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.functional import cached_property
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from classifier import artefacts, operatingpoint
 from classifier.modelfile import file_sha256, read_metadata
 
 # Borderline band for versions whose model file predates stored bands (logit units around the threshold).
 DERIVED_BAND_LOGIT = 0.5
+# classifier.training.validation's definition of a stored band, read back to be said in the reader's language.
+BAND_DEFINITION = re.compile(r"probabilities between the thresholds reaching (?P<low>\d+)% and (?P<high>\d+)% "
+                             r"sensitivity on validation(?:, and below it at most (?P<melanomas>\d+)% of melanomas "
+                             r"\(a conformal bound\))?")
 
 
 class ModelVersionQuerySet(models.QuerySet):
@@ -24,11 +31,11 @@ class ModelVersionQuerySet(models.QuerySet):
 
 class ModelVersion(models.Model):
     class Status(models.TextChoices):
-        TRAINING = "training"
-        FAILED = "failed"
-        CANDIDATE = "candidate"
-        PUBLISHED = "published"
-        RETIRED = "retired"
+        TRAINING = "training", _("training")
+        FAILED = "failed", _("failed")
+        CANDIDATE = "candidate", _("candidate")
+        PUBLISHED = "published", _("published")
+        RETIRED = "retired", _("retired")
 
     version = models.CharField(max_length=100, unique=True)
     filename = models.CharField(max_length=200, blank=True, help_text="File name under MODEL_ROOT")
@@ -271,22 +278,44 @@ class ModelVersion(models.Model):
         if held_out.get("sensitivity_ci") and held_out.get("specificity") is not None:
             low = held_out["sensitivity_ci"][0]
             if locked.get("clean"):
-                which = "that took no part in training or in choosing this threshold"
+                which = gettext("that took no part in training or in choosing this threshold")
             elif locked.get("operating_point_clean"):
-                which = ("that took no part in training or in choosing this threshold (they were among the "
-                         "images its training epochs and calibration were chosen on)")
+                which = gettext("that took no part in training or in choosing this threshold (they were among the "
+                                "images its training epochs and calibration were chosen on)")
             else:
-                which = "that took no part in training (but among those its threshold was chosen on)"
-            return (f"On {held_out['n_malignant']} malignant and {held_out['n_benign']} benign held-out images "
-                    f"{which}, the model found at least {math.floor(100 * low)} of 100 malignant lesions at this "
-                    f"threshold (the lower end of the {held_out['level']:.0%} interval; "
-                    f"{round(100 * held_out['sensitivity'])} measured) and flagged "
-                    f"{round(100 * (1 - held_out['specificity']))} of 100 benign ones.")
+                which = gettext("that took no part in training (but among those its threshold was chosen on)")
+            return gettext(
+                "On %(n_malignant)s malignant and %(n_benign)s benign held-out images %(which)s, the model found at "
+                "least %(low)s of 100 malignant lesions at this threshold (the lower end of the %(level)s%% interval; "
+                "%(measured)s measured) and flagged %(flagged)s of 100 benign ones.") % {
+                "n_malignant": held_out["n_malignant"], "n_benign": held_out["n_benign"], "which": which,
+                "low": math.floor(100 * low), "level": round(100 * held_out["level"]),
+                "measured": round(100 * held_out["sensitivity"]),
+                "flagged": round(100 * (1 - held_out["specificity"]))}
         op = self.operating_point
         if op.get("sensitivity") is None or op.get("specificity") is None:
             return ""
-        return (f"On validation data, at this threshold the model found {round(100 * op['sensitivity'])} of 100 "
-                f"malignant lesions and flagged {round(100 * (1 - op['specificity']))} of 100 benign ones.")
+        return gettext("On validation data, at this threshold the model found %(found)s of 100 malignant lesions "
+                       "and flagged %(flagged)s of 100 benign ones.") % {
+            "found": round(100 * op["sensitivity"]), "flagged": round(100 * (1 - op["specificity"]))}
+
+    @property
+    def band_in_words(self) -> str:
+        """How the borderline band was set, in the reader's language (the stored definition is English)."""
+        op = self.operating_point
+        if op.get("derived"):
+            return gettext("within %(logit)s of the threshold on the logit scale (this version's file predates "
+                           "stored bands)") % {"logit": formats.number_format(DERIVED_BAND_LOGIT)}
+        definition = op.get("band_definition", "")
+        match = BAND_DEFINITION.fullmatch(definition)
+        if not match:
+            return definition
+        words = gettext("probabilities between the thresholds reaching %(low)s%% and %(high)s%% sensitivity on "
+                        "validation") % {"low": match["low"], "high": match["high"]}
+        if match["melanomas"]:
+            words += gettext(", and below it at most %(share)s%% of melanomas (a conformal bound)") % {
+                "share": match["melanomas"]}
+        return words
 
     @property
     def headline_metrics(self) -> dict:

@@ -59,7 +59,7 @@ class ReferralBuilder(clinic_fhir.Builder):
             "code": text_concept(SYSTEM + ":observation", "weighted-7-point-checklist",
                                  "Weighted 7-point checklist score (NICE NG12)"),
             "valueInteger": referral.checklist_score,
-            "component": [{"code": {"text": label}, "valueBoolean": getattr(referral, field)}
+            "component": [{"code": {"text": str(label)}, "valueBoolean": getattr(referral, field)}
                           for field, label in MAJOR_FEATURES + MINOR_FEATURES]
             + [{"code": {"text": "noticed for (months)"}, "valueInteger": referral.duration_months}],
         })

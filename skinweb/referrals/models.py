@@ -14,6 +14,7 @@ however many referrals are open.
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from skinweb.clinic.models import ANATOMIC_SITES, Patient
 
@@ -22,8 +23,9 @@ class Practice(models.Model):
     name = models.CharField(max_length=200, unique=True)
     code = models.SlugField(
         max_length=20, unique=True,
-        help_text="Short code (letters, digits, hyphens); it prefixes the practice's patient identifiers in a clinic")
-    email = models.EmailField(blank=True, help_text="Told when a referral is answered (a link, no patient details)")
+        help_text=_("Short code (letters, digits, hyphens); it prefixes the practice's patient identifiers in a "
+                    "clinic"))
+    email = models.EmailField(blank=True, help_text=_("Told when a referral is answered (a link, no patient details)"))
     clinics = models.ManyToManyField("accounts.Clinic", related_name="practices", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -36,11 +38,11 @@ class Practice(models.Model):
 
 # The weighted 7-point checklist (NICE NG12): three major features, two points each; four minor, one each.
 # A score of 3 or more is the usual threshold for an urgent suspected-cancer referral.
-MAJOR_FEATURES = [("changed_size", "Change in size"), ("changed_shape", "Irregular shape or change in shape"),
-                  ("changed_colour", "Irregular colour or change in colour")]
-MINOR_FEATURES = [("diameter_7mm", "Largest diameter 7 mm or more"), ("inflammation", "Inflammation"),
-                  ("crusting_or_bleeding", "Oozing, crusting or bleeding"),
-                  ("changed_sensation", "Change in sensation (itch, pain)")]
+MAJOR_FEATURES = [("changed_size", _("Change in size")), ("changed_shape", _("Irregular shape or change in shape")),
+                  ("changed_colour", _("Irregular colour or change in colour"))]
+MINOR_FEATURES = [("diameter_7mm", _("Largest diameter 7 mm or more")), ("inflammation", _("Inflammation")),
+                  ("crusting_or_bleeding", _("Oozing, crusting or bleeding")),
+                  ("changed_sensation", _("Change in sensation (itch, pain)"))]
 URGENT_CHECKLIST_SCORE = 3
 
 
@@ -86,15 +88,15 @@ class ReferralQuerySet(models.QuerySet):
 
 class Referral(models.Model):
     class Urgency(models.TextChoices):
-        URGENT = "urgent", "Urgent (suspected skin cancer)"
-        ROUTINE = "routine", "Routine"
+        URGENT = "urgent", _("Urgent (suspected skin cancer)")
+        ROUTINE = "routine", _("Routine")
 
     class Status(models.TextChoices):
-        OPEN = "open", "Waiting for review"
-        MORE_IMAGES = "more_images", "Better images asked for"
-        BOOKED_URGENT = "booked_urgent", "Booked: urgent appointment"
-        BOOKED_ROUTINE = "booked_routine", "Booked: routine appointment"
-        RETURNED = "returned", "Returned with advice"
+        OPEN = "open", _("Waiting for review")
+        MORE_IMAGES = "more_images", _("Better images asked for")
+        BOOKED_URGENT = "booked_urgent", _("Booked: urgent appointment")
+        BOOKED_ROUTINE = "booked_routine", _("Booked: routine appointment")
+        RETURNED = "returned", _("Returned with advice")
 
     class Tier(models.IntegerChoices):
         """The AI's part of the triage order (the highest of the referral's images): malignant above the borderline
@@ -111,11 +113,11 @@ class Referral(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     patient_identifier = models.CharField(
-        "the practice's patient identifier", max_length=40,
-        help_text="Pseudonymous, as the practice keeps it. No names.")
-    birth_year = models.PositiveSmallIntegerField()
-    sex = models.CharField(max_length=10, choices=Patient.Sex.choices)
-    site = models.CharField("anatomical site", max_length=30, choices=ANATOMIC_SITES)
+        _("the practice's patient identifier"), max_length=40,
+        help_text=_("Pseudonymous, as the practice keeps it. No names."))
+    birth_year = models.PositiveSmallIntegerField(_("birth year"))
+    sex = models.CharField(_("sex"), max_length=10, choices=Patient.Sex.choices)
+    site = models.CharField(_("anatomical site"), max_length=30, choices=ANATOMIC_SITES)
     changed_size = models.BooleanField(default=False)
     changed_shape = models.BooleanField(default=False)
     changed_colour = models.BooleanField(default=False)
@@ -123,13 +125,13 @@ class Referral(models.Model):
     inflammation = models.BooleanField(default=False)
     crusting_or_bleeding = models.BooleanField(default=False)
     changed_sensation = models.BooleanField(default=False)
-    duration_months = models.PositiveSmallIntegerField("noticed for (months)")
-    history = models.TextField("history", blank=True, max_length=4000)
-    urgency = models.CharField("urgency asked for", max_length=10, choices=Urgency.choices)
+    duration_months = models.PositiveSmallIntegerField(_("noticed for (months)"))
+    history = models.TextField(_("history"), blank=True, max_length=4000)
+    urgency = models.CharField(_("urgency asked for"), max_length=10, choices=Urgency.choices)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
     lesion = models.OneToOneField("clinic.Lesion", on_delete=models.PROTECT, related_name="referral")
     overview = models.FileField(upload_to="referrals/%Y/%m/", blank=True,
-                                help_text="A clinical overview photograph (not classified)")
+                                help_text=_("A clinical overview photograph (not classified)"))
     checklist_score = models.PositiveSmallIntegerField(default=0, editable=False)
     ai_tier = models.PositiveSmallIntegerField(choices=Tier.choices, default=Tier.NO_RESULT, editable=False)
     ai_probability = models.FloatField(null=True, blank=True, editable=False)
@@ -186,18 +188,18 @@ class Answer(models.Model):
     """The dermatologist's action on a referral, with the message the practice reads. Never the AI's."""
 
     class Action(models.TextChoices):
-        BOOK_URGENT = "book_urgent", "Book an urgent appointment"
-        BOOK_ROUTINE = "book_routine", "Book a routine appointment"
-        RETURN = "return", "Return to the practice with advice"
-        MORE_IMAGES = "more_images", "Ask for better images"
+        BOOK_URGENT = "book_urgent", _("Book an urgent appointment")
+        BOOK_ROUTINE = "book_routine", _("Book a routine appointment")
+        RETURN = "return", _("Return to the practice with advice")
+        MORE_IMAGES = "more_images", _("Ask for better images")
 
     STATUS_AFTER = {Action.BOOK_URGENT: Referral.Status.BOOKED_URGENT,
                     Action.BOOK_ROUTINE: Referral.Status.BOOKED_ROUTINE,
                     Action.RETURN: Referral.Status.RETURNED, Action.MORE_IMAGES: Referral.Status.MORE_IMAGES}
 
     referral = models.ForeignKey(Referral, on_delete=models.CASCADE, related_name="answers")
-    action = models.CharField(max_length=20, choices=Action.choices)
-    message = models.TextField("message to the practice", max_length=4000)
+    action = models.CharField(_("action"), max_length=20, choices=Action.choices)
+    message = models.TextField(_("message to the practice"), max_length=4000)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
 

@@ -9,20 +9,32 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 from django.urls import reverse
+from django.utils import translation
+from django.utils.translation import gettext
 
 log = logging.getLogger(__name__)
 
 
-def _send(subject: str, body: str, recipients: list[str]) -> None:
-    recipients = sorted({r for r in recipients if r})
-    if not recipients:
+def _send(compose, recipients: list[tuple[str, str]]) -> None:
+    """Mail ``compose()`` -> (subject, body) to each (address, language) recipient, written in their
+    language: a user's own choice, else the installation's LANGUAGE_CODE."""
+    by_language: dict[str, set[str]] = {}
+    for address, language in recipients:
+        if address:
+            by_language.setdefault(language or settings.LANGUAGE_CODE, set()).add(address)
+    if not by_language:
         return
+    letters = []
+    for language, addresses in sorted(by_language.items()):
+        with translation.override(language):
+            letters.append((*compose(), sorted(addresses)))
 
     def send():
-        try:
-            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
-        except Exception:  # noqa: BLE001 -- a mail server down must not undo the clinical record
-            log.exception("could not send %r to %d recipient(s)", subject, len(recipients))
+        for subject, body, addresses in letters:
+            try:
+                send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, addresses)
+            except Exception:  # noqa: BLE001 -- a mail server down must not undo the clinical record
+                log.exception("could not send %r to %d recipient(s)", subject, len(addresses))
 
     transaction.on_commit(send)
 
@@ -33,15 +45,21 @@ def link(name: str, *args) -> str:
 
 def referral_arrived(referral) -> None:
     """The receiving clinic's members with an address: a referral waits in their triage list."""
-    recipients = list(referral.clinic.users.filter(is_active=True).exclude(email="").values_list("email", flat=True))
-    _send("A new referral is waiting for review",
-          f"A referral from {referral.practice.name} is waiting in your clinic's triage list.\n\n"
-          f"Log in to review it: {link('referrals:detail', referral.pk)}\n", recipients)
+    recipients = list(referral.clinic.users.filter(is_active=True).exclude(email="").values_list("email", "language"))
+    _send(lambda: (
+        gettext("A new referral is waiting for review"),
+        gettext("A referral from %(practice)s is waiting in your clinic's triage list.\n\nLog in to review it: "
+                "%(link)s\n") % {"practice": referral.practice.name, "link": link("referrals:detail", referral.pk)},
+    ), recipients)
 
 
 def referral_answered(referral, answer) -> None:
     """The practice (its address and the referrer who sent it): the dermatologist has answered."""
-    recipients = [referral.practice.email, getattr(referral.created_by, "email", "")]
-    _send(f"Your referral {referral.pk} has been answered",
-          f"{referral.clinic.name} has answered referral {referral.pk} ({answer.get_action_display().lower()}).\n\n"
-          f"Log in to read the answer: {link('referrals:detail', referral.pk)}\n", recipients)
+    sender = referral.created_by
+    recipients = [(referral.practice.email, ""), (getattr(sender, "email", ""), getattr(sender, "language", ""))]
+    _send(lambda: (
+        gettext("Your referral %(pk)s has been answered") % {"pk": referral.pk},
+        gettext("%(clinic)s has answered referral %(pk)s (%(action)s).\n\nLog in to read the answer: %(link)s\n") % {
+            "clinic": referral.clinic.name, "pk": referral.pk, "action": answer.get_action_display().lower(),
+            "link": link("referrals:detail", referral.pk)},
+    ), recipients)

@@ -13,6 +13,7 @@ from django.db.models import Count, Q
 from django.http import FileResponse, Http404, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_lazy, ngettext
 from django.views.decorators.http import require_GET, require_http_methods
 
 from skinweb.accounts.models import User
@@ -47,8 +48,9 @@ def _clinic_member(request):
         raise PermissionDenied("Members of the receiving clinic only.")
 
 
-NOT_A_LESION = ("does not look like a dermoscopic image of a skin lesion (the AI's lesion check): take it with "
-                "the dermatoscope, close up on the lesion, or send the overview photograph in its own field")
+NOT_A_LESION = gettext_lazy("does not look like a dermoscopic image of a skin lesion (the AI's lesion check): take "
+                            "it with the dermatoscope, close up on the lesion, or send the overview photograph in its "
+                            "own field")
 
 
 def _normalised(uploads, form, field="images", dermoscopic=True):
@@ -65,7 +67,7 @@ def _normalised(uploads, form, field="images", dermoscopic=True):
             failed = True
             continue
         if dermoscopic and imagechecks.UNIFORM in image.warnings:
-            form.add_error(field, f"{upload.name}: {imagechecks.UNIFORM}")
+            form.add_error(field, f"{upload.name}: {imagechecks.in_words(imagechecks.UNIFORM)}")
             failed = True
             continue
         images.append((upload.name, image))
@@ -123,8 +125,10 @@ def create(request):
     if request.method == "POST" and form.is_valid():
         referral = checked_submission(request, form, practice)
         if referral is not None:
-            messages.success(request, f"Referral {referral.pk} sent to {referral.clinic.name} with "
-                                      f"{referral.lesion.cases.count()} image(s).")
+            n = referral.lesion.cases.count()
+            messages.success(request, ngettext("Referral %(pk)s sent to %(clinic)s with %(n)d image.",
+                                               "Referral %(pk)s sent to %(clinic)s with %(n)d images.", n) % {
+                "pk": referral.pk, "clinic": referral.clinic.name, "n": n})
             return redirect("referrals:detail", pk=referral.pk)
     return render(request, "referrals/form.html", {"form": form, "practice": practice})
 
@@ -203,15 +207,16 @@ def answer(request, referral):
     _clinic_member(request)
     form = AnswerForm(request.POST)
     if not referral.is_open:
-        messages.info(request, "This referral has been answered already.")
+        messages.info(request, gettext("This referral has been answered already."))
         return redirect("referrals:detail", pk=referral.pk)
     if not form.is_valid():
         return _detail_page(request, referral, answer_form=form, status=400)
     given = record_answer(request, referral, form.cleaned_data)
     if given is None:
-        messages.info(request, "This referral has been answered already.")
+        messages.info(request, gettext("This referral has been answered already."))
         return redirect("referrals:detail", pk=referral.pk)
-    messages.success(request, f"Answered: {given.get_action_display().lower()}. The practice has been told.")
+    messages.success(request, gettext("Answered: %(action)s. The practice has been told.") % {
+        "action": given.get_action_display().lower()})
     return redirect("referrals:triage")
 
 
@@ -239,13 +244,15 @@ def more_images(request, referral):
     _referrer(request)
     form = MoreImagesForm(request.POST, request.FILES)
     if referral.status != Referral.Status.MORE_IMAGES:
-        messages.info(request, "The clinic has not asked for more images of this referral.")
+        messages.info(request, gettext("The clinic has not asked for more images of this referral."))
         return redirect("referrals:detail", pk=referral.pk)
     added = add_images(request, referral, form)
     if not added:
         return _detail_page(request, referral, more_form=form, status=400)
     images = added
-    messages.success(request, f"{len(images)} image(s) added; the referral is back in the clinic's list.")
+    messages.success(request, ngettext("%(n)d image added; the referral is back in the clinic's list.",
+                                       "%(n)d images added; the referral is back in the clinic's list.",
+                                       len(images)) % {"n": len(images)})
     return redirect("referrals:detail", pk=referral.pk)
 
 
@@ -323,7 +330,7 @@ def practices(request):
                 targets_form.save()
                 record(request, "referral_targets", clinic, old=old,
                        new={f: getattr(clinic, f) for f in TargetsForm.Meta.fields})
-            messages.success(request, "Targets saved.")
+            messages.success(request, gettext("Targets saved."))
             return redirect("referrals:practices")
     elif request.method == "POST" and request.POST.get("form") == "link":
         link_form = LinkPracticeForm(request.POST)
@@ -337,7 +344,8 @@ def practices(request):
                                                        email=data["email"])
                 practice.clinics.add(clinic)
                 record(request, "link_practice", practice, clinic=clinic.pk, created=created)
-            messages.success(request, f"{practice.name} ({practice.code}) can now send referrals to {clinic.name}.")
+            messages.success(request, gettext("%(practice)s (%(code)s) can now send referrals to %(clinic)s.") % {
+                "practice": practice.name, "code": practice.code, "clinic": clinic.name})
             return redirect("referrals:practices")
     elif request.method == "POST" and request.POST.get("form") == "account":
         account_form = ReferrerAccountForm(request.POST, clinic=clinic)
@@ -347,7 +355,8 @@ def practices(request):
                 user = User.objects.create_user(data["username"], email=data["email"], password=data["password"],
                                                 practice=data["practice"])
                 record(request, "create_referrer", user, practice=data["practice"].pk)
-            messages.success(request, f"Account {user.username} made for {data['practice'].name}.")
+            messages.success(request, gettext("Account %(username)s made for %(practice)s.") % {
+                "username": user.username, "practice": data["practice"].name})
             return redirect("referrals:practices")
     linked = clinic.practices.annotate(referrers=Count("users", distinct=True),
                                        sent=Count("referrals", filter=Q(referrals__clinic=clinic), distinct=True))
@@ -367,6 +376,7 @@ def practice_unlink(request, pk):
     with transaction.atomic():
         practice.clinics.remove(clinic)
         record(request, "unlink_practice", practice, clinic=clinic.pk)
-    messages.success(request, f"{practice.name} can no longer send referrals to {clinic.name}; its referrals "
-                              f"already sent stay in your list.")
+    messages.success(request, gettext("%(practice)s can no longer send referrals to %(clinic)s; its referrals "
+                                      "already sent stay in your list.") % {"practice": practice.name,
+                                                                             "clinic": clinic.name})
     return redirect("referrals:practices")

@@ -21,9 +21,14 @@ document.addEventListener("input", (event) => {
 // Uploader on the lesion page: choose or drop several images, see a preview and a progress bar per
 // file, and each file's result (or the reason it was refused) beside it, without leaving the page.
 // Without JavaScript the form posts as a plain multipart form.
+// Its words come from the form's data-msg-* attributes, in the page's language ({value}: the value put in).
 const ACCEPTED_TYPES = ["image/jpeg", "image/png"];
 
-function uploadItem(list, file) {
+function say(form, key, value) {
+  return (form.dataset[key] || "").replace("{value}", value === undefined ? "" : value);
+}
+
+function uploadItem(form, list, file) {
   const item = document.createElement("li");
   item.className = "d-flex align-items-center gap-2 py-1 border-bottom";
   const preview = document.createElement("img");
@@ -38,7 +43,7 @@ function uploadItem(list, file) {
   progress.className = "w-100";
   progress.max = 100;
   progress.value = 0;
-  progress.setAttribute("aria-label", `Upload progress of ${file.name}`);
+  progress.setAttribute("aria-label", say(form, "msgProgress", file.name));
   const status = document.createElement("div");
   status.className = "small";
   status.setAttribute("role", "status");
@@ -73,20 +78,20 @@ function uploadOne(form, file, row) {
         row.status.textContent = "";
         const link = document.createElement("a");
         link.href = result.url;
-        link.textContent = `Case ${result.case}`;
+        link.textContent = say(form, "msgCase", result.case);
         const live = document.createElement("span");
         live.setAttribute("hx-get", result.status_url);
         live.setAttribute("hx-trigger", "load");
         live.setAttribute("hx-swap", "outerHTML");
-        live.textContent = " queued…";
+        live.textContent = ` ${say(form, "msgQueued")}`;
         row.status.append(link, " ", live);
         if (window.htmx) window.htmx.process(live);
         // The lesion's timeline (if on the page) fetches itself again: the new image appears at once.
         document.body.dispatchEvent(new CustomEvent("skinweb:uploaded"));
         resolve(true);
       } else {
-        const reason = result ? result.error : (answer && answer.errors ? answer.errors.join(" ") : `The server answered ${xhr.status}.`);
-        row.status.textContent = `Not uploaded: ${reason}`;
+        const reason = result ? result.error : (answer && answer.errors ? answer.errors.join(" ") : say(form, "msgServer", xhr.status));
+        row.status.textContent = say(form, "msgRefused", reason);
         row.status.classList.add("text-danger");
         row.progress.remove();  // a full bar beside a refusal reads as a success
         resolve(false);
@@ -94,7 +99,7 @@ function uploadOne(form, file, row) {
     });
     xhr.addEventListener("error", () => {
       row.progress.remove();
-      row.status.textContent = "Not uploaded: the connection failed. Check the network and upload this file again.";
+      row.status.textContent = say(form, "msgOffline");
       row.status.classList.add("text-danger");
       resolve(false);
     });
@@ -113,9 +118,9 @@ function setUpUploader(form) {
     files = Array.from(chosen);
     list.replaceChildren();
     files.rows = files.map((file) => {
-      const row = uploadItem(list, file);
+      const row = uploadItem(form, list, file);
       if (!ACCEPTED_TYPES.includes(file.type)) {
-        row.status.textContent = "This is not a JPEG or PNG image; it will be checked on upload and most likely refused.";
+        row.status.textContent = say(form, "msgType");
         row.status.classList.add("text-warning-emphasis");
       }
       return row;
