@@ -521,3 +521,95 @@ def test_referral_journey(browser_page, stack, settings, tmp_path):
     subjects = sorted(m["Subject"] for m in mails)
     assert subjects == ["A new referral is waiting for review", f"Your referral {referral.pk} has been answered"]
     assert all("RS-0042" not in m.get_payload() for m in mails)
+
+
+def test_the_journey_in_french(browser_page, stack):
+    """Issue 46: a clinician whose browser asks for French chooses French on the account page, records a patient,
+    uploads an image, reads the result, gives feedback and downloads the report, all with no English word
+    (tests/test_i18n.ENGLISH) on the pages or in the PDF. Screenshots in <artifacts>/french/."""
+    from tests.test_i18n import ENGLISH, visible_words
+
+    page = browser_page
+    page.context.set_extra_http_headers({"Accept-Language": "fr-FR,fr;q=0.9"})
+    clinic = make_clinic("Clinique du Parc")
+    claire = make_user("claire", clinic)
+    claire.set_password(PASSWORD)
+    claire.save()
+    j = Journey(page, stack)
+    shots = ARTIFACTS / "french"
+    shots.mkdir(parents=True, exist_ok=True)
+    from classifier.reference import SOURCES
+
+    # The records' own data, and the names of public datasets and their licences (proper names, untranslated).
+    own = ["claire", "Clinique du Parc", "FR-0001", "omoplate gauche", FIXTURE_IMAGES[0].name, "skinweb",
+           *sorted({text for name, licence, _ in SOURCES.values() for text in (name, licence)}, key=len, reverse=True)]
+
+    def look(name):
+        english = visible_words(page.content(), own) & ENGLISH
+        assert not english, f"English on the French page {name}: {sorted(english)}"
+        j.check(f"fr-{name}")
+        shutil.copyfile(j.shots[-1], shots / j.shots[-1].name)
+
+    j.go("/accounts/login/")
+    assert page.get_by_role("heading", name="Se connecter à skinweb").is_visible()
+    look("login")
+    page.get_by_label("Nom d’utilisateur").fill("claire")
+    page.get_by_label("Mot de passe").fill(PASSWORD)
+    page.get_by_role("button", name="Se connecter").click()
+    page.wait_for_url(stack + "/")
+    look("dashboard")
+
+    # The preference, kept on the account, wins over the browser from now on.
+    page.get_by_role("link", name="Compte").click()
+    page.get_by_label("Langue des pages, des comptes rendus et des e-mails").select_option("fr")
+    page.get_by_role("button", name="Enregistrer").click()
+    page.get_by_text("Votre langue est enregistrée.").wait_for()
+    claire.refresh_from_db()
+    assert claire.language == "fr"
+    look("account")
+
+    page.get_by_role("link", name="Nouveau patient").first.click()
+    page.get_by_label("Identifiant").fill("FR-0001")
+    page.get_by_label("Année de naissance").fill("1958")
+    page.get_by_label("Sexe").select_option("male")
+    look("patient-form")
+    page.get_by_role("button", name="Créer le patient").click()
+    page.get_by_text("Patient FR-0001 créé. Ajoutez maintenant une lésion.").wait_for()
+    page.get_by_label("Siège anatomique").select_option("posterior torso")
+    page.get_by_label("Libellé").fill("omoplate gauche")
+    page.get_by_role("button", name="Enregistrer la lésion").click()
+    page.get_by_role("heading", name="Téléverser des images dermoscopiques").wait_for()
+
+    page.set_input_files("input[type=file]", [str(FIXTURE_IMAGES[0])])
+    page.get_by_role("button", name="Téléverser et classer").click()
+    badge = page.locator("[data-testid=upload-result] .badge")
+    badge.filter(has_text="bénin").or_(badge.filter(has_text="malin")).or_(badge.filter(has_text="limite")).first.wait_for()
+    look("upload")
+
+    page.locator("[data-upload-list] a").first.click()
+    page.get_by_text("Aide à la décision, pas un diagnostic").wait_for()
+    result = page.get_by_test_id("result").inner_text()
+    assert "seuil de" in result and "Probabilité de malignité" in result
+    probability = page.get_by_test_id("probability").inner_text()
+    assert "," in probability and "." not in probability  # 0,873: the French decimal comma
+    page.get_by_role("switch", name="Afficher la carte de chaleur").wait_for(timeout=60_000)
+    look("case")
+
+    page.get_by_label("Oui, je suis d'accord").check()
+    page.get_by_label("Diagnostic clinique").select_option("nevus")
+    page.get_by_label("Prise en charge").select_option("monitor")
+    page.get_by_role("button", name="Enregistrer l'avis").click()
+    page.get_by_text("Avis enregistré (révision 1).").wait_for()
+    look("feedback")
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Télécharger le compte rendu PDF").click()
+    text = " ".join(PdfReader(io.BytesIO(Path(download.value.path()).read_bytes())).pages[0].extract_text().split())
+    assert "Compte rendu skinweb" in text and "Aide à la décision, pas un diagnostic" in text and "Naevus" in text
+    english = visible_words(text, own) & ENGLISH
+    assert not english, f"English in the French PDF: {sorted(english)}"
+    shutil.copyfile(download.value.path(), shots / "compte-rendu.pdf")
+
+    page.get_by_role("link", name="Cas", exact=True).click()
+    page.get_by_role("heading", name="Historique des cas").wait_for()
+    look("history")

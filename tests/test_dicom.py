@@ -38,7 +38,7 @@ def stored_pixels(case) -> np.ndarray:
 
 def test_an_isic_like_jpeg_dicom_becomes_a_case_of_a_new_patient(client, alice, settings):
     r = client.post(reverse("clinic:dicom_import"), {"files": [dcm(jpeg=ISIC)]})
-    assert r.status_code == 200 and "1 DICOM image(s) imported" in r.content.decode()
+    assert r.status_code == 200 and "1 DICOM image imported" in r.content.decode()
     case = Case.objects.get()
     patient = case.lesion.patient
     assert (patient.identifier, patient.birth_year, patient.sex, patient.clinic) == ("ISIC-P1", 1961, "female",

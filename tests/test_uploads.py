@@ -108,7 +108,7 @@ def test_good_files_go_in_when_others_in_the_same_submission_fail(client, lesion
     r = post(client, lesion, upload("good.jpg"), upload("bad.jpg", b"nope"))
     body = r.content.decode()
     assert r.status_code == 200
-    assert "1 image(s) uploaded" in body and "bad.jpg: This is not a readable" in body
+    assert "1 image uploaded" in body and "bad.jpg: This is not a readable" in body
     assert [c.original_name for c in Case.objects.all()] == ["good.jpg"]
     assert len(stored_files(settings)) == 2  # the good image and its thumbnail
 
