@@ -26,7 +26,7 @@ ENGLISH = {
     "lesions", "log", "out", "yes", "none", "waiting", "review", "home", "cases", "case", "model", "history", "show",
     "heat", "map", "taken", "borderline", "agree", "agrees", "clinic", "clinician", "report", "download", "by",
     "from", "this", "that", "it", "be", "at", "site", "sex", "female", "male", "birth", "year", "nevus",
-    "management", "diagnosis", "notes", "filter", "export", "search", "account", "security", "language", "password",
+    "management", "diagnosis", "notes", "filter", "search", "account", "security", "language", "password",
     "remove", "move", "flag", "why", "what", "when", "who", "technical", "only", "any", "all",
     "open", "close", "record", "correct", "band", "shown", "similar", "differential", "queued", "running", "done",
     "failed", "check", "older", "newer", "referrals", "referral", "practice", "practices",
@@ -194,3 +194,22 @@ def test_stored_warnings_and_failures_are_shown_in_the_reader_s_language():
         assert failure_in_words(FAILURES["classify"] % {"detail": "RuntimeError: boom"}) == (
             "La classification a échoué (RuntimeError: boom).")
         assert failure_in_words("something else") == "something else"
+
+
+@pytest.mark.parametrize("language", ["fr", "de"])
+def test_administrators_pages_have_no_english(client, carol, root, classified, language):
+    version = classified.prediction.model_version
+    for user, names in [
+        (carol, [("clinic:relabel_queue", []), ("clinic:removed_list", []), ("referrals:practices", []),
+                 ("referrals:triage", []), ("api_tokens", []), ("clinic:dicom_import", [])]),
+        (root, [("manage:model_list", []), ("manage:model_detail", [version.pk]), ("clinic:dashboard", [])]),
+    ]:
+        user.language = language
+        user.save()
+        client.force_login(user)
+        for name, args in names:
+            page = client.get(reverse(name, args=args))
+            assert page.status_code == 200, name
+            own = [user.username, str(user.clinic), version.version, version.filename, version.sha256 or "-"]
+            english = visible_words(page.content.decode(), own) & ENGLISH
+            assert not english, f"{name} in {language}: {sorted(english)}"

@@ -8,11 +8,11 @@ class Clinic(models.Model):
     name = models.CharField(max_length=200, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     require_two_factor = models.BooleanField(
-        default=False, help_text="Everyone of the clinic logs in with a second factor (set by its administrator)")
+        default=False, help_text=_("Everyone of the clinic logs in with a second factor (set by its administrator)"))
     referral_target_urgent_days = models.PositiveSmallIntegerField(
-        default=14, help_text="An urgent referral waiting longer is marked in the triage list")
+        default=14, help_text=_("An urgent referral waiting longer is marked in the triage list"))
     referral_target_routine_days = models.PositiveSmallIntegerField(
-        default=90, help_text="A routine referral waiting longer is marked in the triage list")
+        default=90, help_text=_("A routine referral waiting longer is marked in the triage list"))
 
     def __str__(self):
         return self.name

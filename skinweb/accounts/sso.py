@@ -36,6 +36,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import get_random_string
+from django.utils.translation import gettext, gettext_lazy
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.utils import import_from_settings
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
@@ -47,7 +48,7 @@ from skinweb.audit.models import AuditEvent, record
 log = logging.getLogger(__name__)
 ROLES = {"clinic_admin": True, "clinician": False}  # role claim value -> is_staff
 SESSION_PROVIDER, SESSION_REFUSAL = "sso_provider", "sso_refusal"
-ASK = "Ask your administrator to give your account a clinic and a role in skinweb."
+ASK = gettext_lazy("Ask your administrator to give your account a clinic and a role in skinweb.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +139,8 @@ class SSOCallback(OIDCAuthenticationCallbackView):
         name = request.session.get(SESSION_PROVIDER)
         chosen = providers().get(name or "")
         if chosen is None:
-            request.session[SESSION_REFUSAL] = "The login took too long or was started elsewhere: start it again."
+            request.session[SESSION_REFUSAL] = gettext("The login took too long or was started elsewhere: start it "
+                                                        "again.")
             return HttpResponseRedirect(reverse("sso_refused"))
         self.get_settings = chosen.setting
         request.oidc_provider = chosen  # for the backend
@@ -158,8 +160,8 @@ class SSOCallback(OIDCAuthenticationCallbackView):
 
 def refused(request):
     """Where a refused or failed single sign-on ends: what happened, and whom to ask."""
-    message = request.session.pop(SESSION_REFUSAL, None) or "The login with your organisation did not succeed."
-    return render(request, "registration/sso_refused.html", {"message": message, "ask": ASK}, status=403)
+    message = request.session.pop(SESSION_REFUSAL, None) or gettext("The login with your organisation did not succeed.")
+    return render(request, "registration/sso_refused.html", {"message": message, "ask": str(ASK)}, status=403)
 
 
 class Backend(OIDCAuthenticationBackend):
@@ -215,11 +217,12 @@ class Backend(OIDCAuthenticationBackend):
         name = claims.get(self.provider.clinic_claim)
         clinic = Clinic.objects.filter(name=name).first() if isinstance(name, str) else None
         if clinic is None:
-            raise Refused(f"Your organisation's login names no clinic of this skinweb ({name or 'none'}). {ASK}")
+            raise Refused(gettext("Your organisation's login names no clinic of this skinweb (%(name)s). %(ask)s")
+                          % {"name": name or gettext("none"), "ask": ASK})
         given = claims.get(self.provider.role_claim)
         roles = set(given if isinstance(given, list) else [given])
         if not roles & set(ROLES):
-            raise Refused(f"Your organisation's login gives you no role in skinweb. {ASK}")
+            raise Refused(gettext("Your organisation's login gives you no role in skinweb. %(ask)s") % {"ask": ASK})
         return clinic, "clinic_admin" in roles
 
     def filter_users_by_claims(self, claims):
@@ -253,8 +256,8 @@ class Backend(OIDCAuthenticationBackend):
 
     def update_user(self, user, claims):
         if user.is_superuser:
-            raise Refused("The platform administrator logs in here with a password and a second factor, "
-                          "not through an organisation's login.")
+            raise Refused(gettext("The platform administrator logs in here with a password and a second factor, "
+                                  "not through an organisation's login."))
         old = {"clinic": user.clinic_id, "clinic_admin": user.is_staff}
         user.clinic, user.is_staff = self.clinic, self.is_staff
         user.save(update_fields=["clinic", "is_staff"])
@@ -270,7 +273,7 @@ class LoginForm(AuthenticationForm):
     def confirm_login_allowed(self, user):
         super().confirm_login_allowed(user)
         if not settings.LOCAL_LOGIN and not user.is_superuser:
-            raise forms.ValidationError("Password login is off here: log in with your organisation's account.",
+            raise forms.ValidationError(gettext("Password login is off here: log in with your organisation's account."),
                                         code="local_login_off")
 
 

@@ -2,6 +2,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.shortcuts import render
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
 from skinweb.accounts.scoping import ClinicScopedAdmin
 from skinweb.audit.models import record
@@ -102,7 +104,7 @@ class CaseAdmin(ClinicScopedAdmin):
     fieldsets = [
         (None, {"fields": ["lesion", "image", "original_name", "sha256", "width", "height", "created_at",
                            "created_by", "status", "failure_reason", "attempts"]}),
-        ("Ground truth for retraining", {"fields": ["truth_label", "truth_source", "use_for_training",
+        (_("Ground truth for retraining"), {"fields": ["truth_label", "truth_source", "use_for_training",
                                                     "truth_set_by", "truth_set_at"]}),
     ]
     readonly_fields = ["lesion", "image", "original_name", "sha256", "width", "height", "created_at",
@@ -111,13 +113,13 @@ class CaseAdmin(ClinicScopedAdmin):
     def has_add_permission(self, request):
         return False  # cases come from uploads
 
-    @admin.display(description="patient", ordering="lesion__patient__identifier")
+    @admin.display(description=_("patient"), ordering="lesion__patient__identifier")
     def patient_identifier(self, case):
         return case.lesion.patient.identifier
 
-    @admin.display(description="AI decision", ordering="prediction__decision")
+    @admin.display(description=_("AI decision"), ordering="prediction__decision")
     def ai_decision(self, case):
-        return case.prediction.decision if case.prediction else "—"
+        return case.prediction.decision_display if case.prediction else "—"
 
     def save_model(self, request, case, form, change):
         # The form holds only the truth fields: saved through Case.relabel, as the relabel queue does.
@@ -126,7 +128,7 @@ class CaseAdmin(ClinicScopedAdmin):
             old, new = stored.relabel(request.user, case.truth_label, case.truth_source, case.use_for_training)
             record(request, "relabel", stored, old=old, new=new)
 
-    @admin.action(description="Set ground truth of selected cases…")
+    @admin.action(description=_("Set ground truth of selected cases…"))
     def set_ground_truth(self, request, queryset):
         form = TruthForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
@@ -134,22 +136,24 @@ class CaseAdmin(ClinicScopedAdmin):
             for case in queryset:
                 old, new = case.relabel(request.user, data["label"], data["source"], data["use_for_training"])
                 record(request, "relabel", case, old=old, new=new)
-            self.message_user(request, f"Ground truth set on {queryset.count()} case(s).", messages.SUCCESS)
+            n = queryset.count()
+            self.message_user(request, ngettext("Ground truth set on %(n)d case.", "Ground truth set on %(n)d cases.",
+                                                n) % {"n": n}, messages.SUCCESS)
             return None
         return render(request, "admin/clinic/case/set_ground_truth.html", {
             **self.admin_site.each_context(request),
-            "title": "Set ground truth",
+            "title": gettext("Set ground truth"),
             "cases": queryset,
             "form": form,
             "opts": self.model._meta,
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
         })
 
-    @admin.action(description="Use selected cases for training")
+    @admin.action(description=_("Use selected cases for training"))
     def include_in_training(self, request, queryset):
         self._set_training(request, queryset, True)
 
-    @admin.action(description="Do not use selected cases for training")
+    @admin.action(description=_("Do not use selected cases for training"))
     def exclude_from_training(self, request, queryset):
         self._set_training(request, queryset, False)
 
@@ -163,9 +167,12 @@ class CaseAdmin(ClinicScopedAdmin):
                 continue
             record(request, "relabel", case, old=old, new=new)
             updated += 1
-        self.message_user(request, f"Updated {updated} case(s).", messages.SUCCESS)
+        self.message_user(request, ngettext("Updated %(n)d case.", "Updated %(n)d cases.", updated) % {"n": updated},
+                          messages.SUCCESS)
         if skipped:
-            self.message_user(request, f"{skipped} case(s) have no ground truth yet and were left out of training.",
+            self.message_user(request, ngettext("%(n)d case has no ground truth yet and was left out of training.",
+                                                "%(n)d cases have no ground truth yet and were left out of training.",
+                                                skipped) % {"n": skipped},
                               messages.WARNING)
 
 

@@ -113,7 +113,9 @@ class ModelVersion(models.Model):
         CPU: worker_speeds), else PyTorch fp32."""
         recent = self.recent_runtimes
         if recent:
-            return ", ".join(f"{name} ({n} of the last {sum(recent.values())} results)" for name, n in recent.items())
+            total = sum(recent.values())
+            return ", ".join(gettext("%(name)s (%(n)s of the last %(total)s results)") % {
+                "name": name, "n": n, "total": total} for name, n in recent.items())
         return (self.fast_report or {}).get("chosen") or "torch"
 
     @cached_property

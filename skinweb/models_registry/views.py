@@ -6,6 +6,8 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_POST
 
 from skinweb.accounts.decorators import platform_admin_required
@@ -14,24 +16,26 @@ from skinweb.models_registry import tasks, training
 from skinweb.models_registry.models import ModelVersion
 
 PAGE_SIZE = 50
-HEADLINE = [("auc", "AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
-            ("specificity_at_95_sensitivity", "Specificity at 95% sensitivity")]
+HEADLINE = [("auc", "AUC"), ("sensitivity", _("Sensitivity")), ("specificity", _("Specificity")),
+            ("specificity_at_95_sensitivity", _("Specificity at a sensitivity of 95%"))]
 
 
 class PublishForm(forms.Form):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=1000)
+    reason = forms.CharField(label=_("Reason"), widget=forms.Textarea(attrs={"rows": 2}), required=False,
+                             max_length=1000)
 
     def __init__(self, *args, worse=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.worse = list(worse)
         if self.worse:
             self.fields["reason"].required = True
-            self.fields["reason"].help_text = "Required: some headline metrics are worse than the published version's."
+            self.fields["reason"].help_text = _("Required: some headline metrics are worse than the published "
+                                                "version's.")
 
 
 class RetrainForm(forms.Form):
     epochs = forms.IntegerField(min_value=1, max_value=200, required=False,
-                                help_text="Leave empty for the configured default.")
+                                label=_("Epochs"), help_text=_("Leave empty for the configured default."))
 
 
 @platform_admin_required
@@ -48,7 +52,7 @@ def model_list(request):
 def retrain(request):
     form = RetrainForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "The number of epochs must be between 1 and 200.")
+        messages.error(request, gettext("The number of epochs must be between 1 and 200."))
         return redirect("manage:model_list")
     try:
         with transaction.atomic():
@@ -58,11 +62,12 @@ def retrain(request):
     except ValueError as exc:
         messages.error(request, str(exc))
         return redirect("manage:model_list")
-    messages.success(request, f"Training run {version.version} queued.")
+    messages.success(request, gettext("Training run %(name)s queued.") % {"name": version.version})
     return redirect("manage:model_detail", pk=version.pk)
 
 
-SET_LABELS = {"validation": "Validation split (base data)", "clinic_held_out": "Clinic cases held out"}
+SET_LABELS = {"validation": _("Validation split (base data)"), "clinic_held_out": _("Clinic cases held out")}
+SET_WORDS = {"validation": _("validation"), "clinic_held_out": _("clinic held out")}
 
 
 def compare(version):
@@ -80,7 +85,7 @@ def compare(version):
                          "ci_candidate": cand.get("auc_ci95") if key == "auc" else None,
                          "ci_parent": par.get("auc_ci95") if key == "auc" else None})
             if is_worse:
-                worse.append(f"{label} on {set_name.replace('_', ' ')}")
+                worse.append(gettext("%(metric)s on %(data)s") % {"metric": label, "data": SET_WORDS[set_name]})
     return rows, worse
 
 
@@ -105,12 +110,14 @@ def model_detail(request, pk):
 def publish(request, pk):
     version = get_object_or_404(ModelVersion, pk=pk)
     if version.status not in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.RETIRED) or not version.filename:
-        messages.error(request, f"{version.version} is {version.status}: it cannot be published.")
+        messages.error(request, gettext("%(name)s is %(status)s: it cannot be published.") % {
+            "name": version.version, "status": version.get_status_display()})
         return redirect("manage:model_detail", pk=pk)
     _, worse = compare(version) if version.status == ModelVersion.Status.CANDIDATE else (None, [])
     form = PublishForm(request.POST, worse=worse)
     if not form.is_valid():
-        messages.error(request, "Give a reason: " + ", ".join(worse) + " worse than the parent version.")
+        messages.error(request, gettext("Give a reason: %(metrics)s worse than the parent version.") % {
+            "metrics": ", ".join(str(w) for w in worse)})
         return redirect("manage:model_detail", pk=pk)
     previous = ModelVersion.objects.published()
     rollback = version.status == ModelVersion.Status.RETIRED
@@ -120,7 +127,8 @@ def publish(request, pk):
         record(request, "rollback" if rollback else "publish", version, reason=reason,
                previous=previous.version if previous else None, worse=worse)
     tasks.request_fast_path(version)
-    messages.success(request, f"{version.version} is published; workers use it from their next case.")
+    messages.success(request, gettext("%(name)s is published; workers use it from their next case.") % {
+        "name": version.version})
     return redirect("manage:model_list")
 
 
@@ -130,7 +138,7 @@ def cancel(request, pk):
     version = get_object_or_404(ModelVersion, pk=pk, status=ModelVersion.Status.TRAINING)
     ModelVersion.objects.filter(pk=pk).update(cancel_requested=True)
     record(request, "cancel_training", version)
-    messages.info(request, "Cancelling: the run stops after its current epoch.")
+    messages.info(request, gettext("Cancelling: the run stops after its current epoch."))
     return redirect("manage:model_detail", pk=pk)
 
 
@@ -147,5 +155,5 @@ def shadow(request, pk):
     ModelVersion.objects.filter(pk=pk).update(shadow={"pending": True, "n": n})
     record(request, "shadow_check", version, n=n)
     transaction.on_commit(lambda: tasks.shadow_check.delay(version.pk, n), robust=True)
-    messages.info(request, f"Shadow check over the last {n} cases queued.")
+    messages.info(request, gettext("Shadow check over the last %(n)s cases queued.") % {"n": n})
     return redirect("manage:model_detail", pk=pk)

@@ -1,7 +1,7 @@
 """The translation catalogues (locale/<lang>/LC_MESSAGES/django.po), made from the code by makemessages.
 
     python manage.py catalogues            # bring the catalogues up to date with the code (then translate)
-    python manage.py catalogues --check    # exit 1 if they are out of date or miss a translation; changes nothing
+    python manage.py catalogues --check    # exit 1 if out of date, untranslated, fuzzy or with a wrong placeholder
     python manage.py catalogues --compile  # compile them (.mo, not committed), as `make run` and `make test` do
 
 The options are fixed here so that the check and the update make the same files: file names without line
@@ -10,6 +10,7 @@ numbers (a moved line does not date a catalogue), no obsolete entries. docs/lang
 
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -86,6 +87,11 @@ class Command(BaseCommand):
             if HEADER_DATE.sub("", before[language]) != HEADER_DATE.sub("", after[language]):
                 failures.append(f"{language}: out of date with the code (run `python manage.py catalogues`)")
             failures += [f"{language}: {problem}" for problem in problems(before[language])]
+            # A translation whose %(name)s placeholders differ from the source's would fail at run time.
+            checked = subprocess.run(["msgfmt", "--check-format", "-o", "/dev/null", str(catalogue(language))],
+                                     capture_output=True, text=True)
+            if checked.returncode:
+                failures.append(f"{language}: msgfmt --check-format: {checked.stderr.strip()}")
         if failures:
             raise CommandError("\n".join(failures))
         self.stdout.write("catalogues up to date and complete: " + ", ".join(languages()))
