@@ -39,7 +39,7 @@ apt-install:
 	@missing=""; \
 	for pkg in $(NEED); do \
 		case $$pkg in \
-			postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing $$pkg";;
+			postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing $$pkg";; \
 			gettext) command -v msgfmt >/dev/null || missing="$$missing $$pkg";; \
 			*) command -v $$pkg >/dev/null || missing="$$missing $$pkg";; \
 		esac; \
