@@ -547,6 +547,8 @@ def test_the_journey_in_french(browser_page, stack):
     def look(name):
         english = visible_words(page.content(), own) & ENGLISH
         assert not english, f"English on the French page {name}: {sorted(english)}"
+        # Longer words than English ones wrap; nothing runs off the side of the page.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280, name
         j.check(f"fr-{name}")
         shutil.copyfile(j.shots[-1], shots / j.shots[-1].name)
 

@@ -120,7 +120,8 @@ def _dataset_neighbours(prediction, query, k) -> tuple[list[Neighbour], str, boo
     try:
         index = load_index(prediction.model_version)
     except reference.LibraryUnavailable as exc:
-        return [], str(exc).capitalize() + ".", False
+        text = str(exc)  # a sentence's first letter up, the rest as written (German nouns keep their capital)
+        return [], text[:1].upper() + text[1:] + ".", False
     commercial_only = not settings.REFERENCE_NONCOMMERCIAL
     found, sims = index.search(query, k, commercial_only=commercial_only)
     out = []
