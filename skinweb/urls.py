@@ -4,12 +4,13 @@ from django.contrib.auth.decorators import login_not_required
 from django.shortcuts import redirect
 from django.templatetags.static import static
 from django.urls import include, path
+from django.utils.translation import gettext_lazy
 
 from skinweb.accounts import sso, twofactor
 from skinweb.api import pages as api_pages
 
-admin.site.site_header = "skinweb administration"
-admin.site.site_title = "skinweb admin"
+admin.site.site_header = gettext_lazy("skinweb administration")
+admin.site.site_title = gettext_lazy("skinweb admin")
 
 
 @login_not_required
