@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class AccountsConfig(AppConfig):
     name = "skinweb.accounts"
-    verbose_name = "Clinics and users"
+    verbose_name = _("Clinics and users")
 
     def ready(self):
         # A visitor who has not logged in has no role: pages and the admin (its login page lists the apps

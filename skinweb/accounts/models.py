@@ -14,6 +14,10 @@ class Clinic(models.Model):
     referral_target_routine_days = models.PositiveSmallIntegerField(
         default=90, help_text=_("A routine referral waiting longer is marked in the triage list"))
 
+    class Meta:
+        verbose_name = _("clinic")
+        verbose_name_plural = _("clinics")
+
     def __str__(self):
         return self.name
 
@@ -81,6 +85,8 @@ class ExternalIdentity(models.Model):
     last_login_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("external identity")
+        verbose_name_plural = _("external identities")
         constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="one_account_per_subject")]
 
     def __str__(self):

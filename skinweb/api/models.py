@@ -3,6 +3,7 @@ shown once, when it is made. A token expires (API_TOKEN_DAYS at most), and its u
 clinic's administrator can revoke it at any time (``skinweb.api.tokens``)."""
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 from knox.models import AbstractAuthToken
 
 
@@ -11,6 +12,8 @@ class ApiToken(AbstractAuthToken):
     last_used_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
         ordering = ["-created"]
         verbose_name = "API token"
 

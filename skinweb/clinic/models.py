@@ -105,6 +105,8 @@ class Patient(models.Model):
     objects = ClinicQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("patient")
+        verbose_name_plural = _("patients")
         ordering = ["identifier"]
         constraints = [models.UniqueConstraint(fields=["clinic", "identifier"], name="patient_identifier_per_clinic")]
 
@@ -132,6 +134,8 @@ class Lesion(models.Model):
     objects = LesionQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("lesion")
+        verbose_name_plural = _("lesions")
         ordering = ["created_at"]
 
     def __str__(self):
@@ -322,6 +326,8 @@ class Case(models.Model):
     all_objects = CaseQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("case")
+        verbose_name_plural = _("cases")
         default_manager_name = "objects"
         ordering = ["-created_at", "-id"]
         indexes = [
@@ -562,6 +568,8 @@ class Prediction(models.Model):
     explanation_error = models.TextField(blank=True)
 
     class Meta:
+        verbose_name = _("prediction")
+        verbose_name_plural = _("predictions")
         constraints = [models.UniqueConstraint(fields=["case", "model_version"], name="one_prediction_per_version")]
 
     def __str__(self):
@@ -645,6 +653,8 @@ class Feedback(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
+        verbose_name = _("feedback")
+        verbose_name_plural = _("feedback")
         ordering = ["-revision"]
         constraints = [models.UniqueConstraint(fields=["case", "revision"], name="feedback_revision_per_case")]
 

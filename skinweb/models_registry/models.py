@@ -83,6 +83,8 @@ class ModelVersion(models.Model):
     objects = ModelVersionQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("model version")
+        verbose_name_plural = _("model versions")
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(

@@ -30,6 +30,8 @@ class Practice(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = _("practice")
+        verbose_name_plural = _("practices")
         ordering = ["name"]
 
     def __str__(self):
@@ -140,6 +142,8 @@ class Referral(models.Model):
     objects = ReferralQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("referral")
+        verbose_name_plural = _("referrals")
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["clinic", "status", "-ai_tier", "-checklist_score", "-ai_probability",
                                         "created_at"], name="referral_triage")]
@@ -204,4 +208,6 @@ class Answer(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
+        verbose_name = _("answer")
+        verbose_name_plural = _("answers")
         ordering = ["-created_at"]
