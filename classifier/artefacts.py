@@ -6,6 +6,7 @@ the report ``<name>.fast.json``; the web process reads the report here, workers 
 through classifier.runtime.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -113,11 +114,21 @@ def read_speeds(model_path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def record_speed(model_path, signature: dict, entry: dict) -> None:
-    data = read_speeds(model_path)
-    data[signature["key"]] = {**entry, "cpu": signature["name"], "threads": signature["threads"],
-                              "versions": signature["versions"]}
+def record_speed(model_path, signature: dict, entry: dict) -> dict:
+    """Keep ``entry`` (a CPU's timing of the accepted runtimes and its choice) beside the model, unless another
+    process on a CPU of the same signature recorded one for the same fast-path report first: that one is kept
+    and returned, so that every worker of one kind of CPU runs the same runtime (two timings made at once,
+    each under the other's load, need not agree). Returns the entry in force."""
     path = speed_path(model_path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        data = read_speeds(model_path)
+        known = data.get(signature["key"]) or {}
+        if known.get("report") == entry.get("report") and known.get("chosen"):
+            return known
+        data[signature["key"]] = {**entry, "cpu": signature["name"], "threads": signature["threads"],
+                                  "versions": signature["versions"]}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+        return data[signature["key"]]

@@ -80,6 +80,7 @@ def default_decoders(device: torch.device) -> int:
 
 RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-recheck", "torch-cuda-fp16", "torch-cuda-bf16",
             "torch-cuda-fp32")
+TIMING_ROUNDS = 3  # passes per runtime when a worker times the accepted runtimes on its CPU (the fastest counts)
 
 
 class Predictor:
@@ -182,20 +183,24 @@ class Predictor:
         images = torch.rand(batch_size, 3, metadata.input_size, metadata.input_size, generator=torch.Generator()
                             .manual_seed(0))
         paths = artefacts.artefact_paths(path)
-        rates = {}
-        graphs = sorted({{"onnx-int8-recheck": "onnx-int8"}.get(n, n) for n in passed})
-        for name in graphs:
+        runners = {}
+        for name in sorted({{"onnx-int8-recheck": "onnx-int8"}.get(n, n) for n in passed}):
             try:
-                runner = (runtimes.TorchRunner(load_classifier(path)[0], torch.device("cpu"))
-                          if name == "torch-fp32" else runtimes.OnnxRunner(paths[name]))
+                runners[name] = (runtimes.TorchRunner(load_classifier(path)[0], torch.device("cpu"))
+                                 if name == "torch-fp32" else runtimes.OnnxRunner(paths[name]))
             except (runtimes.FastPathError, OSError) as exc:
                 log.warning("cannot time %s here: %s", name, exc)
                 continue
-            runner(images)  # warm-up: the first pass allocates
-            start = time.perf_counter()
-            for _ in range(2):
+            runners[name](images)  # warm-up: the first pass allocates
+        # Rounds that take turns, and each runtime's fastest pass: a burst of other work on the machine (a
+        # build, a test suite, uploads) slows one pass, not one runtime's every pass.
+        fastest = dict.fromkeys(runners, math.inf)
+        for _ in range(TIMING_ROUNDS):
+            for name, runner in runners.items():
+                start = time.perf_counter()
                 runner(images)
-            rates[name] = 2 * batch_size / (time.perf_counter() - start)
+                fastest[name] = min(fastest[name], time.perf_counter() - start)
+        rates = {name: batch_size / seconds for name, seconds in fastest.items()}
         if "onnx-int8-recheck" in passed and "onnx-int8" in rates and "onnx-fp32" in rates:
             share = float(report["runtimes"]["onnx-int8-recheck"].get("rechecked_share") or 0.0)
             rates["onnx-int8-recheck"] = 1 / (1 / rates["onnx-int8"] + share / rates["onnx-fp32"])
@@ -207,11 +212,15 @@ class Predictor:
         log.info("runtimes timed on this CPU (%s), passes/s: %s; using %s", signature["name"],
                  ", ".join(f"{n} {r:.1f}" for n, r in sorted(rates.items())), runtime)
         try:
-            artefacts.record_speed(path, signature, {"report": report.get("created"), "chosen": runtime,
-                                                     "passes_per_s": {n: round(r, 2) for n, r in rates.items()},
-                                                     "build_chose": report["chosen"]})
+            kept = artefacts.record_speed(path, signature, {
+                "report": report.get("created"), "chosen": runtime,
+                "passes_per_s": {n: round(r, 2) for n, r in rates.items()}, "build_chose": report["chosen"]})
         except OSError as exc:  # a read-only model folder: measured again at the next start
             log.warning("cannot keep the runtime measurements: %s", exc)
+            return runtime
+        if kept["chosen"] != runtime and kept["chosen"] in RUNTIMES:
+            log.info("another worker on this kind of CPU chose %s first; using it too", kept["chosen"])
+            return kept["chosen"]
         return runtime
 
     @staticmethod

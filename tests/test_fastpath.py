@@ -431,3 +431,19 @@ def test_a_worker_times_the_accepted_runtimes_on_its_own_cpu_once(built, tmp_pat
                                                              "key": "other"})
     with pytest.raises(pytest.fail.Exception, match="timed again"):
         Predictor.from_file(copy, device="cpu")
+
+
+def test_workers_of_one_kind_of_cpu_keep_the_first_choice_for_a_report(tmp_path):
+    """Two workers (or a worker and the builder) timing at once, each under the other's load, may rank the
+    runtimes differently; the first choice recorded for a fast-path report is the one every later process of
+    that CPU kind uses, so that they all run the same runtime. A new report is timed anew."""
+    from classifier import artefacts
+
+    model = tmp_path / "m.safetensors"
+    signature = {"name": "cpu", "threads": "2", "versions": [], "key": "cpu-2"}
+    first = artefacts.record_speed(model, signature, {"report": "r1", "chosen": "onnx-fp32"})
+    second = artefacts.record_speed(model, signature, {"report": "r1", "chosen": "torch"})
+    assert first["chosen"] == second["chosen"] == "onnx-fp32"
+    assert artefacts.read_speeds(model)["cpu-2"]["chosen"] == "onnx-fp32"
+    rebuilt = artefacts.record_speed(model, signature, {"report": "r2", "chosen": "torch"})
+    assert rebuilt["chosen"] == "torch" and artefacts.read_speeds(model)["cpu-2"]["report"] == "r2"

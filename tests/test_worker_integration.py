@@ -108,8 +108,10 @@ def test_publishing_builds_the_fast_path_apart_and_the_worker_switches_to_it(cli
         client.post(reverse("clinic:lesion_upload", args=[lesion.pk]), {"images": [upload("after.jpg")]})
         (after,) = wait_for(list(Case.objects.exclude(pk=during.pk).values_list("pk", flat=True)), worker)
         assert after.status == Case.Status.DONE
-        (timed,) = artefacts.read_speeds(version.path).values()  # the worker timed the accepted runtimes here
-        assert after.prediction.runtime == timed["chosen"]
+        # The worker timed the accepted runtimes here, or used the timing another process on this CPU recorded
+        # first for this build (artefacts.record_speed): either way the one entry for this CPU is what it runs.
+        (timed,) = artefacts.read_speeds(version.path).values()
+        assert after.prediction.runtime == timed["chosen"], worker.output()[-4000:]
         assert report["runtimes"][timed["chosen"].replace("torch", "torch-fp32")]["passed"]
     finally:
         worker.stop()
