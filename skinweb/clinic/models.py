@@ -61,14 +61,20 @@ FAILURES = {
 }
 
 
+# Each failure template as a pattern that reads a stored reason back into its placeholders.
+FAILURE_PATTERNS = [
+    (template, re.compile(re.escape(template).replace(re.escape("%(version)s"), r"(?P<version>\S+)")
+                          .replace(re.escape("%(detail)s"), r"(?P<detail>.*)"), re.S))
+    for template in FAILURES.values()
+]
+
+
 def failure_in_words(reason: str) -> str:
     """A stored failure reason (FAILURES) in the active language."""
     if reason == NO_MODEL_MESSAGE:
         return gettext(NO_MODEL_MESSAGE)
-    for template in FAILURES.values():
-        pattern = re.escape(template).replace(re.escape("%(version)s"), r"(?P<version>\S+)").replace(
-            re.escape("%(detail)s"), r"(?P<detail>.*)")
-        match = re.fullmatch(pattern, reason, re.S)
+    for template, pattern in FAILURE_PATTERNS:
+        match = pattern.fullmatch(reason)
         if match:
             return gettext(template) % match.groupdict()
     return reason

@@ -216,11 +216,6 @@ CSV_COLUMNS = [
 ]
 
 
-def agreement(feedback) -> str:
-    """Whether the clinician agreed with the AI's decision: yes, no, or that none was shown to agree with."""
-    return feedback.agreement_display
-
-
 def differential_words(prediction, percent: bool = True) -> str:
     """The prediction's differential on one line, most likely first ("" without one): "Melanoma 41%, Nevus
     33%, ..." for the report, "melanoma=0.4100; nevus=0.3300; ..." (class keys) for the CSV."""
@@ -250,7 +245,7 @@ def case_rows(cases):
             certainty, f"{p.band[0]:.4f}" if p else "", f"{p.band[1]:.4f}" if p else "",
             p.model_version.version if p else "", differential_words(p, percent=False) if p else "",
             "; ".join(c.warnings_shown), c.withheld_reason_shown if c.result_withheld else "",
-            agreement(f) if f else "", f.clinical_diagnosis if f else "",
+            f.agreement_display if f else "", f.clinical_diagnosis if f else "",
             f.management if f else "", f.histopathology_result if f else "", c.truth_label,
         )]
 

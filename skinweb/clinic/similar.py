@@ -19,7 +19,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from classifier import differential, reference
-from skinweb.clinic.models import DECISION_WORDS, Case, Prediction
+from skinweb.clinic.models import DECISION_WORDS, DIAGNOSES, Case, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +91,13 @@ def load_index(version) -> reference.Index:
 
 
 # The development dataset's diagnoses (labels.csv) and the differential's classes (classifier.reference), in
-# the reader's language.
-DATASET_DIAGNOSES = {
-    "nevus": _("Nevus"), "melanoma": _("Melanoma"), "basal_cell_carcinoma": _("Basal cell carcinoma"),
-    "squamous_cell_carcinoma": _("Squamous cell carcinoma"), "seborrheic_keratosis": _("Seborrheic keratosis"),
-    "pigmented_benign_keratosis": _("Pigmented benign keratosis"), "dermatofibroma": _("Dermatofibroma"),
-    "vascular_lesion": _("Vascular lesion"), "actinic_keratosis": _("Actinic keratosis"),
-}
+# the reader's language: the clinic's own words for the diagnoses they share.
+DATASET_DIAGNOSES = {**dict(DIAGNOSES), "pigmented_benign_keratosis": _("Pigmented benign keratosis")}
 CLASS_WORDS = {
-    "melanoma": _("Melanoma"), "nevus": _("Nevus"), "basal_cell_carcinoma": _("Basal cell carcinoma"),
+    **{name: DATASET_DIAGNOSES[name] for name in ("melanoma", "nevus", "basal_cell_carcinoma", "dermatofibroma",
+                                                  "vascular_lesion")},
     "squamous_cell_carcinoma": _("Squamous cell carcinoma / actinic keratosis"),
     "benign_keratosis": _("Benign keratosis (seborrhoeic keratosis, solar lentigo, lichen-planus-like)"),
-    "dermatofibroma": _("Dermatofibroma"), "vascular_lesion": _("Vascular lesion"),
 }
 
 
