@@ -18,6 +18,7 @@ from django.db import connections
 from django.utils import timezone
 from django_otp.oath import TOTP
 from PIL import Image
+from playwright.sync_api import expect
 from pypdf import PdfReader
 
 from classifier.modelfile import DEFAULT_MODEL_PATH
@@ -107,8 +108,6 @@ class Journey:
 
 
 def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
-    from playwright.sync_api import expect
-
     page = browser_page
     north = make_clinic("North Dermatology")
     alice = make_user("alice", north)
@@ -136,7 +135,7 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
     page.get_by_label("Anatomical site").select_option(index=1)
     page.get_by_label("Label").fill("left scapula")
     page.get_by_role("button", name="Record lesion").click()
-    assert page.get_by_role("heading", name="Upload dermoscopic images").is_visible()
+    expect(page.get_by_role("heading", name="Upload dermoscopic images")).to_be_visible()
 
     # A file that is not an image gets its own message and leaves nothing behind.
     bogus = tmp_path / "referral-letter.jpg"
@@ -150,7 +149,7 @@ def test_dermatologist_journey(browser_page, stack, worker_env, tmp_path):
 
     # Two images at once: previews and progress per file, then both results without a reload.
     page.set_input_files("input[type=file]", [str(p) for p in FIXTURE_IMAGES[:2]])
-    assert page.locator("[data-upload-list] li").count() == 2
+    expect(page.locator("[data-upload-list] li")).to_have_count(2)
     page.get_by_role("button", name="Upload and classify").click()
     results = page.locator("[data-testid=upload-result]")
     for i in range(2):
@@ -485,17 +484,18 @@ def test_referral_journey(browser_page, stack, settings, tmp_path):
         j.log_in("alice")
         page.get_by_role("link", name="Referrals", exact=True).click()
         rows = page.locator("[data-testid=triage] tbody tr")
-        assert rows.count() == 2 and rows.first.get_attribute("data-referral") == str(referral.pk)
+        expect(rows).to_have_count(2)
+        assert rows.first.get_attribute("data-referral") == str(referral.pk)
         j.check("triage")
         rows.first.get_by_role("link").click()
-        assert page.get_by_test_id("referral-images").locator("img").count() == 2
+        expect(page.get_by_test_id("referral-images").locator("img")).to_have_count(2)
         page.get_by_label("Return to the practice with advice").check()
         page.get_by_label("Message to the practice").fill("Benign naevus with sun changes. Reassure; photograph "
                                                           "again in 3 months.")
         j.check("referral-review")
         page.get_by_role("button", name="Send the answer to the practice").click()
         page.get_by_text("The practice has been told").wait_for()
-        assert page.locator("[data-testid=triage] tbody tr").count() == 1
+        expect(page.locator("[data-testid=triage] tbody tr")).to_have_count(1)
         page.get_by_role("button", name="Log out").click()
 
         # The referrer reads the answer.
