@@ -22,8 +22,8 @@ def gated(tmp_path_factory, model_file):
     path = tmp_path_factory.mktemp("gate") / "m.safetensors"
     shutil.copyfile(model_file, path)
     r = subprocess.run([sys.executable, "-m", "classifier.training.lesiongate", "--model", str(path), "--data",
-                        str(FIXTURES), "--views", "2", "--train-images", "8"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
+                        str(FIXTURES), "--views", "2", "--close-views", "1", "--train-images", "8"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     return path, json.loads(r.stdout)
 
@@ -33,10 +33,16 @@ def test_the_command_writes_a_gate_with_its_held_out_figures(gated):
     body = json.loads(lesiongate.gate_path(path).read_text())
     assert body["format"] == lesiongate.FORMAT and body["weights_version"] == "test-vgg16-64px"
     figures = body["figures"]
-    assert figures == {k: printed[k] for k in ("other_pictures_held_out", "validation_lesions")}
+    kept = ("other_pictures_held_out", "skin_closeups_held_out", "validation_lesions")
+    assert figures == {k: printed[k] for k in kept}
     held = figures["other_pictures_held_out"]
-    assert held["pictures"] > 80 and held["views"] == 2 * held["pictures"]
+    close = [c for c in held["per_category"] if c.endswith(", close crop")]
+    assert held["pictures"] > 80 and held["views"] > 2 * held["pictures"] and {"photograph, close crop"} <= set(close)
     assert {"face", "document", "photograph", "skin without a dermatoscope (synthetic)"} <= set(held["per_category"])
+    assert 0 <= held["whole_views_share_withheld"] <= 1 and 0 <= held["close_crops_share_withheld"] <= 1
+    # The portraits' skin, each scored by the gate fitted without its portrait (the fixtures' few lesions here).
+    closeups = figures["skin_closeups_held_out"]
+    assert closeups["n"] == 14 and closeups["withheld"] == closeups["plain_withheld"] + closeups["with_a_spot_withheld"]
     lesions = figures["validation_lesions"]
     assert set(lesions["per_source"]) and 0 <= lesions["share_withheld"] <= 1
 
@@ -110,3 +116,18 @@ def test_the_gate_travels_with_the_weights_into_the_registry(gated, settings):
     version = ModelVersion.import_file(path)
     assert lesiongate.gate_path(version.path).read_text() == lesiongate.gate_path(path).read_text()
     assert version.lesion_gate["threshold"] == lesiongate.load(path, "test-vgg16-64px").cutoff
+
+
+@pytest.mark.django_db
+def test_the_model_page_states_the_gate_s_figures_and_what_it_was_not_measured_on(gated, client, root):
+    from django.urls import reverse
+
+    from skinweb.models_registry.models import ModelVersion
+
+    path, printed = gated
+    version = ModelVersion.import_file(path)
+    client.force_login(root)
+    page = client.get(reverse("manage:model_detail", args=[version.pk])).content.decode()
+    closeups = printed["skin_closeups_held_out"]
+    assert f"{closeups['withheld']} of {closeups['n']} withheld" in page
+    assert "Real clinical close-ups of lesions were not among the pictures it was measured on." in page

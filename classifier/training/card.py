@@ -35,6 +35,13 @@ def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+def closeups_part(closeups: dict | None) -> str:
+    """What the gate's fit measured on close-ups of skin photographed without a dermatoscope, where it did."""
+    if not closeups:
+        return ""
+    return f"two portraits' skin close-ups {closeups['withheld']} of {closeups['n']}, "
+
+
 def source_rows(per_source: dict) -> list[str]:
     return [f"| {name} | {s['n']} | {s['n_malignant']} | {f3(s.get('auc'))} ({ci(s.get('auc_ci95'))}) | "
             f"{f3(s.get('sensitivity'))} | {f3(s.get('specificity'))} |" for name, s in per_source.items()]
@@ -99,7 +106,7 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
             *([f"- File: `{Path(model_path).name}`, {size_mb:.1f} MB, sha256 `{sha}`: safetensors (fp16 weights, "
                "JSON metadata), read without unpickling."] if weights is None else [
                f"- Weights: `{weights[0].name}` ({meta.weights_version}), {size_mb:.1f} MB, sha256 "
-               f"`{training['operating_point_file']['weights_sha256']}`: safetensors (fp16 weights, JSON metadata), "
+               f"`{training['operating_point_file']['weights_sha256']}`: safetensors (fp16, JSON metadata), "
                "read without unpickling.",
                f"- Operating point: `{weights[1].name}` (threshold, band, early decisions; fitted on "
                f"{training['operating_point_file']['fitted_on'].get('images')} validation images outside the locked "
@@ -208,15 +215,20 @@ def _render(model_path, ledger=LOCKED_TEST_LEDGER, external=EXTERNAL, weights=No
     if gate is not None:
         g = gate.meta.get("figures", {})
         held, lesions = g.get("other_pictures_held_out", {}), g.get("validation_lesions", {})
-        missed = {k.split()[0]: v for k, v in held.get("per_category", {}).items() if v < 0.99}
-        kinds = " (" + ", ".join(f"{k} {100 * v:.1f}%" for k, v in missed.items()) + ")" if missed else ""
-        out += [f"Lesion gate (`{Path(model_path).stem}.lesion-gate.json`): "
-                f"above its threshold the result is withheld. Other pictures withheld when left out of its fit: "
-                f"{100 * held.get('share_withheld', 0):.1f}% of {held.get('views')} views{kinds}; validation lesions "
-                f"withheld: {100 * lesions.get('share_withheld', 0):.1f}% ("
+        missed = {k.split()[0]: v for k, v in held.get("per_category", {}).items()
+                  if v < 0.99 and not k.endswith(", close crop")}
+        kinds = [f"{k} {100 * v:.1f}%" for k, v in missed.items()]
+        if held.get("close_crops_share_withheld") is not None:
+            kinds = [f"whole {100 * held['whole_views_share_withheld']:.1f}%, close crops "
+                     f"{100 * held['close_crops_share_withheld']:.1f}%"] + kinds
+        kinds = " (" + "; ".join(kinds) + ")" if kinds else ""
+        out += [f"Lesion gate (`{Path(model_path).stem}.lesion-gate.json`; no result above its threshold): "
+                f"withheld {100 * held.get('share_withheld', 0):.1f}% of {held.get('views')} other pictures' "
+                f"views left out of the fit{kinds}, {closeups_part(g.get('skin_closeups_held_out'))}"
+                f"validation lesions {100 * lesions.get('share_withheld', 0):.1f}% ("
                 + ", ".join(f"{src} {100 * d['share_withheld']:.1f}%"
                             for src, d in lesions.get("per_source", {}).items())
-                + "). Not measured on clinical close-ups.", ""]
+                + "). Real clinical close-ups unmeasured.", ""]
     elif lc:
         out += [f"Lesion check: an image farther than {lc.get('cutoff')} from the training images in the model's "
                 f"features warns \"does not look like a dermoscopic image of a skin lesion\" "

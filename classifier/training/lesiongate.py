@@ -7,15 +7,17 @@ Lesions: the model's training images (validation images are kept for measuring).
 ship inside scikit-image and matplotlib (photographs, faces, textures, documents, microscopy, figures) and
 synthetic ones made here (solid colours, gradients, noise, a text page, a screenshot, skin-coloured fields with
 and without a spot, as a rough stand-in for clinical close-ups taken without a dermatoscope), each seen in many
-random crops, turns and colour changes. Nothing is downloaded.
+random crops, turns and colour changes, and the real ones also in close crops (2-20% of their area, as a phone
+held a hand's width away frames skin, fur or brick). Nothing is downloaded.
 
 The regression reads the model's pooled features and the picture statistics (classifier.lesiongate); the
 envelope is the range of those statistics over every training image, widened by ``--envelope-margin`` of it on
 each side. The threshold lets through all but ``--lesion-percentile`` of the training lesions' scores, and all
 but ``--max-withheld`` of the validation lesions outside the locked split (whichever is higher). Printed, and kept
 in the gate file: the share of other pictures withheld when their base picture was left out of the fit (5 folds
-by base picture, per category; the envelope never sees them), and the share of validation lesions withheld per
-source.
+by base picture, per category; the envelope never sees them), the same for close crops of the two portraits'
+skin with and without a drawn spot (``skin_closeups``; each scored by the gate fitted without its portrait), and
+the share of validation lesions withheld per source.
 """
 
 import argparse
@@ -69,6 +71,58 @@ def package_pictures() -> dict[str, tuple[str, Image.Image]]:
                            ("logo2.png", "figure")):
         if (samples / name).is_file():
             out[f"matplotlib {name}"] = (category, Image.open(samples / name).convert("RGB"))
+    return out
+
+
+CLOSE_CROP_AREA = (0.02, 0.2)  # close crops of a real picture: 2-20% of its area
+CLOSE_CROP_MIN_SIDE = 200  # smaller pictures give no close crops
+
+
+def close_crop_worthy(name: str, img: Image.Image) -> bool:
+    """Real pictures with pixels to spare: not the LFW faces (25 px crops enlarged, a close crop of them is a
+    few pixels)."""
+    return not name.startswith("lfw ") and min(img.size) >= CLOSE_CROP_MIN_SIDE
+
+
+# Skin photographed without a dermatoscope, as it ships: the cheeks, chin and neck of the two portraits above
+# (scikit-image's astronaut, Eileen Collins; matplotlib's Grace Hopper), boxes in the pictures' own pixels.
+PORTRAIT_SKIN = {
+    "skimage astronaut": [("left cheek", (182, 122, 207, 150)), ("right cheek", (243, 122, 268, 150)),
+                          ("chin", (207, 160, 243, 180))],
+    "matplotlib grace_hopper.jpg": [("left cheek", (178, 232, 226, 292)), ("right cheek", (298, 232, 346, 292)),
+                                    ("chin", (232, 300, 290, 330)), ("neck", (236, 340, 300, 378))],
+}
+
+
+def skin_closeups(pictures: dict | None = None, size: int = 256) -> dict[str, tuple[str, Image.Image]]:
+    """Real skin photographed without a dermatoscope: each region of ``PORTRAIT_SKIN`` enlarged as a phone's
+    close-up would frame it, as it is and with a drawn brown spot. The fit does not take these crops as they
+    are (it takes random views and close crops of the whole portraits, which can cover the same skin); it scores
+    each with the gate fitted without its portrait. A small stand-in for real clinical close-ups (two people,
+    no real lesion)."""
+    pictures = pictures if pictures is not None else package_pictures()
+    rng = np.random.default_rng(43)
+    out = {}
+    for base, regions in PORTRAIT_SKIN.items():
+        if base not in pictures:
+            continue
+        for region, box in regions:
+            crop = pictures[base][1].crop(box).resize((size, size), Image.Resampling.BICUBIC)
+            out[f"{base} {region}"] = ("skin photographed without a dermatoscope", crop)
+            spotted = crop.copy()
+            draw = ImageDraw.Draw(spotted)
+            cx, cy = rng.uniform(0.35, 0.65, 2) * size
+            r = rng.uniform(0.08, 0.18) * size
+            red = rng.uniform(80, 150)
+            green = red * rng.uniform(0.55, 0.7)
+            colour = np.array([red, green, green * rng.uniform(0.6, 0.85)])  # shades of brown
+            for _ in range(4):  # an irregular blob: overlapping ellipses of close shades
+                dx, dy = rng.normal(0, r / 3, 2)
+                rr = r * rng.uniform(0.5, 1.0)
+                draw.ellipse((cx + dx - rr, cy + dy - rr * rng.uniform(0.6, 1.2), cx + dx + rr, cy + dy + rr),
+                             fill=tuple(int(v) for v in colour * rng.uniform(0.85, 1.15)))
+            out[f"{base} {region} with a spot"] = ("skin photographed without a dermatoscope",
+                                                   spotted.filter(ImageFilter.GaussianBlur(2)))
     return out
 
 
@@ -176,14 +230,15 @@ def synthetic_pictures(seed: int = 0) -> dict[str, tuple[str, Image.Image]]:
     return out
 
 
-def variants(img: Image.Image, k: int, rng, size: int = 256) -> list[Image.Image]:
-    """``k`` random views of a picture: a crop of 25-100% of its area, a quarter turn or mirror, a colour change."""
+def variants(img: Image.Image, k: int, rng, size: int = 256, area=(0.25, 1.0)) -> list[Image.Image]:
+    """``k`` random views of a picture: a crop of ``area`` (25-100%) of it, a quarter turn or mirror, a colour
+    change."""
     out = []
     w, h = img.size
     for _ in range(k):
-        area = rng.uniform(0.25, 1.0) * w * h
+        area_px = rng.uniform(*area) * w * h
         aspect = rng.uniform(0.75, 1.33)
-        cw, ch = min(w, int(round((area * aspect) ** 0.5))), min(h, int(round((area / aspect) ** 0.5)))
+        cw, ch = min(w, int(round((area_px * aspect) ** 0.5))), min(h, int(round((area_px / aspect) ** 0.5)))
         x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
         view = img.crop((x, y, x + cw, y + ch)).resize((size, size), Image.Resampling.BILINEAR)
         view = view.rotate(90 * int(rng.integers(4)))
@@ -292,15 +347,27 @@ def run(args) -> dict:
     log.info("picture statistics of the %d training images (the envelope) …", len(train))
     env = envelope(statistics_only(predictor, [s.path for s in train]), args.envelope_margin)
     mean_std = (tuple(predictor.metadata.mean), tuple(predictor.metadata.std))
-    pictures = {**package_pictures(), **synthetic_pictures(args.seed)}
+    packaged = package_pictures()
+    pictures = {**packaged, **synthetic_pictures(args.seed)}
     views, groups, categories = [], [], []
     for name, (category, img) in pictures.items():
         for view in variants(img, args.views, rng):
             views.append(view)
             groups.append(name)
             categories.append(category)
+    # Close crops of the real pictures, as a phone framing something from a hand's width would: the skin of a
+    # face, a cat's fur, a brick, a leaf. Each is its base picture's, so it leaves the fit with it.
+    for name, (category, img) in packaged.items():
+        if close_crop_worthy(name, img):
+            for view in variants(img, args.close_views, rng, area=CLOSE_CROP_AREA):
+                views.append(view)
+                groups.append(name)
+                categories.append(f"{category}, close crop")
     others = features(predictor, views)
     groups, categories = np.array(groups), np.array(categories)
+    closeups = skin_closeups(packaged)
+    closeup_features = features(predictor, [img for _, img in closeups.values()])
+    closeup_bases = np.array([next(base for base in PORTRAIT_SKIN if name.startswith(base)) for name in closeups])
     val_lesions = features(predictor, [s.path for s in val])
     # The threshold also lets through all but ``max_withheld`` of the validation lesions outside the locked
     # split (training lesions score lower than new ones); the locked ones and the shipped check set measure it.
@@ -315,18 +382,30 @@ def run(args) -> dict:
 
     # Other pictures withheld when their base picture took no part in the fit (5 folds by base picture).
     fold = np.array([zlib.crc32(g.encode()) % 5 for g in groups])
+    closeup_fold = np.array([zlib.crc32(g.encode()) % 5 for g in closeup_bases])
     held_flags = np.zeros(len(others), bool)
+    closeup_flags = np.zeros(len(closeups), bool)
     for f in range(5):
         gate = fitted(others[fold != f])
         held_flags[fold == f] = gate.scores(*split_columns(others[fold == f])) > gate.cutoff
+        if (closeup_fold == f).any():  # the portraits' skin, scored by the gate fitted without that portrait
+            closeup_flags[closeup_fold == f] = (gate.scores(*split_columns(closeup_features[closeup_fold == f]))
+                                                > gate.cutoff)
     gate = fitted(others)
     val_scores = gate.scores(*split_columns(val_lesions))
     val_flags = val_scores > gate.cutoff
     sources = np.array([s.source for s in val])
+    close = np.char.endswith(categories.astype(str), ", close crop")
+    spotted = np.array([name.endswith("with a spot") for name in closeups])
     figures = {
         "other_pictures_held_out": {
             "views": int(len(others)), "pictures": int(len(pictures)), "share_withheld": round(held_flags.mean(), 4),
+            "whole_views_share_withheld": round(float(held_flags[~close].mean()), 4),
+            "close_crops_share_withheld": round(float(held_flags[close].mean()), 4) if close.any() else None,
             "per_category": {c: round(float(held_flags[categories == c].mean()), 4) for c in sorted(set(categories))}},
+        "skin_closeups_held_out": {"n": int(len(closeups)), "withheld": int(closeup_flags.sum()),
+                                   "plain_withheld": int(closeup_flags[~spotted].sum()),
+                                   "with_a_spot_withheld": int(closeup_flags[spotted].sum())},
         "validation_lesions": {"n": int(len(val)), "share_withheld": round(float(val_flags.mean()), 4),
                                "locked_images_among_them": int(sum(s.path in locked for s in val)),
                                "locked_share_withheld": round(float(val_flags[~selection].mean()), 4)
@@ -352,6 +431,8 @@ def get_args_parser(add_help=True):
     p.add_argument("--out", help="the gate file (default: <model>.lesion-gate.json)")
     p.add_argument("--train-images", type=int, default=1500, help="training lesions to fit on")
     p.add_argument("--views", type=int, default=20, help="random views of each other picture")
+    p.add_argument("--close-views", type=int, default=20,
+                   help="random close crops (2-20%% of the area) of each real picture from a package")
     p.add_argument("--lesion-percentile", type=float, default=99.5,
                    help="the threshold lets this percentile of the training lesions' scores through")
     p.add_argument("--max-withheld", type=float, default=0.01,
