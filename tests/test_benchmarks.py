@@ -25,6 +25,9 @@ def test_stack_benchmark_runs_through_the_real_stack(model_file):
     assert burst["done"] == burst["uploads"] == 6 and burst["http_errors"] == 0 and burst["failed"] == 0
     assert out["single_upload"]["n"] == 2 and out["history"]["cases"] == 60
     assert out["during_build"]["n"] == 2 and out["during_build"]["first_s"] > 0  # while the builder built
+    assert out["build"]["ended"] and out["build"]["built"]  # the uploads "after the build" came after it
+    # What the worker ran for each phase's uploads, counted from their predictions.
+    assert sum(out["during_build"]["runtimes"].values()) == 2 and sum(out["single_upload"]["runtimes"].values()) == 2
     # One query plan for the history page, whatever the page: no N+1.
     assert len(set(out["history"]["queries"].values())) == 1
     assert out["dashboard"]["p50_ms"] > 0 and out["heatmaps"]["done"] + out["heatmaps"]["failed"] >= 6
